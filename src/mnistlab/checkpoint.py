@@ -1,0 +1,117 @@
+"""Checkpoints: weights in safetensors, everything else in JSON beside them.
+
+A checkpoint is `model.safetensors` + `model.json` (architecture, dataset,
+class names, normalisation, metrics, config). Nothing is unpickled, so a
+hostile file cannot run code. Resume state (optimiser, schedule, RNG) lives
+in `state.pt`, tensors only, read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .files import atomic_path, write_json
+from .models import build_model
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "model.json"
+STATE = "state.pt"
+
+
+class CheckpointError(Exception):
+    """A user-facing problem with a model file."""
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def output(self) -> str:
+        return self.meta["architecture"].get("output", "logits")
+
+    @property
+    def mean(self) -> float:
+        return float(self.meta["normalization"]["mean"])
+
+    @property
+    def std(self) -> float:
+        return float(self.meta["normalization"]["std"])
+
+
+def save_checkpoint(folder: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "mnistlab", "version": str(FORMAT_VERSION)})
+    write_json(folder / META, {"format_version": FORMAT_VERSION, **meta})
+    return folder / WEIGHTS
+
+
+def resolve(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights file, metadata file) for a run directory or a checkpoint path."""
+    path = Path(path)
+    if path.is_dir():
+        weights, meta = path / WEIGHTS, path / META
+    elif path.suffix == ".json":
+        weights, meta = path.with_suffix(".safetensors"), path
+    else:
+        weights, meta = path, path.with_suffix(".json")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint")
+    for p in (weights, meta):
+        if not p.is_file():
+            raise CheckpointError(f"{path}: not a checkpoint ({p.name} is missing)")
+    return weights, meta
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the network from its metadata and load its weights, in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, meta_path = resolve(path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        model = build_model(meta["architecture"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({e})") from None
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{weights}: corrupt or mismatched weights ({first})") from None
+    model.to(device).eval()
+    return Checkpoint(model, meta, weights)
+
+
+def save_state(folder: str | os.PathLike, state: dict[str, Any]) -> None:
+    with atomic_path(Path(folder) / STATE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: cannot resume, {STATE} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
+        raise CheckpointError(f"{path}: corrupt resume state ({type(e).__name__})") from None

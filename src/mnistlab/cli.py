@@ -1,0 +1,255 @@
+"""The `mnistlab` command: parses flags, calls the library, prints what it returns.
+
+Training flags are generated from the fields of `Config`, so every field of a
+recipe can be overridden from the command line and nothing is declared twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .config import RECIPES, Config
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (plus where to find help) and exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------
+# Flags from Config fields
+
+FIELD_HELP = {
+    "dataset": "mnist, fashion-mnist, kmnist or synthetic (no files needed)",
+    "model": "mlp (the notebook's network) or cnn",
+    "hidden": "hidden layer sizes of the mlp, e.g. --hidden 128 64",
+    "activation": "relu, gelu, tanh or sigmoid",
+    "output": "logits (CrossEntropyLoss) or log_softmax (NLLLoss)",
+    "optimizer": "sgd or adamw",
+    "schedule": "constant or onecycle (linear warm-up, linear decay)",
+    "warmup": "fraction of steps spent warming up (onecycle)",
+    "shift": "random translation of training images, in pixels",
+    "drop_last": "drop the last partial batch of each epoch",
+    "mean": "normalisation: x = (x/255 - mean) / std",
+    "std": "normalisation: x = (x/255 - mean) / std",
+    "val_size": "hold out this many training images for validation",
+    "train_size": "train on the first N training images only (0: all)",
+    "device": "auto, cpu, cuda or mps",
+    "cuda_graph": "capture the training step as a CUDA graph on CUDA",
+    "eval_every_epoch": "measure test accuracy after every epoch",
+}
+
+
+def _parse_type(kind: Any, name: str):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value for --{name}: {text!r}") from None
+
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(Config)
+    group = parser.add_argument_group("training options (override the recipe)")
+    for f in dataclasses.fields(Config):
+        if f.name == "recipe":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        help_text = FIELD_HELP.get(f.name, "")
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(flag, dest=f.name, type=_parse_type(int, f.name), nargs="+", default=None,
+                               metavar="N", help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=_parse_type(kind, f.name), default=None,
+                               help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                 if f.name != "recipe" and getattr(args, f.name, None) is not None}
+    if "hidden" in overrides:
+        overrides["hidden"] = tuple(overrides["hidden"])
+    base = RECIPES[args.recipe]
+    try:
+        return base.replace(**overrides)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+class UsageError(Exception):
+    """A bad flag value found after parsing; exit code 2 like argparse."""
+
+
+# ---------------------------------------------------------------------------
+# train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    if args.resume:
+        given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(Config)
+                 if f.name != "recipe" and getattr(args, f.name, None) is not None]
+        if given or args.recipe_given:
+            raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'}")
+        config = RECIPES["default"]
+    else:
+        config = config_from_args(args)
+    try:
+        result = train(config, out=args.out, data_dir=args.data_dir, resume=args.resume,
+                       log=print_flush, progress=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last completed epoch is saved. Continue with: "
+              "mnistlab train --resume <run dir printed above>", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    s = result.summary
+    acc = s.get("test_accuracy")
+    print(f"test accuracy {100 * acc:.2f}%  train time {s['train_seconds']:.2f}s  run: {result.run_dir}"
+          if acc is not None else f"run: {result.run_dir}")
+    if not args.no_plots:
+        from .figures import plot_run
+
+        for path in plot_run(result.run_dir, data_dir=args.data_dir):
+            print(f"figure: {path}")
+    return 0
+
+
+def print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# evaluate
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    result = evaluate(args.checkpoint, data_dir=args.data_dir, device=args.device)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"{result.checkpoint} on {result.dataset} test split")
+    print(f"accuracy: {100 * result.accuracy:.2f}% ({result.correct}/{result.total})")
+    print("per-class accuracy:")
+    for name, acc in zip(result.classes, result.per_class_accuracy):
+        print(f"  {name:>12}  {100 * acc:6.2f}%")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    print(result.confusion_text())
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# datasets
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import describe
+
+    rows = describe(args.data_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        where = ("found in " if row["found"] else "not found; would be downloaded to ") + row["location"]
+        print(f"{row['name']:<14} {row['title']}\n{'':<14} {where}")
+    return 0
+
+
+# Commands below register themselves here: each is a function add(subparsers).
+ADD_COMMANDS: list = []
+
+# --- predict (begin) ---
+# --- predict (end) ---
+
+# --- plot (begin) ---
+# --- plot (end) ---
+
+# --- inspect (begin) ---
+# --- inspect (end) ---
+
+# --- bench (begin) ---
+# --- bench (end) ---
+
+
+# ---------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    parser = Parser(prog="mnistlab", description="Train, understand and use small classifiers on "
+                    "MNIST-family images.")
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
+
+    p = sub.add_parser("train", help="train a model and write a run directory",
+                       description="Train a model. Recipes: " + ", ".join(RECIPES) + ". Flags override "
+                       "single values of the recipe.")
+    p.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help="named preset (default: default)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<recipe>-<dataset>[-N])")
+    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files (.gz or raw)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("datasets", help="known datasets and where each is found or would be cached")
+    p.add_argument("--data-dir", type=Path, help="also look in this folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_datasets)
+
+    for add in ADD_COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .training import RunError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        args.recipe_given = args.recipe is not None
+        args.recipe = args.recipe or "default"
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UserError, DataError, CheckpointError, RunError) as e:
+        print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

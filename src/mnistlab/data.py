@@ -1,0 +1,491 @@
+"""Datasets: described as data, found on disk or downloaded safely, parsed once.
+
+Each dataset is one entry of `DATASETS`: its class names, the official file
+names with their published MD5 checksums, and the mirrors that serve them.
+`load(name)` returns the train and test splits as uint8 tensors on the CPU;
+`to_device` is the one place where data moves to the training device.
+
+Where files are looked for, in order:
+  1. `--data-dir DIR` when given (and only there),
+  2. `$MNISTLAB_DATA/<name>/` when the variable is set, else the platform cache
+     (`~/.cache/mnistlab/<name>/` on Linux): this is also where downloads go,
+  3. copies already on the machine: torchvision's layout
+     (`~/.pytorch/MNIST_data/<Name>/raw`, where the course notebook downloads,
+     and `./data/<Name>/raw`) and Debian's `/usr/share/datasets/<name>`.
+Local files are checked by structure, not checksum: they may be re-compressed.
+Downloads are checked against the official checksum before they are kept.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import sys
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .files import atomic_path
+
+ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+class DataError(Exception):
+    """A user-facing problem with data: the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    classes: tuple[str, ...]
+    # role -> (official file name, MD5 of the official file)
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    mirrors: tuple[str, ...] = ()
+    torchvision_name: str = ""
+    homepage: str = ""
+
+
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def _files(*md5s: str) -> dict[str, tuple[str, str]]:
+    return {role: (_IDX_FILES[role], md5) for role, md5 in zip(ROLES, md5s)}
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        title="MNIST handwritten digits",
+        classes=tuple(str(d) for d in range(10)),
+        files=_files(
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+        ),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            # The original host; it now often answers bots with an HTML page.
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        torchvision_name="MNIST",
+        homepage="http://yann.lecun.com/exdb/mnist/",
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        title="Fashion-MNIST (Zalando article images)",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        files=_files(
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+        ),
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        torchvision_name="FashionMNIST",
+        homepage="https://github.com/zalandoresearch/fashion-mnist",
+    ),
+    "kmnist": DatasetSpec(
+        name="kmnist",
+        title="Kuzushiji-MNIST (cursive Japanese characters)",
+        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+        files=_files(
+            "bdb82020997e1d708af4cf47b453dcf7",
+            "e144d726b3acfaa3e44228e80efcd344",
+            "5c965bf0a639b31b8f53240b1b52f4d7",
+            "7320c461ea6c1c855c0b718fb2a4b134",
+        ),
+        # The publisher (ROIS-CODH) is the only host; its https and http
+        # endpoints fail independently (certificates, redirects).
+        mirrors=(
+            "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+            "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+        ),
+        torchvision_name="KMNIST",
+        homepage="https://github.com/rois-codh/kmnist",
+    ),
+    "synthetic": DatasetSpec(
+        name="synthetic",
+        title="Digits rendered from matplotlib's fonts (no files, no network)",
+        classes=tuple(str(d) for d in range(10)),
+    ),
+}
+
+# IDX type code 0x08 = unsigned byte; the last byte of the magic is the number of dims.
+IDX_UBYTE = 0x08
+IMAGE_SHAPE = (28, 28)
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, 28, 28) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    spec: DatasetSpec
+    train: Split
+    test: Split
+    source: str  # where the data came from, for people
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# ---------------------------------------------------------------------------
+# IDX format
+
+def _open_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
+    return raw
+
+
+def parse_idx(data: bytes, where: str = "IDX data") -> np.ndarray:
+    """Decode IDX bytes (unsigned-byte type) into a numpy array, checking the header."""
+    if len(data) < 4:
+        raise DataError(f"{where}: too short to be an IDX file ({len(data)} bytes)")
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != IDX_UBYTE or not 1 <= ndim <= 3:
+        raise DataError(f"{where}: bad IDX magic number 0x{data[:4].hex()} "
+                        "(expected 0x00000801 for labels or 0x00000803 for images)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{where}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(shape, dtype=np.int64))
+    if len(data) - header != expected:
+        raise DataError(f"{where}: header says {'x'.join(map(str, shape))} = {expected} "
+                        f"bytes of data but the file holds {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    path = Path(path)
+    return parse_idx(_open_bytes(path), str(path))
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, IDX_UBYTE, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
+    """Write `array` as an IDX file (gzip-compressed when the name ends in .gz)."""
+    path = Path(path)
+    data = encode_idx(array)
+    if compress if compress is not None else path.suffix == ".gz":
+        data = gzip.compress(data, compresslevel=1, mtime=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def validate_split(images: np.ndarray, labels: np.ndarray, num_classes: int, where: str) -> None:
+    if images.ndim != 3:
+        raise DataError(f"{where}: images must have 3 dimensions (N, 28, 28), found {images.ndim}")
+    if tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise DataError(f"{where}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+    if labels.ndim != 1:
+        raise DataError(f"{where}: labels must have 1 dimension, found {labels.ndim}")
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError(f"{where}: the split is empty")
+    top = int(labels.max())
+    if top >= num_classes:
+        raise DataError(f"{where}: label {top} out of range (the dataset has {num_classes} classes)")
+
+
+# ---------------------------------------------------------------------------
+# Where files live
+
+def cache_root() -> Path:
+    """`$MNISTLAB_DATA`, else the platform's user cache directory."""
+    env = os.environ.get("MNISTLAB_DATA")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mnistlab"))
+
+
+def download_dir(spec: DatasetSpec) -> Path:
+    return cache_root() / spec.name
+
+
+def candidate_dirs(spec: DatasetSpec) -> list[Path]:
+    """Folders searched for existing copies, in order."""
+    dirs = [download_dir(spec)]
+    if spec.torchvision_name:
+        dirs.append(Path.home() / ".pytorch" / "MNIST_data" / spec.torchvision_name / "raw")
+        dirs.append(Path("data") / spec.torchvision_name / "raw")
+    dirs.append(Path("/usr/share/datasets") / spec.name)
+    return dirs
+
+
+def _find_file(folder: Path, filename: str) -> Path | None:
+    for name in (filename, filename.removesuffix(".gz")):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def find_files(spec: DatasetSpec, folder: Path) -> dict[str, Path] | None:
+    """The four files in `folder` (gz or raw), or None if any is missing."""
+    found = {role: _find_file(folder, fname) for role, (fname, _) in spec.files.items()}
+    if all(found.values()):
+        return found  # type: ignore[return-value]
+    return None
+
+
+def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> dict[str, Path] | None:
+    if data_dir is not None:
+        folder = Path(data_dir).expanduser()
+        found = find_files(spec, folder)
+        if found is None:
+            missing = [fname for fname, _ in spec.files.values() if not _find_file(folder, fname)]
+            raise DataError(f"--data-dir {folder}: missing {', '.join(missing)} "
+                            "(the .gz or uncompressed IDX files are both accepted)")
+        return found
+    for folder in candidate_dirs(spec):
+        found = find_files(spec, folder)
+        if found is not None:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Download
+
+USER_AGENT = f"mnistlab/{__version__} (+https://pypi.org/project/mnistlab/)"
+
+
+def _fetch(url: str, dest: Path, md5: str, timeout: float, progress: bool) -> None:
+    """Download `url` to `dest` through a temporary file; raise with a short reason."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        ctype = response.headers.get("Content-Type", "")
+        if "text/html" in ctype:
+            raise ValueError(f"served an HTML page ({ctype}) instead of the file")
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        digest = hashlib.md5()
+        received = 0
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False,
+                   disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
+        with atomic_path(dest) as tmp, open(tmp, "wb") as out, bar:
+            first = True
+            while chunk := response.read(1 << 16):
+                if first and not chunk.startswith(b"\x1f\x8b"):
+                    if chunk.lstrip()[:1] == b"<":
+                        raise ValueError("served an HTML page instead of the file")
+                    raise ValueError("the response is not a gzip file")
+                first = False
+                digest.update(chunk)
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+            out.flush()
+            if total is not None and received != total:
+                raise ValueError(f"incomplete: {received} of {total} bytes")
+            if digest.hexdigest() != md5:
+                raise ValueError(f"checksum mismatch (md5 {digest.hexdigest()}, expected {md5})")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return f"cannot connect ({e.reason})"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
+def download(spec: DatasetSpec, dest_dir: Path | None = None, mirrors: tuple[str, ...] | None = None,
+             timeout: float = 30.0, progress: bool = True) -> dict[str, Path]:
+    """Fetch every missing official file into `dest_dir`, trying each mirror in turn."""
+    dest_dir = Path(dest_dir) if dest_dir is not None else download_dir(spec)
+    mirrors = spec.mirrors if mirrors is None else mirrors
+    paths: dict[str, Path] = {}
+    for role, (fname, md5) in spec.files.items():
+        dest = dest_dir / fname
+        if dest.is_file() and _md5(dest) == md5:
+            paths[role] = dest
+            continue
+        attempts = []
+        for mirror in mirrors:
+            url = mirror + fname
+            try:
+                _fetch(url, dest, md5, timeout, progress)
+                break
+            except Exception as e:  # noqa: BLE001 - every failure means: next mirror
+                attempts.append(f"  {url}: {_reason(e)}")
+        else:
+            raise DataError(
+                f"could not download {spec.name} file {fname}; every mirror failed:\n"
+                + "\n".join(attempts)
+                + f"\nTo continue offline, put the files {', '.join(f for f, _ in spec.files.values())}"
+                + f"\n(.gz or uncompressed) in {dest_dir}, or pass --data-dir DIR pointing at them,"
+                + "\nor try everything without data: --dataset synthetic")
+        paths[role] = dest
+    return paths
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Parsed cache: the decoded uint8 arrays, keyed by the source files' identity.
+
+def _parsed_cache_dir() -> Path:
+    return cache_root() / "parsed"
+
+
+def _cache_key(paths: dict[str, Path]) -> str:
+    h = hashlib.sha256()
+    for role in ROLES:
+        st = paths[role].stat()
+        h.update(f"{paths[role].resolve()}|{st.st_size}|{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:24]
+
+
+def _load_cached(key: str) -> dict[str, np.ndarray] | None:
+    path = _parsed_cache_dir() / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {role: z[role] for role in ROLES}
+    except (OSError, ValueError, KeyError, zlib.error, EOFError):
+        return None
+
+
+def _store_cached(key: str, arrays: dict[str, np.ndarray]) -> None:
+    try:
+        with atomic_path(_parsed_cache_dir() / f"{key}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+def read_files(spec: DatasetSpec, paths: dict[str, Path], use_cache: bool = True) -> dict[str, np.ndarray]:
+    """Parse and validate the four files (or take them from the parsed cache)."""
+    key = _cache_key(paths) if use_cache else ""
+    arrays = _load_cached(key) if use_cache else None
+    if arrays is None:
+        arrays = {role: read_idx(paths[role]) for role in ROLES}
+        for split in ("train", "test"):
+            validate_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], len(spec.classes),
+                           f"{paths[f'{split}_images'].parent} ({split} split)")
+        if use_cache:
+            _store_cached(key, arrays)
+    return arrays
+
+
+def _to_dataset(spec: DatasetSpec, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+    def split(name: str) -> Split:
+        return Split(torch.from_numpy(np.array(arrays[f"{name}_images"], copy=True)),
+                     torch.from_numpy(arrays[f"{name}_labels"].astype(np.int64)))
+
+    return Dataset(spec, split("train"), split("test"), source)
+
+
+def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, download_missing: bool = True,
+         progress: bool = True) -> Dataset:
+    """The dataset `name` as uint8 tensors, from disk, the cache, or a download."""
+    spec = get_spec(name)
+    if name == "synthetic":
+        if data_dir is not None:
+            raise DataError("--data-dir does not apply to --dataset synthetic (it needs no files)")
+        from .synthetic import generate
+
+        return _to_dataset(spec, generate(), "rendered from matplotlib fonts")
+    paths = locate(spec, data_dir)
+    if paths is None:
+        if not download_missing:
+            raise DataError(f"{name} not found in {', '.join(map(str, candidate_dirs(spec)))}")
+        paths = download(spec, progress=progress)
+    arrays = read_files(spec, paths)
+    return _to_dataset(spec, arrays, str(paths["train_images"].parent))
+
+
+def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
+    """For `mnistlab datasets`: each dataset and where it was found or would be cached."""
+    rows = []
+    for spec in DATASETS.values():
+        if spec.name == "synthetic":
+            rows.append({"name": spec.name, "title": spec.title, "classes": list(spec.classes),
+                         "found": True, "location": "built in (rendered on the fly)"})
+            continue
+        try:
+            paths = locate(spec, data_dir)
+        except DataError:
+            paths = None
+        rows.append({
+            "name": spec.name, "title": spec.title, "classes": list(spec.classes),
+            "found": paths is not None,
+            "location": str(paths["train_images"].parent) if paths else str(download_dir(spec)),
+            "mirrors": list(spec.mirrors),
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# The one place data moves to the training device.
+
+def to_device(split: Split, device: torch.device, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as normalised float32 (N, 1, 28, 28) and labels as int64, on `device`.
+
+    The uint8 images travel (4x less than float), then are normalised there
+    once: x = (x/255 - mean) / std, the notebook's ToTensor + Normalize.
+    """
+    images = split.images.to(device, non_blocking=True)
+    labels = split.labels.to(device, non_blocking=True)
+    x = images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+    return x, labels

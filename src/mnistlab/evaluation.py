@@ -1,0 +1,91 @@
+"""Evaluation: accuracy, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .checkpoint import load_checkpoint
+
+EVAL_BATCH = 4096  # images per forward pass; bounds memory, not results
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Predicted class per image (argmax; the same for logits and log-probabilities)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction correct, as a 0-dim tensor on the device (counted in int64)."""
+    correct = (predictions(model, x) == y).sum(dtype=torch.int64)
+    return correct.double() / len(y)
+
+
+def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """counts[i, j] = images of true class i predicted as j (int64)."""
+    flat = y_true.to(torch.int64) * num_classes + y_pred.to(torch.int64)
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    correct: int
+    total: int
+    classes: list[str]
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]
+    dataset: str = ""
+    checkpoint: str = ""
+    misclassified: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint, "dataset": self.dataset,
+            "accuracy": self.accuracy, "correct": self.correct, "total": self.total,
+            "per_class_accuracy": dict(zip(self.classes, self.per_class_accuracy)),
+            "classes": self.classes, "confusion": self.confusion,
+        }
+
+    def confusion_text(self) -> str:
+        """The confusion matrix as an aligned table: rows true, columns predicted."""
+        width = max(5, *(len(str(v)) for row in self.confusion for v in row),
+                    *(len(c) for c in self.classes)) + 1
+        head = "true\\pred".ljust(12) + "".join(c[:width - 1].rjust(width) for c in self.classes)
+        rows = [c[:11].ljust(12) + "".join(str(v).rjust(width) for v in row)
+                for c, row in zip(self.classes, self.confusion)]
+        return "\n".join([head, *rows])
+
+
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> Evaluation:
+    pred = predictions(model, x)
+    cm = confusion_matrix(y, pred, len(classes)).cpu()
+    per_class = cm.diag().double() / cm.sum(dim=1).clamp(min=1).double()
+    correct = int(cm.diag().sum())
+    wrong = (pred != y).nonzero().flatten().cpu().tolist()
+    return Evaluation(correct / len(y), correct, len(y), list(classes), per_class.tolist(),
+                      cm.tolist(), misclassified=wrong)
+
+
+def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+             device: str = "cpu", split: str = "test") -> Evaluation:
+    """Evaluate a run directory or checkpoint on its dataset's test split."""
+    ckpt = load_checkpoint(checkpoint, device)
+    dataset = data_mod.load(ckpt.meta["dataset"], data_dir)
+    part = dataset.test if split == "test" else dataset.train
+    x, y = data_mod.to_device(part, torch.device(device), ckpt.mean, ckpt.std)
+    result = evaluate_model(ckpt.model, x, y, ckpt.classes)
+    result.dataset = dataset.spec.name
+    result.checkpoint = str(checkpoint)
+    return result

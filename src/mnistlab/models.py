@@ -1,0 +1,93 @@
+"""The networks. A model is described by a small JSON-able dict (its architecture),
+so that a checkpoint can rebuild it without the flags that trained it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config
+
+ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+class MLP(nn.Sequential):
+    """The notebook's network: Linear(784,128) ReLU Linear(128,64) ReLU Linear(64,10),
+    with an optional LogSoftmax(dim=1) output (then paired with NLLLoss)."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...], num_classes: int,
+                 activation: str = "relu", output: str = "logits"):
+        sizes = [math.prod(input_shape), *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for fan_in, fan_out in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), ACTIVATION_MODULES[activation]()]
+        layers.append(nn.Linear(sizes[-1], num_classes))
+        if output == "log_softmax":
+            layers.append(nn.LogSoftmax(dim=1))
+        super().__init__(*layers)
+
+
+class CNN(nn.Sequential):
+    """A small convnet: two conv blocks (3x3 convs, batch norm, 2x2 max pool) and a linear head.
+    `hidden` is ignored: the widths are fixed."""
+
+    channels = (32, 64)
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...], num_classes: int,
+                 activation: str = "relu", output: str = "logits"):
+        channels, height, width = input_shape
+        act = ACTIVATION_MODULES[activation]
+        c1, c2 = self.channels
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), act(),
+                    nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), act(),
+                    nn.MaxPool2d(2)]
+
+        # Two 2x2 poolings: 28x28 -> 14x14 -> 7x7.
+        flat = c2 * (height // 4) * (width // 4)
+        layers = [*block(channels, c1), *block(c1, c2), nn.Flatten(), nn.Dropout(0.1),
+                  nn.Linear(flat, num_classes)]
+        if output == "log_softmax":
+            layers.append(nn.LogSoftmax(dim=1))
+        super().__init__(*layers)
+
+
+MODELS = {"mlp": MLP, "cnn": CNN}
+
+
+def architecture(config: Config, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The JSON description saved in every checkpoint."""
+    return {
+        "model": config.model,
+        "input_shape": list(input_shape),
+        "hidden": list(config.hidden),
+        "activation": config.activation,
+        "output": config.output,
+        "num_classes": num_classes,
+    }
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """Rebuild a network from its architecture dict (as saved in a checkpoint)."""
+    try:
+        cls = MODELS[arch["model"]]
+        return cls(tuple(arch["input_shape"]), tuple(arch["hidden"]), int(arch["num_classes"]),
+                   arch.get("activation", "relu"), arch.get("output", "logits"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"bad architecture description {arch!r}: {e}") from None
+
+
+def log_probabilities(model: nn.Module, output: str, x: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities whatever the model's output layer (logits or LogSoftmax)."""
+    out = model(x)
+    return out if output == "log_softmax" else torch.log_softmax(out, dim=1)
+
+
+def loss_function(config: Config) -> nn.Module:
+    if config.output == "log_softmax":
+        return nn.NLLLoss()
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
