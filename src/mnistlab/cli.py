@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -169,9 +170,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    indent = " " * 15
     for row in rows:
-        where = ("found in " if row["found"] else "not found; would be downloaded to ") + row["location"]
-        print(f"{row['name']:<14} {row['title']}\n{'':<14} {where}")
+        print(f"{row['name']:<14} {row['title']}")
+        if not row["files"]:
+            print(f"{indent}{row['location']}")
+        elif row["found"]:
+            print(f"{indent}found in {row['location']}")
+        else:
+            print(f"{indent}not found; would be downloaded to {row['location']}")
+            print(f"{indent}(looked in {', '.join(row['searched'])})")
     return 0
 
 
@@ -188,6 +196,49 @@ ADD_COMMANDS: list = []
 # --- inspect (end) ---
 
 # --- bench (begin) ---
+# ---------------------------------------------------------------------------
+# bench
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time the notebook's pipeline against ours, side by side",
+                       description="Train with the course notebook's pipeline (torchvision's MNIST, "
+                       "ToTensor, Normalize, DataLoader, or a faithful re-implementation without "
+                       "torchvision) and with ours, alternating runs on the same data and device; "
+                       "print seconds per epoch, the speed-up and both losses and accuracies.")
+    p.add_argument("--recipe", choices=list(RECIPES), default="seed",
+                   help="what ours trains (default: seed, the notebook's own recipe); the notebook "
+                   "side always runs as the notebook is written")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="device for both (default: auto)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs per run (default: 1 for seed, else the recipe's own)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="runs of each pipeline (default: 3)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files (.gz or raw)")
+    p.add_argument("--json", action="store_true", help="print one JSON document with every raw timing")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_bench, run_bench
+
+    # Progress goes to stderr so that stdout holds only the table or the JSON.
+    result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats,
+                       data_dir=args.data_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+ADD_COMMANDS.append(add_bench)
 # --- bench (end) ---
 
 
@@ -249,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error; silence Python's flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -183,9 +183,12 @@ def parse_idx(data: bytes, where: str = "IDX data") -> np.ndarray:
     if len(data) < 4:
         raise DataError(f"{where}: too short to be an IDX file ({len(data)} bytes)")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != IDX_UBYTE or not 1 <= ndim <= 3:
-        raise DataError(f"{where}: bad IDX magic number 0x{data[:4].hex()} "
-                        "(expected 0x00000801 for labels or 0x00000803 for images)")
+    if zero != 0 or not 1 <= ndim <= 3:
+        raise DataError(f"{where}: not an IDX file (magic number 0x{data[:4].hex()}, "
+                        "expected 0x00000801 for labels or 0x00000803 for images)")
+    if dtype != IDX_UBYTE:
+        raise DataError(f"{where}: IDX type code 0x{dtype:02x} is not supported "
+                        f"(expected 0x{IDX_UBYTE:02x}, unsigned bytes)")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{where}: truncated IDX header")
@@ -219,20 +222,25 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
         tmp.write_bytes(data)
 
 
-def validate_split(images: np.ndarray, labels: np.ndarray, num_classes: int, where: str) -> None:
+def validate_split(images: np.ndarray, labels: np.ndarray, num_classes: int,
+                   images_file: str, labels_file: str) -> None:
+    """Check that an images file and its labels file form a usable split; the error names the file."""
+    height, width = IMAGE_SHAPE
     if images.ndim != 3:
-        raise DataError(f"{where}: images must have 3 dimensions (N, 28, 28), found {images.ndim}")
+        raise DataError(f"{images_file}: images must have 3 dimensions (N, {height}, {width}), "
+                        f"found {images.ndim}")
     if tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise DataError(f"{where}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+        raise DataError(f"{images_file}: images are {images.shape[1]}x{images.shape[2]}, "
+                        f"expected {height}x{width}")
     if labels.ndim != 1:
-        raise DataError(f"{where}: labels must have 1 dimension, found {labels.ndim}")
+        raise DataError(f"{labels_file}: labels must have 1 dimension, found {labels.ndim}")
     if len(images) != len(labels):
-        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+        raise DataError(f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} labels")
     if len(labels) == 0:
-        raise DataError(f"{where}: the split is empty")
+        raise DataError(f"{images_file}: the split is empty (0 images)")
     top = int(labels.max())
     if top >= num_classes:
-        raise DataError(f"{where}: label {top} out of range (the dataset has {num_classes} classes)")
+        raise DataError(f"{labels_file}: label {top} out of range (the dataset has {num_classes} classes)")
 
 
 # ---------------------------------------------------------------------------
@@ -256,7 +264,11 @@ def candidate_dirs(spec: DatasetSpec) -> list[Path]:
     """Folders searched for existing copies, in order."""
     dirs = [download_dir(spec)]
     if spec.torchvision_name:
-        dirs.append(Path.home() / ".pytorch" / "MNIST_data" / spec.torchvision_name / "raw")
+        # torchvision keeps <root>/<Name>/raw; the notebook's root is ~/.pytorch/MNIST_data
+        # (its Fashion-MNIST sequel uses ~/.pytorch/F_MNIST_data), so look under every root there.
+        pytorch = Path.home() / ".pytorch"
+        dirs.append(pytorch / "MNIST_data" / spec.torchvision_name / "raw")
+        dirs += [d for d in sorted(pytorch.glob(f"*/{spec.torchvision_name}/raw")) if d not in dirs]
         dirs.append(Path("data") / spec.torchvision_name / "raw")
     dirs.append(Path("/usr/share/datasets") / spec.name)
     return dirs
@@ -280,6 +292,8 @@ def find_files(spec: DatasetSpec, folder: Path) -> dict[str, Path] | None:
 def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> dict[str, Path] | None:
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"--data-dir {folder}: no such folder")
         found = find_files(spec, folder)
         if found is None:
             missing = [fname for fname, _ in spec.files.values() if not _find_file(folder, fname)]
@@ -336,6 +350,8 @@ def _fetch(url: str, dest: Path, md5: str, timeout: float, progress: bool) -> No
 def _reason(e: BaseException) -> str:
     if isinstance(e, urllib.error.HTTPError):
         return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError):
+        return "timed out while connecting"
     if isinstance(e, urllib.error.URLError):
         return f"cannot connect ({e.reason})"
     if isinstance(e, TimeoutError):
@@ -345,9 +361,17 @@ def _reason(e: BaseException) -> str:
 
 def download(spec: DatasetSpec, dest_dir: Path | None = None, mirrors: tuple[str, ...] | None = None,
              timeout: float = 30.0, progress: bool = True) -> dict[str, Path]:
-    """Fetch every missing official file into `dest_dir`, trying each mirror in turn."""
+    """Fetch every missing official file into `dest_dir`, trying each mirror in turn.
+
+    `timeout` (seconds) bounds each connection attempt and each read, not a whole file.
+    """
     dest_dir = Path(dest_dir) if dest_dir is not None else download_dir(spec)
-    mirrors = spec.mirrors if mirrors is None else mirrors
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the download folder {dest_dir} ({e.strerror or e}); "
+                        "set MNISTLAB_DATA to a writable folder or pass --data-dir DIR") from None
+    mirrors = list(spec.mirrors if mirrors is None else mirrors)
     paths: dict[str, Path] = {}
     for role, (fname, md5) in spec.files.items():
         dest = dest_dir / fname
@@ -359,6 +383,9 @@ def download(spec: DatasetSpec, dest_dir: Path | None = None, mirrors: tuple[str
             url = mirror + fname
             try:
                 _fetch(url, dest, md5, timeout, progress)
+                # Ask the mirror that worked first for the next files: a dead one costs a timeout each.
+                mirrors.remove(mirror)
+                mirrors.insert(0, mirror)
                 break
             except Exception as e:  # noqa: BLE001 - every failure means: next mirror
                 attempts.append(f"  {url}: {_reason(e)}")
@@ -422,7 +449,7 @@ def read_files(spec: DatasetSpec, paths: dict[str, Path], use_cache: bool = True
         arrays = {role: read_idx(paths[role]) for role in ROLES}
         for split in ("train", "test"):
             validate_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], len(spec.classes),
-                           f"{paths[f'{split}_images'].parent} ({split} split)")
+                           str(paths[f"{split}_images"]), str(paths[f"{split}_labels"]))
         if use_cache:
             _store_cached(key, arrays)
     return arrays
@@ -456,22 +483,20 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
 
 
 def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
-    """For `mnistlab datasets`: each dataset and where it was found or would be cached."""
+    """For `mnistlab datasets`: each dataset, where it was found or would be cached, where we looked."""
     rows = []
     for spec in DATASETS.values():
+        row = {"name": spec.name, "title": spec.title, "classes": list(spec.classes),
+               "files": [fname for fname, _ in spec.files.values()], "mirrors": list(spec.mirrors)}
         if spec.name == "synthetic":
-            rows.append({"name": spec.name, "title": spec.title, "classes": list(spec.classes),
-                         "found": True, "location": "built in (rendered on the fly)"})
+            rows.append(row | {"found": True, "location": "built in (rendered on the fly)", "searched": []})
             continue
-        try:
-            paths = locate(spec, data_dir)
-        except DataError:
-            paths = None
-        rows.append({
-            "name": spec.name, "title": spec.title, "classes": list(spec.classes),
+        searched = ([Path(data_dir).expanduser()] if data_dir is not None else []) + candidate_dirs(spec)
+        paths = next(filter(None, (find_files(spec, folder) for folder in searched)), None)
+        rows.append(row | {
             "found": paths is not None,
             "location": str(paths["train_images"].parent) if paths else str(download_dir(spec)),
-            "mirrors": list(spec.mirrors),
+            "searched": [str(folder) for folder in searched],
         })
     return rows
 

@@ -1,0 +1,491 @@
+"""mnistlab.data: IDX files, validation, discovery, safe downloads, the parsed cache, normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import http.server
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import fake_digits, write_fake_dataset
+from mnistlab import cli, data
+from mnistlab.data import DATASETS, DataError
+
+MNIST = DATASETS["mnist"]
+FILE_NAMES = [fname for fname, _ in MNIST.files.values()]
+
+
+def parsed_cache_entries() -> list[Path]:
+    folder = data.cache_root() / "parsed"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+# ---------------------------------------------------------------------------
+# IDX round trip
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte.gz", "images-idx3-ubyte"])
+def test_idx_round_trip_gz_and_raw(tmp_path, name):
+    images, _ = fake_digits(7, seed=0)
+    path = tmp_path / name
+    data.write_idx(path, images)
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == name.endswith(".gz")
+    back = data.read_idx(path)
+    assert back.dtype == np.uint8 and back.shape == (7, 28, 28)
+    np.testing.assert_array_equal(back, images)
+
+
+def test_idx_header_layout_is_the_published_one():
+    labels = np.array([3, 1, 4], dtype=np.uint8)
+    # magic 0x00000801 (unsigned bytes, 1 dimension), then the count, big-endian, then the bytes.
+    assert data.encode_idx(labels) == bytes.fromhex("00000801" "00000003") + bytes([3, 1, 4])
+    np.testing.assert_array_equal(data.parse_idx(data.encode_idx(labels)), labels)
+
+
+def test_a_gz_name_holding_raw_bytes_is_still_read(tmp_path):
+    labels = np.arange(10, dtype=np.uint8)
+    data.write_idx(tmp_path / "labels.gz", labels, compress=False)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "labels.gz"), labels)
+
+
+# ---------------------------------------------------------------------------
+# Every validation error names the file and says what is wrong
+
+IDX_ERRORS = {
+    "bad magic": (b"PK\x03\x04" + bytes(8), "not an IDX file"),
+    "wrong type code": (bytes.fromhex("00000d01" "00000001") + bytes(4), "type code 0x0d"),
+    "too short": (b"\x00\x00", "too short"),
+    "truncated header": (bytes.fromhex("00000803" "00000001" "0000"), "truncated IDX header"),
+    "data length mismatch": (bytes.fromhex("00000801" "00000005") + bytes(3), "holds 3"),
+}
+
+
+@pytest.mark.parametrize("case", IDX_ERRORS)
+def test_malformed_idx_is_rejected_naming_the_file(tmp_path, case):
+    content, expected = IDX_ERRORS[case]
+    path = tmp_path / "broken-idx1-ubyte"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=expected) as err:
+        data.read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="cannot read") as err:
+        data.read_idx(tmp_path / "nope-idx1-ubyte.gz")
+    assert "nope-idx1-ubyte.gz" in str(err.value)
+
+
+def split_error(tmp_path, images: np.ndarray, labels: np.ndarray) -> str:
+    """Write a dataset with these train arrays and return the error that loading it raises."""
+    folder = write_fake_dataset(tmp_path / "idx", n_train=8, n_test=4)
+    data.write_idx(folder / "train-images-idx3-ubyte.gz", images)
+    data.write_idx(folder / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DataError) as err:
+        data.load("mnist", folder)
+    assert parsed_cache_entries() == [], "a rejected dataset must not be cached"
+    return str(err.value)
+
+
+def test_images_not_28x28(tmp_path):
+    message = split_error(tmp_path, np.zeros((8, 32, 32), np.uint8), np.zeros(8, np.uint8))
+    assert "train-images-idx3-ubyte.gz" in message and "32x32, expected 28x28" in message
+
+
+def test_images_with_wrong_number_of_dimensions(tmp_path):
+    message = split_error(tmp_path, np.zeros(8, np.uint8), np.zeros(8, np.uint8))
+    assert "train-images-idx3-ubyte.gz" in message and "3 dimensions" in message
+
+
+def test_image_and_label_counts_disagree(tmp_path):
+    message = split_error(tmp_path, np.zeros((8, 28, 28), np.uint8), np.zeros(7, np.uint8))
+    assert "train-images-idx3-ubyte.gz holds 8 images" in message
+    assert "train-labels-idx1-ubyte.gz holds 7 labels" in message
+
+
+def test_label_out_of_range(tmp_path):
+    labels = np.zeros(8, np.uint8)
+    labels[3] = 10
+    message = split_error(tmp_path, np.zeros((8, 28, 28), np.uint8), labels)
+    assert "train-labels-idx1-ubyte.gz" in message and "label 10 out of range" in message
+
+
+def test_empty_split(tmp_path):
+    message = split_error(tmp_path, np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8))
+    assert "train-images-idx3-ubyte.gz" in message and "empty" in message
+
+
+# ---------------------------------------------------------------------------
+# Broken gzip files and the parsed cache
+
+def test_corrupt_gzip_is_a_clear_error_and_not_cached(tmp_path):
+    folder = write_fake_dataset(tmp_path / "idx", n_train=8, n_test=4)
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[20:40] = bytes(20)  # zero a run of the deflate stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="corrupt or truncated gzip") as err:
+        data.load("mnist", folder)
+    assert str(path) in str(err.value)
+    assert parsed_cache_entries() == []
+
+
+def test_truncated_gzip_is_a_clear_error_and_not_cached(tmp_path):
+    folder = write_fake_dataset(tmp_path / "idx", n_train=8, n_test=4)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(DataError, match="corrupt or truncated gzip") as err:
+        data.load("mnist", folder)
+    assert str(path) in str(err.value)
+    assert parsed_cache_entries() == []
+
+
+def test_second_load_comes_from_the_parsed_cache(tiny_idx_dir, monkeypatch):
+    first = data.load("mnist", tiny_idx_dir)
+    assert [p.suffix for p in parsed_cache_entries()] == [".npz"]
+
+    def no_parsing(path):
+        raise AssertionError(f"{path} parsed again instead of read from the cache")
+
+    monkeypatch.setattr(data, "read_idx", no_parsing)
+    second = data.load("mnist", tiny_idx_dir)
+    assert torch.equal(first.train.images, second.train.images)
+    assert torch.equal(first.test.labels, second.test.labels)
+
+
+def test_a_changed_file_is_parsed_again(tmp_path):
+    folder = write_fake_dataset(tmp_path / "idx", n_train=8, n_test=4)
+    data.load("mnist", folder)
+    data.write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.full(4, 9, np.uint8))
+    assert data.load("mnist", folder).test.labels.tolist() == [9, 9, 9, 9]
+    assert len(parsed_cache_entries()) == 2
+
+
+# ---------------------------------------------------------------------------
+# load() and to_device()
+
+def test_load_gives_uint8_images_and_int64_labels(tiny_idx_dir):
+    ds = data.load("mnist", tiny_idx_dir)
+    assert ds.train.images.shape == (600, 28, 28) and ds.train.images.dtype == torch.uint8
+    assert ds.train.labels.shape == (600,) and ds.train.labels.dtype == torch.int64
+    assert ds.test.images.shape == (200, 28, 28) and len(ds.test) == 200
+    assert ds.classes == tuple("0123456789")
+    images, labels = fake_digits(200, seed=2)  # what conftest wrote as the test split
+    np.testing.assert_array_equal(ds.test.images.numpy(), images)
+    np.testing.assert_array_equal(ds.test.labels.numpy(), labels)
+    assert ds.source == str(tiny_idx_dir)
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(DataError, match="known: mnist, fashion-mnist, kmnist, synthetic"):
+        data.load("cifar")
+
+
+def test_to_device_normalises_like_the_notebook(tiny_idx_dir):
+    split = data.load("mnist", tiny_idx_dir).test
+    x, y = data.to_device(split, torch.device("cpu"), mean=0.5, std=0.5)
+    assert x.shape == (len(split), 1, 28, 28) and x.dtype == torch.float32
+    expected = (split.images.double() / 255 - 0.5) / 0.5
+    assert (x[:, 0].double() - expected).abs().max() < 1e-6
+    assert x.min() == -1 and x.max() == 1
+    assert torch.equal(y, split.labels)
+
+
+# ---------------------------------------------------------------------------
+# Finding local copies
+
+def test_data_dir_with_missing_files_lists_them(tmp_path):
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    images, labels = fake_digits(4, seed=0)
+    data.write_idx(folder / "train-images-idx3-ubyte.gz", images)
+    with pytest.raises(DataError) as err:
+        data.locate(MNIST, folder)
+    message = str(err.value)
+    assert "train-images" not in message
+    for name in FILE_NAMES[1:]:
+        assert name in message
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        data.locate(MNIST, tmp_path / "absent")
+
+
+def test_uncompressed_files_are_accepted(tmp_path):
+    folder = tmp_path / "raw"
+    for split, n in (("train", 8), ("t10k", 4)):
+        images, labels = fake_digits(n, seed=n)
+        data.write_idx(folder / f"{split}-images-idx3-ubyte", images)
+        data.write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+    paths = data.locate(MNIST, folder)
+    assert all(p.suffix != ".gz" for p in paths.values())
+    assert len(data.load("mnist", folder).train) == 8
+
+
+@pytest.fixture
+def empty_machine(tmp_path, monkeypatch) -> Path:
+    """A home and a working directory with no datasets in them."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+def test_mnistlab_data_folder_is_found(empty_machine):
+    assert data.locate(MNIST) is None
+    write_fake_dataset(data.cache_root() / "mnist", n_train=8, n_test=4)
+    assert data.locate(MNIST)["train_images"].parent == data.cache_root() / "mnist"
+
+
+def test_the_notebooks_torchvision_folder_is_found(empty_machine):
+    raw = empty_machine / ".pytorch" / "MNIST_data" / "MNIST" / "raw"
+    write_fake_dataset(raw, n_train=8, n_test=4)
+    assert data.locate(MNIST)["test_labels"] == raw / "t10k-labels-idx1-ubyte.gz"
+    assert len(data.load("mnist").test) == 4
+
+
+def test_other_torchvision_roots_are_found(empty_machine):
+    raw = empty_machine / ".pytorch" / "F_MNIST_data" / "FashionMNIST" / "raw"
+    write_fake_dataset(raw, n_train=8, n_test=4)
+    assert data.locate(DATASETS["fashion-mnist"])["train_images"].parent == raw
+    assert data.locate(MNIST) is None
+
+
+def test_describe_reports_found_and_missing(empty_machine, tiny_idx_dir):
+    write_fake_dataset(data.cache_root() / "kmnist", n_train=8, n_test=4)
+    rows = {row["name"]: row for row in data.describe()}
+    assert list(rows) == list(DATASETS)
+    assert rows["kmnist"]["found"] and rows["kmnist"]["location"] == str(data.cache_root() / "kmnist")
+    assert not rows["mnist"]["found"]
+    assert rows["mnist"]["location"] == str(data.download_dir(MNIST))
+    assert str(empty_machine / ".pytorch" / "MNIST_data" / "MNIST" / "raw") in rows["mnist"]["searched"]
+    assert rows["mnist"]["files"] == FILE_NAMES and len(rows["mnist"]["mirrors"]) >= 2
+    assert rows["synthetic"]["found"]
+
+    with_dir = {row["name"]: row for row in data.describe(tiny_idx_dir)}
+    assert with_dir["mnist"]["found"] and with_dir["mnist"]["location"] == str(tiny_idx_dir)
+    # --data-dir is looked in first, then the usual places.
+    assert with_dir["kmnist"]["searched"] == [str(tiny_idx_dir), *rows["kmnist"]["searched"]]
+
+
+def test_every_dataset_knows_its_files_checksums_and_two_mirrors():
+    for spec in DATASETS.values():
+        assert len(spec.classes) == 10
+        if spec.name == "synthetic":
+            continue
+        assert list(spec.files) == list(data.ROLES)
+        assert all(len(md5) == 32 and int(md5, 16) >= 0 for _, md5 in spec.files.values())
+        assert len(spec.mirrors) >= 2 and all(m.endswith("/") for m in spec.mirrors)
+
+
+# ---------------------------------------------------------------------------
+# Downloads from a local HTTP server, one broken mirror in front of a good one
+
+class Mirrors(http.server.BaseHTTPRequestHandler):
+    """Serves /<behaviour>/<file name>; `files` maps file names to their bytes."""
+
+    files: dict[str, bytes] = {}
+    user_agents: list[str] = []
+    release = threading.Event()
+
+    def do_GET(self):
+        Mirrors.user_agents.append(self.headers.get("User-Agent", ""))
+        behaviour, _, name = self.path.strip("/").partition("/")
+        body = self.files.get(name)
+        if body is None or behaviour == "missing":
+            return self.send_error(404, "Not Found")
+        if behaviour == "html":  # a bot wall: status 200, an HTML page
+            return self.reply(b"<!DOCTYPE html><html><body>Are you a robot?</body></html>", "text/html")
+        if behaviour == "html-as-binary":  # the same page, mislabelled
+            return self.reply(b"\n<html><body>Access denied</body></html>", "application/octet-stream")
+        if behaviour == "other-file":  # a real gzip file, not the one asked for
+            return self.reply(gzip.compress(b"\x00" * 64), "application/octet-stream")
+        if behaviour == "short":  # promises the whole file, sends half, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return None
+        if behaviour == "hang":
+            self.release.wait(timeout=5)
+            return None
+        return self.reply(body, "application/octet-stream")
+
+    def reply(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = write_fake_dataset(tmp_path_factory.mktemp("served"), n_train=20, n_test=10)
+    Mirrors.files = {name: (folder / name).read_bytes() for name in FILE_NAMES}
+    Mirrors.release.clear()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirrors)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    Mirrors.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def spec(server) -> data.DatasetSpec:
+    """MNIST with checksums of the served fake files."""
+    files = {role: (fname, hashlib.md5(Mirrors.files[fname]).hexdigest())
+             for role, (fname, _) in MNIST.files.items()}
+    return dataclasses.replace(MNIST, files=files, mirrors=(f"{server}/good/",))
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def fetch(spec, dest: Path, *mirrors: str) -> dict[str, Path]:
+    Mirrors.user_agents.clear()
+    return data.download(spec, dest, mirrors=mirrors, timeout=0.5, progress=False)
+
+
+def assert_downloaded(paths: dict[str, Path], dest: Path) -> None:
+    assert sorted(p.name for p in dest.iterdir()) == sorted(FILE_NAMES), "no temporary file may remain"
+    for fname in FILE_NAMES:
+        assert (dest / fname).read_bytes() == Mirrors.files[fname]
+    assert all(agent.startswith("mnistlab/") for agent in Mirrors.user_agents)
+
+
+def test_download_from_a_good_mirror(spec, server, tmp_path):
+    paths = fetch(spec, tmp_path / "dl", f"{server}/good/")
+    assert_downloaded(paths, tmp_path / "dl")
+    assert len(Mirrors.user_agents) == 4
+
+
+@pytest.mark.parametrize("broken", ["missing", "html", "html-as-binary", "other-file", "short", "hang"])
+def test_a_broken_first_mirror_falls_back_to_the_next(spec, server, tmp_path, broken):
+    dest = tmp_path / "dl"
+    paths = fetch(spec, dest, f"{server}/{broken}/", f"{server}/good/")
+    assert_downloaded(paths, dest)
+    # The mirror that worked is asked first for the remaining files.
+    assert len(Mirrors.user_agents) == 5
+
+
+def test_a_refused_connection_falls_back(spec, server, tmp_path):
+    paths = fetch(spec, tmp_path / "dl", closed_port_url(), f"{server}/good/")
+    assert_downloaded(paths, tmp_path / "dl")
+
+
+def test_when_every_mirror_fails_the_error_says_how_to_go_on(spec, server, tmp_path):
+    dest = tmp_path / "dl"
+    refused = closed_port_url()
+    mirrors = [f"{server}/missing/", f"{server}/html/", f"{server}/other-file/", f"{server}/short/",
+               f"{server}/hang/", refused]
+    started = time.perf_counter()
+    with pytest.raises(DataError) as err:
+        fetch(spec, dest, *mirrors)
+    assert time.perf_counter() - started < 5
+    message = str(err.value)
+    first = FILE_NAMES[0]
+    reasons = {
+        f"{server}/missing/": "HTTP 404",
+        f"{server}/html/": "HTML page (text/html)",
+        f"{server}/other-file/": "checksum mismatch",
+        f"{server}/short/": "incomplete",
+        f"{server}/hang/": "timed out",
+        refused: "cannot connect",
+    }
+    lines = message.splitlines()
+    for mirror, reason in reasons.items():
+        [line] = [ln for ln in lines if f"{mirror}{first}:" in ln]
+        assert reason in line, line
+    for fname in FILE_NAMES:
+        assert fname in message
+    assert str(dest) in message
+    assert "--data-dir" in message and "--dataset synthetic" in message
+    assert list(dest.iterdir()) == [], "a failed download must leave nothing behind"
+
+
+def test_an_existing_download_is_not_fetched_again(spec, server, tmp_path):
+    dest = tmp_path / "dl"
+    fetch(spec, dest, f"{server}/good/")
+    fetch(spec, dest, f"{server}/missing/")  # would fail if anything were requested
+    assert Mirrors.user_agents == []
+
+
+def test_load_downloads_into_the_cache_once(spec, server, monkeypatch, empty_machine):
+    monkeypatch.setitem(DATASETS, "mnist", spec)
+    ds = data.load("mnist", progress=False)
+    assert len(ds.train) == 20 and ds.source == str(data.download_dir(spec))
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(spec, mirrors=(closed_port_url(),)))
+    assert len(data.load("mnist", progress=False).test) == 10  # found locally, no network needed
+
+
+def offline(monkeypatch) -> None:
+    """MNIST whose every mirror refuses connections, on a machine with no copy of it."""
+    mirrors = (closed_port_url(), closed_port_url())
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(MNIST, mirrors=mirrors))
+
+
+def test_load_offline_without_a_copy_explains_what_to_do(monkeypatch, empty_machine):
+    offline(monkeypatch)
+    with pytest.raises(DataError) as err:
+        data.load("mnist", progress=False)
+    message = str(err.value)
+    assert message.count("cannot connect") == 2
+    assert str(data.download_dir(MNIST)) in message and "--dataset synthetic" in message
+    assert list(data.download_dir(MNIST).iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+def test_cli_datasets(capsys, empty_machine, tiny_idx_dir):
+    assert cli.main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in DATASETS:
+        assert name in out
+    assert f"not found; would be downloaded to {data.download_dir(MNIST)}" in out
+    assert str(empty_machine / ".pytorch" / "MNIST_data" / "MNIST" / "raw") in out  # where it looked
+
+    assert cli.main(["datasets", "--json", "--data-dir", str(tiny_idx_dir)]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["mnist"]["found"] and rows["mnist"]["location"] == str(tiny_idx_dir)
+
+
+def test_cli_train_with_an_empty_data_dir_is_one_clear_line(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = cli.main(["train", "--dataset", "mnist", "--data-dir", str(empty), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("mnistlab train: error: --data-dir")
+    assert "Traceback" not in err and "train-images-idx3-ubyte.gz" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_train_offline_gives_the_download_advice_not_a_traceback(capsys, monkeypatch, empty_machine, tmp_path):
+    offline(monkeypatch)
+    code = cli.main(["train", "--dataset", "mnist", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("mnistlab train: error: could not download mnist")
+    assert "Traceback" not in err and "--dataset synthetic" in err
