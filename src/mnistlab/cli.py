@@ -190,6 +190,25 @@ ADD_COMMANDS: list = []
 # --- predict (end) ---
 
 # --- plot (begin) ---
+def add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="write a run's figures as PNG files",
+                       description="Write RUN_DIR/figures/: curves.png (loss and accuracy per epoch), "
+                       "confusion.png, misclassified.png (test images) and samples.png (training images).")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data-dir", type=Path,
+                   help="folder holding the four IDX files (default: where the run was trained from)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .figures import plot_run
+
+    for path in plot_run(args.run_dir, data_dir=args.data_dir):
+        print(path)
+    return 0
+
+
+ADD_COMMANDS.append(add_plot)
 # --- plot (end) ---
 
 # --- inspect (begin) ---

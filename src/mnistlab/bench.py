@@ -1,0 +1,354 @@
+"""Benchmark: the course notebook's pipeline and ours, timed side by side in one process.
+
+The notebook feeds its network one PIL image at a time: torchvision's
+`datasets.MNIST` builds a PIL image per sample, `ToTensor` and `Normalize` turn
+it into a tensor, and a `DataLoader` collates 64 of them into a batch; its loop
+reads the loss back with `.item()` after every step. Ours is `training.train`.
+
+`run_bench` runs both for the same recipe, data and device, alternating
+(notebook, ours, notebook, ours, ...) so that a change in machine load hits both
+alike, and returns every raw timing; `format_bench` renders the table.
+
+When torchvision is importable the notebook side is torchvision itself, reading
+the IDX files from a temporary folder in its own layout. Otherwise it is
+`PILMNIST`, a re-implementation of the same per-sample path, and the result says
+which one ran.
+
+The notebook side always runs the notebook as written (the `seed` recipe:
+batch 64, SGD lr 0.003, NLLLoss). With `--recipe seed` both sides train the same
+thing from the same initial weights, so their losses should agree up to the
+shuffle order. For other recipes the notebook's seconds per epoch are a
+reference only: ours trains that recipe (its batch size, schedule, epochs).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from . import data as data_mod
+from .config import RECIPES, recipe
+from .evaluation import accuracy
+from .training import read_metrics, select_device, train
+
+NOTEBOOK = RECIPES["seed"]  # the notebook's hyper-parameters: batch 64, SGD lr 0.003, NLLLoss
+TARGET_ACCURACY = 0.98  # "time to 98%": training seconds until the first epoch at or above this
+WARMUP_BATCHES = 10  # untimed batches per pipeline before the first timed run (allocators, kernels)
+
+PIPELINE_TORCHVISION = "torchvision"
+PIPELINE_PIL = "pil"
+
+
+# ---------------------------------------------------------------------------
+# The notebook's per-sample data path, without torchvision
+
+def to_tensor(pic) -> torch.Tensor:
+    """torchvision's `ToTensor` for an 8-bit PIL image: (H, W) bytes -> (C, H, W) float in [0, 1]."""
+    img = torch.from_numpy(np.array(pic, np.uint8, copy=True))
+    img = img.view(pic.size[1], pic.size[0], len(pic.getbands()))
+    return img.permute(2, 0, 1).contiguous().float().div(255)
+
+
+def normalize(tensor: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """torchvision's `Normalize`: (x - mean) / std per channel, on a copy."""
+    mean_t = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    return tensor.clone().sub_(mean_t).div_(std_t)
+
+
+def notebook_transform(mean: float, std: float) -> Callable:
+    """`Compose([ToTensor(), Normalize((mean,), (std,))])`."""
+    def transform(pic) -> torch.Tensor:
+        return normalize(to_tensor(pic), (mean,), (std,))
+
+    return transform
+
+
+class PILMNIST(torch.utils.data.Dataset):
+    """`torchvision.datasets.MNIST` after loading: a PIL image per sample, then the transform."""
+
+    def __init__(self, split: data_mod.Split, transform: Callable | None = None):
+        self.data, self.targets = split.images, split.labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        img, target = self.data[index], int(self.targets[index])
+        img = Image.fromarray(img.numpy(), mode="L")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+def notebook_dataset(dataset: data_mod.Dataset, root: Path, mean: float,
+                     std: float) -> tuple[torch.utils.data.Dataset, str, str]:
+    """The notebook's training set, the pipeline's name, and a description for people.
+
+    torchvision reads uncompressed IDX files from `<root>/<Name>/raw/`, so the
+    splits already loaded are written there (any source works, .gz or not).
+    """
+    try:
+        import torchvision
+        from torchvision import transforms
+    except ImportError:
+        return (PILMNIST(dataset.train, notebook_transform(mean, std)), PIPELINE_PIL,
+                "re-implementation of torchvision's per-sample PIL path (torchvision is not "
+                "installed): PIL image -> ToTensor -> Normalize, DataLoader(batch 64, shuffle)")
+    spec = dataset.spec
+    raw = root / spec.torchvision_name / "raw"
+    splits = {"train": dataset.train, "test": dataset.test}
+    for role, (fname, _) in spec.files.items():
+        split, kind = role.split("_")
+        tensor = splits[split].images if kind == "images" else splits[split].labels.to(torch.uint8)
+        data_mod.write_idx(raw / fname.removesuffix(".gz"), tensor.numpy(), compress=False)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+    train_set = getattr(torchvision.datasets, spec.torchvision_name)(
+        root=str(root), train=True, transform=transform, download=False)
+    return (train_set, PIPELINE_TORCHVISION,
+            f"torchvision {torchvision.__version__} datasets.{spec.torchvision_name} + ToTensor + "
+            "Normalize, DataLoader(batch 64, shuffle)")
+
+
+# ---------------------------------------------------------------------------
+# The notebook's network and loop, as the notebook writes them
+
+def notebook_model(input_size: int, hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """Linear(784,128) ReLU Linear(128,64) ReLU Linear(64,10) LogSoftmax(dim=1).
+
+    Built after the same `torch.manual_seed` it gets the same initial weights as
+    our MLP (ours has a Flatten in front, which holds no parameters).
+    """
+    sizes = [input_size, *hidden]
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(sizes[-1], num_classes), nn.LogSoftmax(dim=1))
+
+
+def notebook_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                   trainloader: DataLoader, device: torch.device) -> float:
+    """One epoch of the notebook's loop; returns the mean batch loss as it prints it."""
+    running_loss = 0.0
+    for images, labels in trainloader:
+        images, labels = images.to(device), labels.to(device)
+        images = images.view(images.shape[0], -1)
+        optimizer.zero_grad()
+        output = model(images)
+        loss = criterion(output, labels)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+    return running_loss / len(trainloader)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def run_notebook(train_set: torch.utils.data.Dataset, x_test: torch.Tensor, y_test: torch.Tensor,
+                 num_classes: int, epochs: int, seed: int, device: torch.device) -> dict[str, Any]:
+    """Train the notebook's model from `torch.manual_seed(seed)`; seconds, losses, test accuracy."""
+    torch.manual_seed(seed)
+    model = notebook_model(x_test.shape[1], NOTEBOOK.hidden, num_classes).to(device)
+    criterion = nn.NLLLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=NOTEBOOK.lr)
+    trainloader = DataLoader(train_set, batch_size=NOTEBOOK.batch_size, shuffle=True)
+    seconds, losses = [], []
+    for _ in range(epochs):
+        synchronize(device)
+        t0 = time.perf_counter()
+        losses.append(notebook_epoch(model, optimizer, criterion, trainloader, device))
+        synchronize(device)
+        seconds.append(time.perf_counter() - t0)
+    return {"epoch_seconds": seconds, "train_loss": losses,
+            "test_accuracy": float(accuracy(model, x_test, y_test))}
+
+
+# ---------------------------------------------------------------------------
+# Ours
+
+def time_to_accuracy(rows: list[dict[str, Any]], target: float) -> float | None:
+    """Training seconds up to the first epoch whose test accuracy reaches `target` (eval not counted)."""
+    elapsed = 0.0
+    for row in rows:
+        elapsed += row["seconds"]
+        if row["test_accuracy"] is not None and row["test_accuracy"] >= target:
+            return elapsed
+    return None
+
+
+def run_ours(config, out: Path, data_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """`training.train` once; its per-epoch seconds, losses and accuracies from metrics.csv."""
+    result = train(config, out=out, data_dir=data_dir)
+    rows = read_metrics(result.run_dir)
+    return {"epoch_seconds": [r["seconds"] for r in rows], "train_loss": [r["train_loss"] for r in rows],
+            "test_accuracy": rows[-1]["test_accuracy"],
+            "epoch_test_accuracy": [r["test_accuracy"] for r in rows],
+            "train_seconds": result.summary["train_seconds"],
+            "time_to_target": time_to_accuracy(rows, TARGET_ACCURACY)}
+
+
+# ---------------------------------------------------------------------------
+# Both, alternating
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per epoch over every epoch of every run; losses and accuracy of the last run
+    (every run starts from the same seed, so they differ only by float non-determinism)."""
+    return {"runs": runs, "seconds_per_epoch": spread([s for r in runs for s in r["epoch_seconds"]]),
+            "final_train_loss": runs[-1]["train_loss"][-1], "test_accuracy": runs[-1]["test_accuracy"]}
+
+
+def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | None = None,
+              repeats: int = 3, data_dir: str | os.PathLike | None = None,
+              log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Time the notebook's pipeline and ours, alternating `repeats` runs of each.
+
+    `epochs` per run defaults to 1 for `seed` (seconds per epoch) and to the
+    recipe's own for the others (their schedules and the time to 98% need all of
+    them); the notebook side runs 1 epoch then, as a reference.
+    """
+    if (epochs is not None and epochs < 1) or repeats < 1:
+        raise ValueError("epochs and repeats must be at least 1")
+    comparable = recipe_name == NOTEBOOK.recipe
+    base = recipe(recipe_name, device=device)
+    epochs = epochs or (1 if comparable else base.epochs)
+    # Test accuracy after every epoch, for the time to 98%; eval time is not in `seconds`.
+    config = base.replace(epochs=epochs, eval_every_epoch=True)
+    notebook_epochs = epochs if comparable else 1
+    torch_device = select_device(device)
+    dataset = data_mod.load(config.dataset, data_dir)
+    x_test, y_test = data_mod.to_device(dataset.test, torch_device, NOTEBOOK.mean, NOTEBOOK.std)
+    x_test = x_test.flatten(1)  # the notebook's network takes flat images
+    threads = torch.get_num_threads()
+    log(f"bench: recipe {recipe_name}, {dataset.spec.name} from {dataset.source}, device {torch_device}, "
+        f"{threads} threads")
+
+    with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
+        tmp_path = Path(tmp)
+        train_set, pipeline, description = notebook_dataset(dataset, tmp_path / "notebook-data",
+                                                            NOTEBOOK.mean, NOTEBOOK.std)
+        log(f"notebook pipeline: {description}")
+        # Untimed warm-up of both: first-call costs (allocator, kernel selection, parsed cache).
+        warm = min(len(train_set), WARMUP_BATCHES * NOTEBOOK.batch_size)
+        run_notebook(Subset(train_set, range(warm)), x_test, y_test, len(dataset.classes), 1,
+                     config.seed, torch_device)
+        warm = min(len(dataset.train), WARMUP_BATCHES * config.batch_size)
+        run_ours(config.replace(epochs=1, train_size=warm, drop_last=False), tmp_path / "warmup", data_dir)
+
+        notebook_runs, our_runs = [], []
+        for r in range(1, repeats + 1):
+            torch.set_num_threads(threads)  # the notebook always runs with torch's default threads
+            run = run_notebook(train_set, x_test, y_test, len(dataset.classes), notebook_epochs,
+                               config.seed, torch_device)
+            notebook_runs.append(run)
+            log(f"notebook run {r}/{repeats}: {_fmt_seconds(run['epoch_seconds'])} s/epoch, "
+                f"loss {run['train_loss'][-1]:.4f}")
+            run = run_ours(config, tmp_path / f"ours-{r}", data_dir)
+            run["threads"] = torch.get_num_threads()
+            our_runs.append(run)
+            log(f"ours run {r}/{repeats}: {_fmt_seconds(run['epoch_seconds'])} s/epoch, "
+                f"loss {run['train_loss'][-1]:.4f}")
+        torch.set_num_threads(threads)
+
+    notebook = {"pipeline": pipeline, "description": description, "recipe": NOTEBOOK.recipe,
+                "epochs": notebook_epochs, "batch_size": NOTEBOOK.batch_size, "lr": NOTEBOOK.lr,
+                "threads": threads, **summarize(notebook_runs)}
+    times_to_target = [r["time_to_target"] for r in our_runs]
+    reached = all(t is not None for t in times_to_target)
+    ours = {"recipe": recipe_name, "epochs": epochs, "batch_size": config.batch_size,
+            "threads": our_runs[-1]["threads"], **summarize(our_runs),
+            "train_seconds": spread([r["train_seconds"] for r in our_runs]),
+            "reached_target": reached,
+            "time_to_target": spread(times_to_target) if reached else None}
+    return {
+        "recipe": recipe_name, "dataset": dataset.spec.name, "data_source": dataset.source,
+        "epochs": epochs, "repeats": repeats, "comparable": comparable, "target_accuracy": TARGET_ACCURACY,
+        "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": threads,
+                    "cpu": cpu_model(),
+                    "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None},
+        "notebook": notebook,
+        "ours": ours,
+        "speedup": notebook["seconds_per_epoch"]["median"] / ours["seconds_per_epoch"]["median"],
+    }
+
+
+def _fmt_seconds(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------
+# For people
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The result as a table, the speed-up, and the parity of losses and accuracies."""
+    m, nb, ours = result["machine"], result["notebook"], result["ours"]
+    gpu = f" ({m['gpu']})" if m["gpu"] else ""
+    lines = [
+        f"mnistlab bench: recipe {result['recipe']} on {result['dataset']}, "
+        f"{_plural(result['repeats'], 'repeat')} of each pipeline, alternating",
+        f"machine: device {m['device']}{gpu}, torch {m['torch']}, {_plural(m['threads'], 'thread')}, "
+        f"CPU {m['cpu']}",
+        f"notebook pipeline: {nb['description']}",
+        "",
+    ]
+    rows = [("pipeline", "s/epoch (median)", "spread (min-max)", "final train loss", "test accuracy")]
+    for name, side in ((f"notebook ({nb['recipe']}, {_plural(nb['epochs'], 'epoch')})", nb),
+                       (f"ours ({ours['recipe']}, {_plural(ours['epochs'], 'epoch')})", ours)):
+        s = side["seconds_per_epoch"]
+        rows.append((name, f"{s['median']:.3f}", f"{s['min']:.3f}-{s['max']:.3f}",
+                     f"{side['final_train_loss']:.4f}", f"{100 * side['test_accuracy']:.2f}%"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append("")
+    lines.append(f"speed-up: {result['speedup']:.1f}x seconds per epoch (notebook median / ours median)"
+                 + ("" if result["comparable"] else "; different recipes, the notebook is a reference"))
+    if result["comparable"]:
+        lines.append(f"parity: final train loss {nb['final_train_loss']:.4f} vs {ours['final_train_loss']:.4f} "
+                     f"(difference {abs(nb['final_train_loss'] - ours['final_train_loss']):.4f}; same initial "
+                     f"weights, different shuffles), test accuracy {100 * nb['test_accuracy']:.2f}% vs "
+                     f"{100 * ours['test_accuracy']:.2f}%")
+    else:
+        target = f"{100 * result['target_accuracy']:.0f}%"
+        reach = (f"reached {target} after {ours['time_to_target']['median']:.2f} s of training (median; "
+                 "eval time not counted)" if ours["reached_target"]
+                 else f"did not reach {target} test accuracy in every run")
+        lines.append(f"ours: {ours['train_seconds']['median']:.2f} s of training (median), test accuracy "
+                     f"{100 * ours['test_accuracy']:.2f}%, {reach}")
+    return "\n".join(lines)
