@@ -50,7 +50,9 @@ def tiny_run(tmp_path_factory, tiny_idx_dir) -> Path:
     from mnistlab.training import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(recipe("default", epochs=2, batch_size=32, device="cpu"), out=out, data_dir=tiny_idx_dir)
+    with pytest.MonkeyPatch.context() as mp:  # session fixtures run outside `isolated_cache`
+        mp.setenv("MNISTLAB_DATA", str(tmp_path_factory.mktemp("cache")))
+        train(recipe("default", epochs=2, batch_size=32, device="cpu"), out=out, data_dir=tiny_idx_dir)
     return out
 
 
