@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from . import data as data_mod
 from .config import RECIPES, recipe
 from .evaluation import accuracy
-from .training import read_metrics, select_device, train
+from .training import read_metrics, select_device, synchronize, train
 
 NOTEBOOK = RECIPES["seed"]  # the notebook's hyper-parameters: batch 64, SGD lr 0.003, NLLLoss
 TARGET_ACCURACY = 0.98  # "time to 98%": training seconds until the first epoch at or above this
@@ -153,14 +153,6 @@ def notebook_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion
         optimizer.step()
         running_loss += loss.item()
     return running_loss / len(trainloader)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that a clock read after it is honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def run_notebook(train_set: torch.utils.data.Dataset, x_test: torch.Tensor, y_test: torch.Tensor,

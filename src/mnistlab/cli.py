@@ -212,6 +212,54 @@ ADD_COMMANDS.append(add_plot)
 # --- plot (end) ---
 
 # --- inspect (begin) ---
+def _positive(kind: Any, name: str):
+    """An argparse type: a finite number > 0, else a one-line error (exit 2)."""
+    parse = _parse_type(kind, name)
+
+    def positive(text: str):
+        value = parse(text)
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"--{name} must be a number > 0 (got {text})")
+        return value
+
+    return positive
+
+
+def add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect", help="one training step taken apart: loss, grad_fn chain, gradients, update",
+        description="Run one SGD step of the notebook on a real training batch and show, line by line: "
+        "the network, the loss, the grad_fn chain, each parameter's gradient and update (checked "
+        "against lr * grad), a finite-difference check of autograd, gradients accumulating without "
+        "zero_grad(), and what torch.no_grad() changes.")
+    p.add_argument("--model", default="mlp", metavar="mlp|cnn|RUN_DIR",
+                   help="a fresh mlp (the notebook's network) or cnn, initialised from --seed; or a run "
+                   "directory or checkpoint to inspect a trained model (default: mlp)")
+    p.add_argument("--lr", type=_positive(float, "lr"), default=0.003, help="SGD learning rate (default: 0.003)")
+    p.add_argument("--batch-size", type=_positive(int, "batch-size"), default=64,
+                   help="images in the batch (default: 64)")
+    p.add_argument("--seed", type=_parse_type(int, "seed"), default=0,
+                   help="picks the batch, the initial weights and the checked entries (default: 0)")
+    p.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or synthetic "
+                   "(default: mnist, or the checkpoint's dataset)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import InspectError, format_report, inspect_step
+
+    try:
+        result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                              dataset=args.dataset, data_dir=args.data_dir)
+    except InspectError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+ADD_COMMANDS.append(add_inspect)
 # --- inspect (end) ---
 
 # --- bench (begin) ---

@@ -207,7 +207,8 @@ def _fmt_epoch(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a clock read after it is honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -298,7 +299,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(start_epoch + 1, last + 1):
         bar = _progress_bar(epoch, config.epochs, n_steps) if progress and sys.stderr.isatty() else None
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         mean_loss = train_epoch(model, optimizer, schedule, loss_fn, x, y, config, generator,
                                 forward_loss, bar.update if bar else None)

@@ -1,0 +1,410 @@
+"""`mnistlab inspect`: the notebook's middle, live, on one real batch.
+
+One training step taken apart: the network and its parameters, the loss on a
+batch, the grad_fn chain autograd walks back from the loss, the gradients that
+backward() leaves in .grad, the update made by one SGD step (and the check that
+it is lr * grad), a finite-difference check of autograd, gradients accumulating
+when zero_grad() is skipped, and what torch.no_grad() changes.
+
+`inspect_step` returns everything as plain, JSON-able data; `format_report`
+turns that into text a student can follow line by line.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import recipe
+from .models import architecture, build_model, loss_function
+
+FRESH_MODELS = ("mlp", "cnn")
+FD_EPS = 1e-6  # finite-difference step, in weight units: few ReLUs switch within so small a nudge
+KINK_TOLERANCE = 1e-5  # slopes at eps and eps/2 further apart than this (relative): a kink in between
+KINK_RETRIES = 4  # draws allowed per wanted entry before giving up on smooth entries
+FD_ENTRIES = 5  # gradient entries checked by finite differences
+
+
+class InspectError(ValueError):
+    """A bad argument to inspect_step (a user error, not a bug)."""
+
+
+# ---------------------------------------------------------------------------
+# The network and the batch
+
+def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None,
+                 hidden: tuple[int, ...] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh 'mlp'/'cnn' (the notebook's recipe, initialised from `seed`) or a trained checkpoint.
+
+    Returns the network and where it came from: source, dataset, output kind, normalisation.
+    """
+    name = str(model)
+    if name in FRESH_MODELS:
+        dataset = dataset or "mnist"
+        config = recipe("seed", model=name, **({"hidden": tuple(hidden)} if hidden else {}))
+        spec = data_mod.get_spec(dataset)
+        arch = architecture(config, (1, *data_mod.IMAGE_SHAPE), len(spec.classes))
+        with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+            torch.manual_seed(seed)
+            net = build_model(arch)
+        return net, {"source": f"fresh {name} (untrained, initialised with seed {seed})", "trained": False,
+                     "dataset": dataset, "output": config.output, "mean": config.mean, "std": config.std}
+    if hidden:
+        raise InspectError("hidden sizes apply to a fresh mlp only, not to a checkpoint")
+    if not Path(name).exists():
+        raise CheckpointError(f"model {name!r} is neither {' nor '.join(FRESH_MODELS)} "
+                              "nor an existing run directory or checkpoint")
+    ckpt = load_checkpoint(name)
+    dataset = dataset or ckpt.meta["dataset"]
+    if len(data_mod.get_spec(dataset).classes) != len(ckpt.classes):
+        raise InspectError(f"{name} has {len(ckpt.classes)} classes but {dataset} has "
+                           f"{len(data_mod.get_spec(dataset).classes)}")
+    return ckpt.model, {"source": f"checkpoint {name}", "trained": True, "dataset": dataset,
+                        "output": ckpt.output, "mean": ckpt.mean, "std": ckpt.std}
+
+
+def random_batch(split: data_mod.Split, batch_size: int, seed: int, mean: float,
+                 std: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`batch_size` examples drawn without replacement by `seed`: (indices, images, labels)."""
+    if batch_size > len(split):
+        raise InspectError(f"batch size {batch_size} is larger than the training split ({len(split)} images)")
+    indices = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:batch_size]
+    x, y = data_mod.to_device(data_mod.Split(split.images[indices], split.labels[indices]),
+                              torch.device("cpu"), mean, std)
+    return indices, x, y
+
+
+def seeded_forward(net: nn.Module, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """net(x) with the same dropout mask every call, so the loss is one fixed function of the weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return net(x)
+
+
+# ---------------------------------------------------------------------------
+# The grad_fn chain
+
+def node_name(fn: Any) -> str:
+    return type(fn).__name__
+
+
+def grad_fn_chain(loss: torch.Tensor, names: dict[int, str]) -> list[dict[str, Any]]:
+    """The autograd graph from loss.grad_fn down its longest path (the data's path).
+
+    Each step: the node's name, the parameter it accumulates into (AccumulateGrad
+    nodes only), and the side branches that end in parameters, e.g. a Linear
+    layer's bias and its weight reached through TBackward0 (the transpose in x @ W.T).
+    """
+    depths: dict[Any, int] = {}
+
+    def depth(fn: Any) -> int:
+        if fn not in depths:
+            depths[fn] = 1 + max((depth(c) for c, _ in fn.next_functions if c is not None), default=-1)
+        return depths[fn]
+
+    def parameter(fn: Any) -> str | None:
+        variable = getattr(fn, "variable", None)
+        return None if variable is None else names.get(id(variable), "(a tensor outside the model)")
+
+    def leaves(fn: Any, path: list[str]) -> list[dict[str, Any]]:
+        path = path + [node_name(fn)]
+        children = [c for c, _ in fn.next_functions if c is not None]
+        if not children:
+            return [{"path": path, "parameter": parameter(fn)}]
+        return [leaf for c in children for leaf in leaves(c, path)]
+
+    chain = []
+    fn = loss.grad_fn
+    while fn is not None:
+        children = [c for c, _ in fn.next_functions if c is not None]
+        main = max(children, key=depth, default=None)
+        chain.append({"node": node_name(fn), "parameter": parameter(fn),
+                      "branches": [leaf for c in children if c is not main for leaf in leaves(c, [])]})
+        fn = main
+    return chain
+
+
+# ---------------------------------------------------------------------------
+# The checks
+
+def total_norm(tensors: list[torch.Tensor]) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
+
+
+def relative_error(a: float, b: float) -> float:
+    scale = max(abs(a), abs(b))
+    return 0.0 if scale == 0 else abs(a - b) / scale
+
+
+def finite_differences(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+                       seed: int, entries: int, eps: float) -> dict[str, Any]:
+    """Autograd against (L(w + eps) - L(w - eps)) / (2 eps) for `entries` weights chosen by `seed`.
+
+    Runs on a float64 copy of the network and batch, so round-off stays far below the
+    differences being measured. Entries come from the parameter tensors in turn, among those
+    whose gradient is at least 1% of the tensor's largest (tiny ones drown in round-off).
+    ReLU and max-pool make the loss piecewise smooth: where one of them switches within
+    eps of w, no finite difference is meaningful. Such an entry shows up as a slope that
+    changes between eps and eps/2; it is counted as a kink and another entry is drawn.
+    """
+    net = copy.deepcopy(initial).double()
+    x = x.double()
+    loss_fn(seeded_forward(net, x, seed), y).backward()
+    named = list(net.named_parameters())
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(named), generator=generator).tolist()
+
+    def slope(weights: torch.Tensor, i: int, h: float) -> float:
+        original = float(weights[i])
+        losses = []
+        for w in (original + h, original - h):
+            weights[i] = w
+            with torch.no_grad():
+                losses.append(float(loss_fn(seeded_forward(net, x, seed), y)))
+        weights[i] = original
+        return (losses[0] - losses[1]) / (2 * h)
+
+    rows, kinks = [], 0
+    for attempt in range(KINK_RETRIES * entries):
+        if len(rows) == entries:
+            break
+        name, p = named[order[len(rows) % len(named)]]
+        grad = p.grad.flatten()
+        candidates = (grad.abs() >= 0.01 * grad.abs().max()).nonzero().flatten()
+        flat_index = int(candidates[torch.randint(len(candidates), (1,), generator=generator)])
+        weights = p.detach().view(-1)
+        numerical = slope(weights, flat_index, eps)
+        if relative_error(numerical, slope(weights, flat_index, eps / 2)) > KINK_TOLERANCE:
+            kinks += 1
+            continue
+        autograd = float(grad[flat_index])
+        index = [int(i) for i in torch.unravel_index(torch.tensor(flat_index), p.shape)]
+        rows.append({"parameter": name, "index": index, "autograd": autograd, "numerical": numerical,
+                     "relative_error": relative_error(autograd, numerical)})
+    return {"eps": eps, "dtype": "float64", "entries": rows, "kinks_skipped": kinks,
+            "max_relative_error": max((r["relative_error"] for r in rows), default=0.0)}
+
+
+def accumulation(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, lr: float,
+                 seed: int) -> dict[str, Any]:
+    """backward() twice without zero_grad(): .grad holds the sum of the two gradients."""
+    net = copy.deepcopy(initial)
+    params = list(net.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr)
+
+    def backward() -> list[torch.Tensor]:
+        loss_fn(seeded_forward(net, x, seed), y).backward()
+        return [p.grad.detach().clone() for p in params]
+
+    first = backward()
+    accumulated = backward()  # no zero_grad() in between
+    optimizer.zero_grad()
+    second = backward()  # the second gradient on its own
+    difference = max(float((a - (g1 + g2)).abs().max()) for a, g1, g2 in zip(accumulated, first, second))
+    optimizer.zero_grad()
+    after = [p.grad for p in params]
+    return {
+        "first_grad_norm": total_norm(first),
+        "accumulated_grad_norm": total_norm(accumulated),
+        "ratio": total_norm(accumulated) / total_norm(first) if total_norm(first) else float("nan"),
+        "max_abs_diff_from_sum": difference,
+        "grads_after_zero_grad": ("None" if all(g is None for g in after)
+                                  else "zero" if all(g is None or not g.any() for g in after) else "non-zero"),
+    }
+
+
+def no_grad_flags(net: nn.Module, x: torch.Tensor, seed: int) -> dict[str, Any]:
+    outside = seeded_forward(net, x, seed)
+    with torch.no_grad():
+        inside = seeded_forward(net, x, seed)
+    return {
+        "outside": {"requires_grad": outside.requires_grad, "grad_fn": node_name(outside.grad_fn)},
+        "inside": {"requires_grad": inside.requires_grad,
+                   "grad_fn": None if inside.grad_fn is None else node_name(inside.grad_fn)},
+        "weights_require_grad": all(p.requires_grad for p in net.parameters()),
+    }
+
+
+# ---------------------------------------------------------------------------
+# One step, taken apart
+
+def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_size: int = 64, seed: int = 0,
+                 dataset: str | None = None, data_dir: str | os.PathLike | None = None,
+                 hidden: tuple[int, ...] | None = None, fd_entries: int = FD_ENTRIES,
+                 fd_eps: float = FD_EPS) -> dict[str, Any]:
+    """Run one SGD step of the notebook on a real training batch and return what happened.
+
+    `model`: 'mlp' (the notebook's network) or 'cnn', freshly initialised from `seed`
+    (`hidden` changes the mlp's hidden sizes), or a run directory / checkpoint path.
+    `dataset` defaults to mnist, or to the checkpoint's dataset. The loss is the notebook's:
+    NLLLoss after LogSoftmax, or CrossEntropyLoss on logits (no label smoothing); the
+    optimiser is plain SGD at `lr` (no momentum, no weight decay).
+
+    Returns a JSON-able dict with the keys model, batch, loss, chance_loss, grad_fn_chain, lr,
+    grads_before_backward, parameters, finite_differences, accumulation and no_grad.
+    """
+    if not lr > 0:
+        raise InspectError(f"lr must be > 0 (got {lr})")
+    if batch_size < 1:
+        raise InspectError(f"batch size must be at least 1 (got {batch_size})")
+    net, origin = load_network(model, seed, dataset, hidden)
+    data = data_mod.load(origin["dataset"], data_dir)
+    indices, x, y = random_batch(data.train, batch_size, seed, origin["mean"], origin["std"])
+    loss_fn = loss_function(recipe("seed", output=origin["output"]))
+
+    net.train()  # a training step: dropout active, batch norm on batch statistics
+    initial = copy.deepcopy(net)
+    named = list(net.named_parameters())
+    names = {id(p): name for name, p in named}
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+
+    optimizer.zero_grad()
+    grads_before = "None" if all(p.grad is None for _, p in named) else "set"
+    loss = loss_fn(seeded_forward(net, x, seed), y)
+    chain = grad_fn_chain(loss, names)
+    loss.backward()
+    before = [p.detach().clone() for _, p in named]
+    grads = [p.grad.detach().clone() for _, p in named]
+    optimizer.step()
+
+    parameters = []
+    for (name, p), w, g in zip(named, before, grads):
+        update = w - p.detach()
+        # W_after = W - lr*g is rounded once or twice in float32: allow a few ulps of the weights.
+        tolerance = 4 * torch.finfo(w.dtype).eps * float(w.abs().max() + lr * g.abs().max())
+        error = float((update - lr * g).abs().max())
+        parameters.append({
+            "name": name, "shape": list(p.shape), "count": p.numel(),
+            "norm": float(w.norm()), "grad_norm": float(g.norm()), "update_norm": float(update.norm()),
+            "lr_times_grad_norm": lr * float(g.norm()),
+            "max_abs_diff_update_vs_lr_grad": error, "tolerance": tolerance,
+            "update_is_lr_times_grad": error <= tolerance,
+        })
+
+    classes = list(data.classes)
+    counts = torch.bincount(y, minlength=len(classes)).tolist()
+    return {
+        "model": {
+            "source": origin["source"], "trained": origin["trained"], "text": str(net),
+            "output": origin["output"], "loss_function": type(loss_fn).__name__,
+            "parameters": [{"name": n, "shape": list(p.shape), "count": p.numel()} for n, p in named],
+            "total_parameters": sum(p.numel() for _, p in named),
+        },
+        "batch": {
+            "dataset": data.spec.name, "split": "train", "seed": seed, "indices": indices.tolist(),
+            "shape": list(x.shape), "mean": origin["mean"], "std": origin["std"],
+            "label_counts": dict(zip(classes, counts)),
+        },
+        "loss": float(loss.detach()),
+        "chance_loss": math.log(len(classes)),
+        "grad_fn_chain": chain,
+        "lr": lr,
+        "grads_before_backward": grads_before,
+        "parameters": parameters,
+        "finite_differences": finite_differences(initial, x, y, loss_fn, seed, fd_entries, fd_eps),
+        "accumulation": accumulation(initial, x, y, loss_fn, lr, seed),
+        "no_grad": no_grad_flags(initial, x, seed),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Text for people
+
+def _shape(shape: list[int]) -> str:
+    return " x ".join(map(str, shape)) or "scalar"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The result of `inspect_step` as numbered sections a student can read top to bottom."""
+    m, b, lr = result["model"], result["batch"], result["lr"]
+    params, fd, acc, ng = result["parameters"], result["finite_differences"], result["accumulation"], \
+        result["no_grad"]
+    width = max(len(p["name"]) for p in params) + 2
+    entry = max((len(str(e["index"])) for e in fd["entries"]), default=5) + 2
+    lines = [f"One training step of {m['source']}, taken apart.", ""]
+
+    lines += ["1. The network", m["text"], "Parameters (the tensors the optimiser changes):"]
+    for p in m["parameters"]:
+        lines.append(f"  {p['name']:<{width}}{_shape(p['shape']):>14}  {p['count']:>10,}")
+    lines += [f"  {'total':<{width}}{'':>14}  {m['total_parameters']:>10,}", ""]
+
+    counts = "  ".join(f"{name}:{n}" for name, n in b["label_counts"].items())
+    lines += [
+        "2. A batch and its loss",
+        f"{b['shape'][0]} training images of {b['dataset']} drawn at random (seed {b['seed']}); "
+        f"tensor shape {_shape(b['shape'])}.",
+        f"Pixels are normalised as (x/255 - {b['mean']:g}) / {b['std']:g}.",
+        f"Labels in the batch: {counts}",
+        f"loss = {m['loss_function']}(model(images), labels) = {result['loss']:.4f}",
+        f"(Guessing every class with equal probability gives ln {len(b['label_counts'])} = "
+        f"{result['chance_loss']:.4f}" + ("; an untrained network starts near it.)" if not m["trained"] else ".)"),
+        "",
+    ]
+
+    lines += ["3. The grad_fn chain",
+              f"The loss remembers how it was computed: loss.grad_fn is {result['grad_fn_chain'][0]['node']}.",
+              "Following .next_functions from the loss back to the first layer:"]
+    for step in result["grad_fn_chain"]:
+        here = f" -> .grad of {step['parameter']}" if step["parameter"] else ""
+        side = ", ".join(f"{br['parameter']}" + (f" (via {' -> '.join(br['path'][:-1])})" if len(br["path"]) > 1
+                                                   else "") for br in step["branches"])
+        lines.append((f"  {step['node'] + here:<34}" + (f"also feeds {side}" if side else "")).rstrip())
+    lines += ["backward() walks this graph from the loss to the AccumulateGrad nodes, which add each",
+              "gradient into its parameter's .grad.", ""]
+
+    lines += [f"4. backward() and one step of SGD (lr = {lr:g})",
+              f"Before backward() every .grad is {result['grads_before_backward']}. After loss.backward() "
+              "and optimizer.step():",
+              f"  {'parameter':<{width}}{'|W|':>10}{'|grad|':>11}{'|update|':>11}{'lr x |grad|':>13}"
+              f"{'max |dW - lr*grad|':>20}"]
+    for p in params:
+        lines.append(f"  {p['name']:<{width}}{p['norm']:>10.4f}{p['grad_norm']:>11.4g}{p['update_norm']:>11.4g}"
+                     f"{p['lr_times_grad_norm']:>13.4g}{p['max_abs_diff_update_vs_lr_grad']:>20.2g}")
+    worst = max(p["max_abs_diff_update_vs_lr_grad"] for p in params)
+    ok = all(p["update_is_lr_times_grad"] for p in params)
+    step = max(p["update_norm"] / p["norm"] for p in params if p["norm"] > 0)
+    lines += [f"Each weight moved by lr x its gradient: W_after = W_before - {lr:g} * grad",
+              f"(largest difference {worst:.2g}, float32 rounding): {'OK' if ok else 'MISMATCH'}.",
+              f"The largest update is {100 * step:.2g}% of its tensor's norm: learning takes many such steps.", ""]
+
+    lines += [f"5. Checking autograd with finite differences ({fd['dtype']} copy, eps = {fd['eps']:g})",
+              "numerical gradient = (loss(w + eps) - loss(w - eps)) / (2 eps), one weight at a time:",
+              f"  {'parameter':<{width}}{'entry':<{entry}}{'autograd':>14}{'numerical':>14}{'rel. error':>12}"]
+    for e in fd["entries"]:
+        lines.append(f"  {e['parameter']:<{width}}{str(e['index']):<{entry}}{e['autograd']:>14.6e}"
+                     f"{e['numerical']:>14.6e}{e['relative_error']:>12.1e}")
+    lines.append(f"Largest relative error {fd['max_relative_error']:.1e}: backward() computes the same derivatives "
+                 "as nudging each weight." if fd["entries"] else "No entry away from a kink was found; try "
+                 "another seed.")
+    if fd["kinks_skipped"]:
+        lines.append(f"({fd['kinks_skipped']} other entries were skipped: a ReLU or max-pool switches within eps "
+                     "of them, a kink where no finite difference is meaningful.)")
+    lines.append("")
+
+    lines += ["6. Forgetting zero_grad(): gradients accumulate",
+              "backward() adds into .grad; it does not overwrite it. The same batch, twice:",
+              f"  after one backward():                       |grad| = {acc['first_grad_norm']:.6g}",
+              f"  after a second backward(), no zero_grad():  |grad| = {acc['accumulated_grad_norm']:.6g} "
+              f"(x{acc['ratio']:.3f})",
+              f"  .grad minus (first + second gradient): max abs difference {acc['max_abs_diff_from_sum']:.2g}",
+              f"  after optimizer.zero_grad(): every .grad is {acc['grads_after_zero_grad']}",
+              "So a training loop calls optimizer.zero_grad() before each backward(); otherwise each step",
+              "would use the sum of all gradients so far.", ""]
+
+    lines += ["7. torch.no_grad(): outputs without a graph",
+              f"  model(images).requires_grad = {ng['outside']['requires_grad']} "
+              f"(grad_fn {ng['outside']['grad_fn']})",
+              f"  inside torch.no_grad(): requires_grad = {ng['inside']['requires_grad']} "
+              f"(grad_fn {ng['inside']['grad_fn']})",
+              f"  the weights still have requires_grad = {ng['weights_require_grad']}",
+              "no_grad only stops recording the graph; nothing is frozen. Use it to evaluate and predict:",
+              "it saves the memory and time the graph would cost."]
+    return "\n".join(lines)
