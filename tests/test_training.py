@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from mnistlab.config import recipe
-from mnistlab.training import RunError, read_metrics, shift_images, train
+from mnistlab.training import Batches, RunError, read_metrics, train
 
 
 def quick(**overrides):
@@ -93,14 +93,28 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path, tiny_idx_dir):
         train(quick(recipe="seed", lr=1e6, epochs=2), out=tmp_path / "r", data_dir=tiny_idx_dir)
 
 
-def test_shift_moves_images_by_at_most_the_given_pixels():
+def test_batches_cover_the_split_once_per_epoch_in_random_order():
+    x, y = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 28, 28).contiguous(), torch.arange(10)
+    batches = Batches(x, y, recipe("seed", batch_size=4))
+    seen = list(batches.epoch(torch.Generator().manual_seed(0)))
+    assert [len(yb) for _, yb in seen] == [4, 4, 2] and len(batches) == 3
+    labels = torch.cat([yb for _, yb in seen])
+    assert sorted(labels.tolist()) == list(range(10)) and labels.tolist() != list(range(10))
+    assert all(torch.equal(xb[:, 0, 0, 0], yb.float()) for xb, yb in seen)  # images stay with labels
+    assert len(Batches(x, y, recipe("seed", batch_size=4, drop_last=True))) == 2
+
+
+def test_shift_moves_each_image_by_at_most_the_given_pixels():
     x = torch.full((200, 1, 28, 28), -1.0)
     x[:, :, 10:14, 10:14] = 1.0
-    shifted = shift_images(x, 2, torch.Generator().manual_seed(0))
+    batches = Batches(x, torch.zeros(200, dtype=torch.long), recipe("seed", batch_size=50, shift=2))
+    shifted = torch.cat([xb for xb, _ in batches.epoch(torch.Generator().manual_seed(0))])
     assert shifted.shape == x.shape
     assert torch.all((shifted == 1.0).sum(dim=(1, 2, 3)) == 16)  # the block is moved, not cut
+    assert torch.all((shifted == -1.0).sum(dim=(1, 2, 3)) == 28 * 28 - 16)  # filled with background
     rows = (shifted[:, 0] == 1.0).any(dim=2).float().argmax(dim=1)
-    assert set(rows.tolist()) == {8, 9, 10, 11, 12}
+    cols = (shifted[:, 0] == 1.0).any(dim=1).float().argmax(dim=1)
+    assert set(rows.tolist()) == set(cols.tolist()) == {8, 9, 10, 11, 12}
 
 
 @pytest.mark.slow

@@ -70,8 +70,11 @@ def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def make_schedule(config: Config, optimizer: torch.optim.Optimizer,
-                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning-rate factor per step: constant, or one cycle (linear up, linear down to 0)."""
+                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """Learning-rate factor per step: None for a constant rate, or one cycle
+    (linear warm-up from 0, then linear decay to 0 at the last step)."""
+    if config.schedule == "constant":
+        return None
     total = config.epochs * steps_per_epoch
     warm = max(1, round(config.warmup * total))
 
@@ -80,31 +83,54 @@ def make_schedule(config: Config, optimizer: torch.optim.Optimizer,
             return (step + 1) / warm
         return max(0.0, (total - step) / max(1, total - warm))
 
-    factor = one_cycle if config.schedule == "onecycle" else (lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
 
 
-def shift_images(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image translated by a random (dy, dx) in [-max_shift, max_shift] pixels,
-    filled with the background value; done for the whole split at once."""
-    n, _, h, w = x.shape
-    s = max_shift
-    padded = nn.functional.pad(x, (s, s, s, s), value=float(x.min()))
-    offsets = torch.randint(0, 2 * s + 1, (2, n), device=x.device, generator=generator)
-    out = torch.empty_like(x)
-    for dy in range(2 * s + 1):
-        for dx in range(2 * s + 1):
-            mask = (offsets[0] == dy) & (offsets[1] == dx)
-            out[mask] = padded[mask, :, dy:dy + h, dx:dx + w]
-    return out
+class Batches:
+    """Shuffled mini-batches of a split that lives on the device, as index slices.
 
+    With `shift`, each image is translated by its own random (dy, dx) in
+    [-shift, shift] pixels: one gather from a padded copy made once, no
+    per-image Python.
+    """
 
-def batch_starts(n: int, batch_size: int, drop_last: bool) -> range:
-    return range(0, n - n % batch_size if drop_last else n, batch_size)
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, config: Config):
+        self.y, self.batch_size, self.drop_last, self.shift = y, config.batch_size, config.drop_last, config.shift
+        n, c, h, w = x.shape
+        self.shape = (c, h, w)
+        if self.shift:
+            s = self.shift
+            # Padded with the background value (the minimum after normalisation).
+            padded = nn.functional.pad(x, (s, s, s, s), value=float(x.min()))
+            self.x = padded.reshape(n * c, (h + 2 * s) * (w + 2 * s))
+            rows = torch.arange(h, device=x.device)[:, None] * (w + 2 * s)
+            self.window = (rows + torch.arange(w, device=x.device)).flatten()  # top-left crop, flat
+        else:
+            self.x = x
 
+    def __len__(self) -> int:
+        return len(self.starts())
 
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
-    return len(batch_starts(n, batch_size, drop_last))
+    def starts(self) -> range:
+        n = len(self.y)
+        return range(0, n - n % self.batch_size if self.drop_last else n, self.batch_size)
+
+    def epoch(self, generator: torch.Generator):
+        """Yield (images, labels) for one pass in a fresh random order."""
+        n = len(self.y)
+        perm = torch.randperm(n, device=self.y.device, generator=generator)
+        if self.shift:
+            s, width = self.shift, self.shape[2] + 2 * self.shift
+            dy, dx = torch.randint(0, 2 * s + 1, (2, n), device=self.y.device, generator=generator)
+            offsets = dy * width + dx
+        for start in self.starts():
+            idx = perm[start:start + self.batch_size]
+            if self.shift:
+                pixels = self.window + offsets[start:start + self.batch_size, None]
+                xb = self.x[idx[:, None], pixels].view(len(idx), *self.shape)
+            else:
+                xb = self.x[idx]
+            yield xb, self.y[idx]
 
 
 def capture_forward_loss(model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor,
@@ -127,31 +153,29 @@ def capture_forward_loss(model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor,
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,
-                x: torch.Tensor, y: torch.Tensor, config: Config, generator: torch.Generator,
-                forward_loss: Callable | None = None, progress: Callable[[int, torch.Tensor], None] | None = None,
-                ) -> torch.Tensor:
-    """One pass over (x, y) in shuffled batches; returns the mean batch loss (a device tensor)."""
+                batches: Batches, generator: torch.Generator, forward_loss: Callable | None = None,
+                progress: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """One pass over the data in shuffled batches; returns the mean batch loss (a device tensor).
+
+    The notebook's loop. `forward_loss` is the CUDA-graph replay of
+    loss_fn(model(xb), yb) for full batches; `schedule` is None for a constant rate.
+    """
     model.train()
-    if config.shift:
-        x = shift_images(x, config.shift, generator)
-    perm = torch.randperm(len(y), device=y.device, generator=generator)
-    starts = batch_starts(len(y), config.batch_size, config.drop_last)
-    total = torch.zeros((), device=y.device)
-    for i, start in enumerate(starts):
-        idx = perm[start:start + config.batch_size]
-        xb, yb = x[idx], y[idx]
+    total = torch.zeros((), device=batches.y.device)  # summed on the device: no sync per step
+    for i, (xb, yb) in enumerate(batches.epoch(generator)):
         optimizer.zero_grad()
-        if forward_loss is not None and len(idx) == config.batch_size:
+        if forward_loss is not None and len(yb) == batches.batch_size:
             loss = forward_loss(xb, yb)
         else:
             loss = loss_fn(model(xb), yb)
         loss.backward()
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
         total += loss.detach()
         if progress is not None:
             progress(i, total)
-    return total / len(starts)
+    return total / len(batches)
 
 
 def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -269,7 +293,8 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     arch = architecture(config, tuple(x.shape[1:]), len(dataset.classes))
     model = build_model(arch).to(device)
     optimizer = make_optimizer(config, model)
-    n_steps = steps_per_epoch(len(y), config.batch_size, config.drop_last)
+    batches = Batches(x, y, config)
+    n_steps = len(batches)
     if n_steps == 0:
         raise RunError(f"--batch-size {config.batch_size} with drop_last leaves no batch "
                        f"({len(y)} training examples)")
@@ -280,7 +305,8 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"], generator)
         rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
@@ -301,7 +327,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
         bar = _progress_bar(epoch, config.epochs, n_steps) if progress and sys.stderr.isatty() else None
         synchronize(device)
         t0 = time.perf_counter()
-        mean_loss = train_epoch(model, optimizer, schedule, loss_fn, x, y, config, generator,
+        mean_loss = train_epoch(model, optimizer, schedule, loss_fn, batches, generator,
                                 forward_loss, bar.update if bar else None)
         train_loss = float(mean_loss)  # the one host sync per epoch
         seconds = time.perf_counter() - t0
@@ -321,7 +347,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
         summary = _summary(config, rows, device, epoch)
         # Resume state first (self-contained), then the published files.
         save_state(run_dir, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "schedule": schedule.state_dict(), "rng": rng_state(generator),
+                             "schedule": schedule.state_dict() if schedule else {}, "rng": rng_state(generator),
                              "data_dir": str(data_dir) if data_dir is not None else ""})
         write_text(run_dir / "metrics.csv", metrics_csv(rows))
         save_checkpoint(run_dir, model, {**meta, "metrics": summary_metrics(summary)})
