@@ -31,26 +31,20 @@ class MLP(nn.Sequential):
 
 
 class CNN(nn.Sequential):
-    """A small convnet: two conv blocks (3x3 convs, batch norm, 2x2 max pool) and a linear head.
-    `hidden` is ignored: the widths are fixed."""
+    """A small convnet: three blocks of 3x3 conv, batch norm, activation and 2x2 max
+    pooling (32, 64, 128 channels), then one linear layer. `hidden` is ignored."""
 
-    channels = (32, 64)
+    channels = (32, 64, 128)
 
     def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...], num_classes: int,
                  activation: str = "relu", output: str = "logits"):
-        channels, height, width = input_shape
-        act = ACTIVATION_MODULES[activation]
-        c1, c2 = self.channels
-
-        def block(c_in: int, c_out: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), act(),
-                    nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), act(),
-                    nn.MaxPool2d(2)]
-
-        # Two 2x2 poolings: 28x28 -> 14x14 -> 7x7.
-        flat = c2 * (height // 4) * (width // 4)
-        layers = [*block(channels, c1), *block(c1, c2), nn.Flatten(), nn.Dropout(0.1),
-                  nn.Linear(flat, num_classes)]
+        c_in, height, width = input_shape
+        layers: list[nn.Module] = []
+        for c_out in self.channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       ACTIVATION_MODULES[activation](), nn.MaxPool2d(2)]
+            c_in, height, width = c_out, height // 2, width // 2  # each pooling halves the side
+        layers += [nn.Flatten(), nn.Linear(c_in * height * width, num_classes)]
         if output == "log_softmax":
             layers.append(nn.LogSoftmax(dim=1))
         super().__init__(*layers)

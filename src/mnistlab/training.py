@@ -126,8 +126,8 @@ class Batches:
         for start in self.starts():
             idx = perm[start:start + self.batch_size]
             if self.shift:
-                pixels = self.window + offsets[start:start + self.batch_size, None]
-                xb = self.x[idx[:, None], pixels].view(len(idx), *self.shape)
+                pixels = self.window + offsets[idx, None]
+                xb = torch.gather(self.x[idx], 1, pixels).view(len(idx), *self.shape)
             else:
                 xb = self.x[idx]
             yield xb, self.y[idx]
