@@ -139,7 +139,7 @@ RECIPES: dict[str, Config] = {
     ),
     # A small convnet for the best accuracy.
     "cnn": Config(
-        recipe="cnn", model="cnn", epochs=8, batch_size=128, optimizer="sgd",
+        recipe="cnn", model="cnn", epochs=6, batch_size=128, optimizer="sgd",
         lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
         schedule="onecycle", warmup=0.15, label_smoothing=0.1, shift=2,
     ),
