@@ -470,9 +470,17 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
     if name == "synthetic":
         if data_dir is not None:
             raise DataError("--data-dir does not apply to --dataset synthetic (it needs no files)")
-        from .synthetic import generate
+        from .synthetic import VERSION, generate
 
-        return _to_dataset(spec, generate(), "rendered from matplotlib fonts")
+        # Rendering takes seconds; the result only depends on the generator's version.
+        import matplotlib
+
+        key = f"synthetic-v{VERSION}-matplotlib{matplotlib.__version__}"  # the fonts come from matplotlib
+        arrays = _load_cached(key)
+        if arrays is None:
+            arrays = generate()
+            _store_cached(key, arrays)
+        return _to_dataset(spec, arrays, "rendered from matplotlib fonts")
     paths = locate(spec, data_dir)
     if paths is None:
         if not download_missing:

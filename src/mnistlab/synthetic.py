@@ -30,6 +30,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from PIL.ImageFont import FreeTypeFont
 
+VERSION = 1  # bump whenever generate()'s output changes: cached copies are keyed by it
 SIZE = 28  # output images are SIZE x SIZE, like MNIST
 BOX = 20  # the digit's longer side fits this many pixels, like MNIST
 OVERSAMPLE = 2  # the glyph bank is rendered at OVERSAMPLE x SIZE pixels
