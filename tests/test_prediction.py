@@ -1,0 +1,316 @@
+"""Predicting on people's images: MNIST-style preparation with known answers, bad input, the CLI."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mnistlab.checkpoint import Checkpoint, load_checkpoint
+from mnistlab.cli import main
+from mnistlab.models import build_model
+from mnistlab.prediction import (PredictionError, load_image, predict, predict_array, predict_files,
+                                 predict_test_index, prepare_image, stroke_width)
+
+# ---------------------------------------------------------------------------
+# Helpers: pictures with known answers
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    x = image.astype(np.float64)
+    rows, cols = np.arange(x.shape[0]), np.arange(x.shape[1])
+    return float(x.sum(1) @ rows / x.sum()), float(x.sum(0) @ cols / x.sum())
+
+
+def ink_extent(image: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the box holding the at-least-half-inked pixels."""
+    rows, cols = np.flatnonzero((image >= 128).any(1)), np.flatnonzero((image >= 128).any(0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def seven(size=(300, 240), ink=255, paper=0, width=22, offset=(40, 30)) -> Image.Image:
+    """A '7'-like stroke, light on dark by default, drawn off-centre."""
+    image = Image.new("L", size, paper)
+    x, y = offset
+    ImageDraw.Draw(image).line([(x, y), (x + 120, y), (x + 50, y + 180)], fill=ink, width=width,
+                               joint="curve")
+    return image
+
+
+def close(a: np.ndarray, b: np.ndarray, mean: float = 3.0) -> bool:
+    """Two prepared images are the same up to resampling noise (mean difference in grey levels)."""
+    return float(np.abs(a.astype(int) - b.astype(int)).mean()) < mean
+
+
+def save(image: Image.Image, path, **kwargs):
+    image.save(path, **kwargs)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# prepare_image: MNIST's own recipe, checked on pictures with known answers
+
+
+def test_a_bright_square_in_a_corner_ends_up_centred_by_its_mass():
+    image = np.zeros((100, 100), np.uint8)
+    image[5:25, 70:90] = 255
+    out = prepare_image(image)
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    cy, cx = centre_of_mass(out)
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    assert ink_extent(out) == (20, 20)  # fitted into the 20x20 box
+    assert out.max() == 255
+
+
+def test_aspect_ratio_is_kept():
+    image = np.zeros((100, 100), np.uint8)
+    image[30:70, 45:55] = 255  # 40 high, 10 wide
+    h, w = ink_extent(prepare_image(image))
+    assert h == 20 and 4 <= w <= 6
+
+
+def test_dark_on_white_transparent_and_palette_give_the_same_28x28_as_light_on_dark():
+    plain = prepare_image(seven())
+    dark_on_white = seven(ink=0, paper=255)
+    ink = np.asarray(seven())
+    canvas = np.zeros((*ink.shape, 4), np.uint8)
+    canvas[..., 3] = ink  # black ink, the rest fully transparent: a drawing canvas export
+    white_ink_canvas = canvas.copy()
+    white_ink_canvas[..., :3] = 255
+    palette = seven(ink=0, paper=255).convert("P")
+    palette_transparent = seven().convert("P")
+    palette_transparent.info["transparency"] = int(np.asarray(palette_transparent)[0, 0])
+    for variant in (dark_on_white, Image.fromarray(canvas), Image.fromarray(white_ink_canvas), palette,
+                    palette_transparent, dark_on_white.convert("RGB"), dark_on_white.convert("1")):
+        assert close(prepare_image(variant), plain), variant.mode
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "CMYK", "I;16", "I", "F", "1"])
+def test_any_pil_mode_is_accepted(mode):
+    light = seven()
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(light).astype(np.uint16) * 257)  # full 16-bit range
+        assert image.mode.startswith("I;16")
+    else:
+        image = light.convert(mode)
+    assert close(prepare_image(image), prepare_image(light))
+
+
+def test_numpy_arrays_in_any_usual_range():
+    light = np.asarray(seven())
+    expected = prepare_image(light)
+    assert close(prepare_image(light.astype(np.float32) / 255), expected)
+    assert close(prepare_image(np.stack([light] * 3, axis=-1)), expected)
+    assert close(prepare_image(light > 127), expected, mean=6)
+
+
+def test_an_mnist_style_image_passes_through_almost_unchanged():
+    once = prepare_image(seven())
+    assert close(prepare_image(once), once, mean=2)
+
+
+def test_the_forced_polarity_overrides_detection():
+    dark_on_white = seven(ink=0, paper=255)
+    assert close(prepare_image(dark_on_white, invert=True), prepare_image(dark_on_white))
+    # Read the other way, the white paper is the ink: a filled box, nothing like the seven.
+    assert not close(prepare_image(dark_on_white, invert=False), prepare_image(seven()))
+
+
+def test_a_phone_photo_rotated_by_its_exif_tag_gives_the_same_as_the_upright_one(tmp_path):
+    upright = seven(ink=30, paper=220).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: the viewer rotates 90 degrees clockwise
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    rotated = save(stored, tmp_path / "rotated.jpg", quality=95, exif=exif)
+    plain = save(upright, tmp_path / "upright.jpg", quality=95)
+    assert close(prepare_image(load_image(rotated)), prepare_image(load_image(plain)))
+    assert not close(prepare_image(stored), prepare_image(upright))  # the tag mattered
+
+
+def test_a_large_noisy_photo_with_uneven_light_and_a_shadow(tmp_path):
+    rng = np.random.default_rng(0)
+    h, w = 2000, 3000
+    yy, xx = np.mgrid[0:h, 0:w]
+    paper = 150 + 80 * xx / w  # light falling off across the sheet
+    paper = np.where(yy + 0.5 * xx > 2200, paper * 0.6, paper)  # the phone's shadow over one corner
+    photo = Image.fromarray(np.clip(paper + rng.normal(0, 8, (h, w)), 0, 255).astype(np.uint8))
+    ImageDraw.Draw(photo).line([(1300, 500), (1700, 500), (1420, 1300)], fill=25, width=45, joint="curve")
+    path = save(photo.convert("RGB"), tmp_path / "photo.jpg", quality=70)
+    out = prepare_image(load_image(path))
+    clean = Image.new("L", (3000, 2000), 0)
+    ImageDraw.Draw(clean).line([(1300, 500), (1700, 500), (1420, 1300)], fill=255, width=45, joint="curve")
+    assert close(out, prepare_image(clean), mean=6)
+
+
+def test_thin_pen_strokes_are_thickened_to_mnist_widths(monkeypatch):
+    image = Image.new("L", (1200, 1200), 255)
+    ImageDraw.Draw(image).line([(400, 200), (800, 200), (550, 1000)], fill=0, width=6)  # 0.75% of the height
+    assert stroke_width(prepare_image(image)) >= 1.0  # MNIST: 1.3 to 3.1 pixels, median 2.0
+    monkeypatch.setattr("mnistlab.prediction.MIN_STROKE", 0.0)
+    assert stroke_width(prepare_image(image)) < 0.5  # else the strokes fade to grey at 20x20
+
+
+def test_pictures_without_ink_are_refused():
+    for blank in (np.full((50, 80), 255, np.uint8), np.zeros((28, 28), np.uint8),
+                  np.full((400, 300), 128, np.uint8) + np.random.default_rng(0).integers(0, 3, (400, 300)),
+                  np.zeros((10, 10, 4), np.uint8)):
+        with pytest.raises(PredictionError, match="no ink found"):
+            prepare_image(blank.astype(np.uint8))
+
+
+def test_unusable_arrays_are_refused_with_a_reason():
+    with pytest.raises(PredictionError, match="NaN"):
+        prepare_image(np.full((28, 28), np.nan))
+    with pytest.raises(PredictionError, match="array"):
+        prepare_image(np.zeros((2, 28, 28, 5)))
+    with pytest.raises(PredictionError, match="PIL image or a numpy array"):
+        prepare_image("digit.png")
+
+
+# ---------------------------------------------------------------------------
+# Classifying
+
+
+def garment_checkpoint() -> Checkpoint:
+    """An untrained network whose checkpoint names Fashion-MNIST's classes."""
+    arch = {"model": "mlp", "input_shape": [1, 28, 28], "hidden": [8], "num_classes": 10}
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
+    meta = {"architecture": arch, "classes": classes, "normalization": {"mean": 0.5, "std": 0.5},
+            "dataset": "fashion-mnist"}
+    return Checkpoint(build_model(arch).eval(), meta, None)
+
+
+def test_predictions_are_probabilities_named_by_the_checkpoint_classes():
+    checkpoint = garment_checkpoint()
+    probs = predict_array(checkpoint, prepare_image(seven()))
+    assert probs.shape == (10,) and probs.sum() == pytest.approx(1, abs=1e-5) and (probs >= 0).all()
+    r = predict(checkpoint, seven(), top_k=4)
+    assert r["label"] == checkpoint.classes[r["prediction"]] and r["prediction"] == int(np.argmax(probs))
+    assert [t["index"] for t in r["top_k"]] == list(np.argsort(-probs)[:4])
+    assert r["top_k"][0]["label"] in checkpoint.classes
+    with pytest.raises(PredictionError, match="28x28"):
+        predict_array(checkpoint, np.zeros((20, 20), np.uint8))
+
+
+def test_predict_array_uses_the_checkpoint_normalisation(tiny_run):
+    import torch
+
+    checkpoint = load_checkpoint(tiny_run)
+    image = prepare_image(seven())
+    x = (torch.tensor(image, dtype=torch.float32) / 255 - checkpoint.mean) / checkpoint.std
+    with torch.no_grad():
+        expected = torch.softmax(checkpoint.model(x.reshape(1, 1, 28, 28)), dim=1)[0].numpy()
+    np.testing.assert_allclose(predict_array(checkpoint, image), expected, rtol=1e-5, atol=1e-6)
+
+
+def bad_files(tmp_path, monkeypatch) -> dict[str, str]:
+    """One of each kind of bad input: file name -> the reason expected in its error."""
+    (tmp_path / "notes.png").write_text("not an image at all")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, "PNG")
+    (tmp_path / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    save(Image.new("RGB", (120, 90), "white"), tmp_path / "blank.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 240 - 1)  # the seven is 300x240: a warning, not
+    save(seven(), tmp_path / "bomb.png")                              # PIL's error, and still refused
+    save(Image.new("L", (1000, 1000)), tmp_path / "bigbomb.png")  # beyond twice the limit: PIL's error
+    return {"notes.png": "not an image", "truncated.png": "truncated", "blank.png": "no ink found",
+            "bomb.png": "decompression bomb", "bigbomb.png": "decompression bomb", "missing.png": "no such file"}
+
+
+def test_each_bad_file_gets_one_clear_error_and_the_others_are_still_predicted(tmp_path, monkeypatch, tiny_run):
+    good = save(seven(size=(200, 200), offset=(20, 5)), tmp_path / "good.png")
+    expected = bad_files(tmp_path, monkeypatch)
+    paths = [tmp_path / "notes.png", good, *(tmp_path / name for name in expected if name != "notes.png")]
+    results = predict_files(tiny_run, paths)
+    assert [r["file"] for r in results] == [str(p) for p in paths]
+    by_name = {r["file"].rsplit("/", 1)[-1]: r for r in results}
+    assert "prediction" in by_name["good.png"] and "error" not in by_name["good.png"]
+    for name, reason in expected.items():
+        assert set(by_name[name]) == {"file", "error"}
+        assert reason in by_name[name]["error"], by_name[name]
+    with pytest.raises(PredictionError, match="missing.png: no such file"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_predict_test_index(tiny_run, tiny_idx_dir):
+    r = predict_test_index(tiny_run, 3, tiny_idx_dir)
+    assert r["file"] == "test[3]" and r["true_label"] == str(r["true_index"])
+    assert len(r["probabilities"]) == 10
+    with pytest.raises(PredictionError, match="out of range"):
+        predict_test_index(tiny_run, 200, tiny_idx_dir)
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_text_output_and_exit_code_1_when_any_file_failed(tmp_path, monkeypatch, capsys, tiny_run):
+    good = save(seven(size=(200, 200), offset=(20, 5), ink=0, paper=255), tmp_path / "digit.png")
+    expected = bad_files(tmp_path, monkeypatch)
+    code = main(["predict", str(tiny_run), str(good), *(str(tmp_path / n) for n in expected), "--top-k", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    line = out.strip()
+    assert line.startswith(f"{good}: ") and "top-2: " in line and line.count("%") == 3
+    errors = err.strip().splitlines()
+    assert len(errors) == len(expected) and "Traceback" not in err
+    for name, reason in expected.items():
+        assert any(e.startswith(f"error: {tmp_path / name}: ") and reason in e for e in errors), name
+
+
+def test_cli_json_lines_schema(tmp_path, capsys, tiny_run):
+    good = save(seven(), tmp_path / "digit.png")
+    code = main(["predict", str(tiny_run), str(good), str(tmp_path / "missing.png"), "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    first, second = (json.loads(line) for line in out.strip().splitlines())
+    assert set(first) == {"file", "prediction", "label", "probabilities", "top_k"}
+    assert first["file"] == str(good) and isinstance(first["prediction"], int)
+    assert first["label"] == str(first["prediction"])  # MNIST-style class names from the checkpoint
+    assert len(first["probabilities"]) == 10 and sum(first["probabilities"]) == pytest.approx(1, abs=1e-5)
+    assert [set(t) for t in first["top_k"]] == [{"label", "index", "probability"}] * 3
+    assert second == {"file": str(tmp_path / "missing.png"), "error": "no such file"}
+
+
+def test_cli_save_prepared_and_figures(tmp_path, capsys, tiny_run):
+    a = save(seven(), tmp_path / "one.png")
+    b = save(seven(ink=0, paper=255).convert("RGB"), tmp_path / "two.jpg")
+    prepared, figure = tmp_path / "prepared", tmp_path / "fig.png"
+    assert main(["predict", str(tiny_run), str(a), str(b), "--save-prepared", str(prepared),
+                 "--figure", str(figure)]) == 0
+    for stem in ("one", "two"):
+        with Image.open(prepared / f"{stem}.png") as image:
+            assert image.size == (28, 28) and image.mode == "L"
+        with Image.open(tmp_path / f"fig-{stem}.png") as image:
+            assert image.format == "PNG" and image.width > 300
+    assert not figure.exists()  # several images: one figure each, never PATH itself
+    assert main(["predict", str(tiny_run), str(a), "--figure", str(figure)]) == 0
+    assert figure.is_file()
+
+
+def test_cli_test_index(capsys, tiny_run, tiny_idx_dir):
+    assert main(["predict", str(tiny_run), "--test-index", "7", "--data-dir", str(tiny_idx_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("test[7]: ") and "true: " in out and "top-3: " in out
+    assert main(["predict", str(tiny_run), "--test-index", "999", "--data-dir", str(tiny_idx_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "out of range" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_usage_errors_and_a_bad_model(tmp_path, capsys, tiny_run):
+    with pytest.raises(SystemExit) as e:
+        main(["predict"])
+    assert e.value.code == 2
+    assert main(["predict", str(tiny_run)]) == 2  # neither an image nor --test-index
+    assert "--test-index" in capsys.readouterr().err
+    digit = save(seven(), tmp_path / "digit.png")
+    assert main(["predict", str(tiny_run), str(digit), "--top-k", "0"]) == 2
+    assert main(["predict", str(tmp_path / "no-such-run"), str(digit)]) == 1
+    err = capsys.readouterr().err
+    assert "no-such-run" in err and len(err.strip().splitlines()) == 2 and "Traceback" not in err
+    (tmp_path / "occupied").write_text("a file where the folder should go")
+    assert main(["predict", str(tiny_run), str(digit), "--save-prepared", str(tmp_path / "occupied")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "occupied" in err and len(err.strip().splitlines()) == 1
