@@ -67,6 +67,19 @@ def _parse_type(kind: Any, name: str):
     return parse
 
 
+def _positive(kind: Any, name: str):
+    """An argparse type: a finite number > 0, else a one-line error (exit 2)."""
+    parse = _parse_type(kind, name)
+
+    def positive(text: str):
+        value = parse(text)
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"--{name} must be a number > 0 (got {text})")
+        return value
+
+    return positive
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(Config)
     group = parser.add_argument_group("training options (override the recipe)")
@@ -186,7 +199,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 # Commands below register themselves here: each is a function add(subparsers).
 ADD_COMMANDS: list = []
 
-# --- predict (begin) ---
+
 # ---------------------------------------------------------------------------
 # predict
 
@@ -262,9 +275,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 ADD_COMMANDS.append(add_predict)
-# --- predict (end) ---
 
-# --- plot (begin) ---
+# ---------------------------------------------------------------------------
+# plot
+
 def add_plot(sub) -> None:
     p = sub.add_parser("plot", help="write a run's figures as PNG files",
                        description="Write RUN_DIR/figures/: curves.png (loss and accuracy per epoch), "
@@ -284,21 +298,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 ADD_COMMANDS.append(add_plot)
-# --- plot (end) ---
 
-# --- inspect (begin) ---
-def _positive(kind: Any, name: str):
-    """An argparse type: a finite number > 0, else a one-line error (exit 2)."""
-    parse = _parse_type(kind, name)
-
-    def positive(text: str):
-        value = parse(text)
-        if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"--{name} must be a number > 0 (got {text})")
-        return value
-
-    return positive
-
+# ---------------------------------------------------------------------------
+# inspect
 
 def add_inspect(sub) -> None:
     p = sub.add_parser(
@@ -335,21 +337,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 ADD_COMMANDS.append(add_inspect)
-# --- inspect (end) ---
 
-# --- bench (begin) ---
 # ---------------------------------------------------------------------------
 # bench
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
-
 
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time the notebook's pipeline against ours, side by side",
@@ -362,9 +352,9 @@ def add_bench(sub) -> None:
                    "side always runs as the notebook is written")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="device for both (default: auto)")
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--epochs", type=_positive(int, "epochs"), default=None,
                    help="epochs per run (default: 1 for seed, else the recipe's own)")
-    p.add_argument("--repeats", type=_positive_int, default=3, help="runs of each pipeline (default: 3)")
+    p.add_argument("--repeats", type=_positive(int, "repeats"), default=3, help="runs of each pipeline (default: 3)")
     p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files (.gz or raw)")
     p.add_argument("--json", action="store_true", help="print one JSON document with every raw timing")
     p.set_defaults(func=cmd_bench)
@@ -381,7 +371,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 ADD_COMMANDS.append(add_bench)
-# --- bench (end) ---
 
 
 # ---------------------------------------------------------------------------
