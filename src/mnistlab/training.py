@@ -271,7 +271,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     log(f"device: {device}{threads}")
     dataset = data_mod.load(config.dataset, data_dir, progress=progress)
-    log(f"data: {dataset.spec.name} from {dataset.source}")
+    log(f"data: {dataset.spec.name} ({dataset.source})")
 
     # Splits, decided on the CPU by the seed alone: validation is held out of training.
     train_split = dataset.train
