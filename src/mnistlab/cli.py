@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                        log=print_flush, progress=True)
     except KeyboardInterrupt:
         print("\ninterrupted; the last completed epoch is saved. Continue with: "
-              "mnistlab train --resume <run dir printed above>", file=sys.stderr)
+              "mnistlab train --resume RUN (RUN as printed above)", file=sys.stderr)
         return EXIT_INTERRUPTED
     s = result.summary
     acc = s.get("test_accuracy")

@@ -268,6 +268,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
 
     device = select_device(config.device)
     log(f"config: {config.to_json()}")
+    log(f"run: {run_dir}")
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     log(f"device: {device}{threads}")
     dataset = data_mod.load(config.dataset, data_dir, progress=progress)
