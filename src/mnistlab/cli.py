@@ -184,6 +184,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     indent = " " * 15
+    if args.data_dir is not None:
+        print(f"note: mnist, fashion-mnist and kmnist share the same four file names, so {args.data_dir} "
+              "is listed for each;\nit holds whichever dataset you name with --dataset.")
     for row in rows:
         print(f"{row['name']:<14} {row['title']}")
         if not row["files"]:
