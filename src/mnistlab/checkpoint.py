@@ -52,6 +52,16 @@ class Checkpoint:
     def std(self) -> float:
         return float(self.meta["normalization"]["std"])
 
+    def load_data(self, data_dir: str | os.PathLike | None = None):
+        """The dataset this model was trained on: from `data_dir`, else from the folder
+        it was trained from (if that still exists), else from the usual places."""
+        from . import data
+
+        if data_dir is None:
+            recorded = self.meta.get("data_dir")
+            data_dir = recorded if recorded and Path(recorded).is_dir() else None
+        return data.load(self.meta["dataset"], data_dir)
+
 
 def save_checkpoint(folder: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
     from safetensors.torch import save_file

@@ -82,7 +82,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None =
              device: str = "cpu", split: str = "test") -> Evaluation:
     """Evaluate a run directory or checkpoint on its dataset's test split."""
     ckpt = load_checkpoint(checkpoint, device)
-    dataset = data_mod.load(ckpt.meta["dataset"], data_dir)
+    dataset = ckpt.load_data(data_dir)
     part = dataset.test if split == "test" else dataset.train
     x, y = data_mod.to_device(part, torch.device(device), ckpt.mean, ckpt.std)
     result = evaluate_model(ckpt.model, x, y, ckpt.classes)

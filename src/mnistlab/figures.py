@@ -244,17 +244,6 @@ def samples_figure(images: Any, labels: Any, classes: Sequence[str], per_class: 
     return image_grid(cells, titles, ncols=len(classes), title=f"Training samples{': ' + name if name else ''}")
 
 
-def _training_data_dir(run_dir: Path) -> str | None:
-    """The --data-dir the run was trained with (kept in its resume state), if it still exists."""
-    from .checkpoint import CheckpointError, load_state
-
-    try:
-        folder = load_state(run_dir).get("data_dir") or None
-    except CheckpointError:
-        return None
-    return folder if folder and Path(folder).is_dir() else None
-
-
 def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write curves, confusion, misclassified and samples PNGs into `run_dir/figures/`.
 
@@ -272,8 +261,7 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     ckpt = load_checkpoint(run_dir)
     if not (run_dir / "metrics.csv").is_file():
         raise RunError(f"{run_dir}: not a run directory (metrics.csv is missing)")
-    data_dir = data_dir if data_dir is not None else _training_data_dir(run_dir)
-    dataset = data_mod.load(ckpt.meta["dataset"], data_dir)
+    dataset = ckpt.load_data(data_dir)
     x, y = data_mod.to_device(dataset.test, torch.device("cpu"), ckpt.mean, ckpt.std)
     result = evaluate_model(ckpt.model, x, y, ckpt.classes)
     wrong = result.misclassified[:MAX_MISCLASSIFIED]

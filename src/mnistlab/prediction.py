@@ -447,10 +447,8 @@ def predict_test_index(checkpoint: Checkpoint | str | os.PathLike, index: int,
                        save_prepared: str | os.PathLike | None = None,
                        figure: str | os.PathLike | None = None) -> dict[str, Any]:
     """Classify item `index` of the checkpoint's dataset's test split (already MNIST-style)."""
-    from .data import load
-
     checkpoint = _as_checkpoint(checkpoint)
-    test = load(checkpoint.meta["dataset"], data_dir).test
+    test = checkpoint.load_data(data_dir).test
     if not 0 <= index < len(test):
         raise PredictionError(f"test item {index} is out of range: the test split has "
                               f"{len(test)} images (0 to {len(test) - 1})")

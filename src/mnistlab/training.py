@@ -272,6 +272,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     log(f"device: {device}{threads}")
     dataset = data_mod.load(config.dataset, data_dir, progress=progress)
+    data_dir = str(Path(data_dir).resolve()) if data_dir else None  # recorded: usable from any folder
     log(f"data: {dataset.spec.name} ({dataset.source})")
 
     # Splits, decided on the CPU by the seed alone: validation is held out of training.
@@ -322,6 +323,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     meta = {
         "architecture": arch, "dataset": dataset.spec.name, "classes": list(dataset.classes),
         "normalization": {"mean": config.mean, "std": config.std}, "config": config.to_dict(),
+        "data_dir": data_dir,
     }
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(start_epoch + 1, last + 1):
@@ -349,7 +351,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
         # Resume state first (self-contained), then the published files.
         save_state(run_dir, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "schedule": schedule.state_dict() if schedule else {}, "rng": rng_state(generator),
-                             "data_dir": str(data_dir) if data_dir is not None else ""})
+                             "data_dir": data_dir or ""})
         write_text(run_dir / "metrics.csv", metrics_csv(rows))
         save_checkpoint(run_dir, model, {**meta, "metrics": summary_metrics(summary)})
         write_json(run_dir / "summary.json", summary)
