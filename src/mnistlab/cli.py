@@ -105,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                  if f.name != "recipe" and getattr(args, f.name, None) is not None}
     if "hidden" in overrides:
         overrides["hidden"] = tuple(overrides["hidden"])
-    base = RECIPES[args.recipe]
+    base = RECIPES[args.recipe or "default"]
     try:
         return base.replace(**overrides)
     except ValueError as e:
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(Config)
                  if f.name != "recipe" and getattr(args, f.name, None) is not None]
-        if given or args.recipe_given:
+        if given or args.recipe is not None:
             raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'}")
         config = RECIPES["default"]
     else:
@@ -420,9 +420,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train":
-        args.recipe_given = args.recipe is not None
-        args.recipe = args.recipe or "default"
     try:
         return args.func(args)
     except UsageError as e:

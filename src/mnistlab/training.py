@@ -326,6 +326,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
         "data_dir": data_dir,
     }
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    summary: dict[str, Any] | None = None
     for epoch in range(start_epoch + 1, last + 1):
         bar = _progress_bar(epoch, config.epochs, n_steps) if progress and sys.stderr.isatty() else None
         synchronize(device)
@@ -355,7 +356,8 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
         write_text(run_dir / "metrics.csv", metrics_csv(rows))
         save_checkpoint(run_dir, model, {**meta, "metrics": summary_metrics(summary)})
         write_json(run_dir / "summary.json", summary)
-    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+    if summary is None:  # nothing left to train: report the run as it stands
+        summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
     return RunResult(run_dir, summary, model)
 
 
