@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mnistlab import data
-from mnistlab.bench import (PILMNIST, format_bench, notebook_dataset, notebook_epoch, notebook_model,
+from mnistlab.bench import (PILMNIST, format_bench, normalize, notebook_dataset, notebook_epoch, notebook_model,
                             notebook_transform, run_bench, time_to_accuracy)
 from mnistlab.cli import main
 from mnistlab.config import recipe
@@ -31,6 +31,11 @@ def test_pil_path_gives_exactly_the_tensors_of_to_device(tiny):
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
     assert torch.equal(torch.stack(images), x)
     assert list(labels) == y.tolist()
+
+
+def test_pil_path_checks_what_torchvision_checks():
+    with pytest.raises(ValueError, match="std"):
+        normalize(torch.zeros(1, 2, 2), (0.5,), (0.0,))
 
 
 def test_torchvision_reads_the_splits_from_its_own_raw_layout(tmp_path, tiny, monkeypatch):
