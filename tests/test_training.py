@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from mnistlab.config import recipe
-from mnistlab.training import Batches, RunError, read_metrics, train
+from mnistlab.models import MLP
+from mnistlab.training import Batches, RunError, flush_denormals, make_optimizer, read_metrics, train
 
 
 def quick(**overrides):
@@ -116,6 +117,37 @@ def test_shift_moves_each_image_by_at_most_the_given_pixels():
     rows = (shifted[:, 0] == 1.0).any(dim=2).float().argmax(dim=1)
     cols = (shifted[:, 0] == 1.0).any(dim=1).float().argmax(dim=1)
     assert set(rows.tolist()) == set(cols.tolist()) == {8, 9, 10, 11, 12}
+
+
+def test_denormals_are_zero_inside_the_cpu_context_only():
+    tiny = torch.tensor([1e-39])  # below float32's smallest normal, 1.18e-38
+    with flush_denormals(torch.device("cpu")):
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() == pytest.approx(1e-39)
+    with flush_denormals(torch.device("meta")):  # not a CPU: nothing changes
+        assert (tiny * 1.0).item() == pytest.approx(1e-39)
+
+
+@pytest.mark.parametrize("name, fused", [("seed", None), ("fast", True)])
+def test_fused_optimizer_takes_the_same_steps_as_the_plain_one(name, fused):
+    """Fused where momentum or weight decay make the update several ops per parameter."""
+    config = recipe(name)
+    models = []
+    for use_fused in (False, True):
+        torch.manual_seed(0)
+        model = MLP((1, 28, 28), config.hidden, 10)
+        optimizer = make_optimizer(config, model) if use_fused else torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            weight_decay=config.weight_decay)
+        assert not use_fused or optimizer.defaults["fused"] == fused
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(torch.randn(8, 1, 28, 28, generator=generator)).square().mean().backward()
+            optimizer.step()
+        models.append(model)
+    for plain, made in zip(*(m.parameters() for m in models), strict=True):
+        torch.testing.assert_close(plain, made, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ resume from any completed epoch with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -62,11 +63,18 @@ def select_device(name: str) -> torch.device:
 
 
 def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW. With momentum or weight decay the update is several ops per
+    parameter; PyTorch's fused kernel does it in one op for all of them (on the
+    2-core CPU: 79 instead of 242 us per step for the fast recipe's SGD). Plain
+    SGD, the notebook's, is already one op per parameter and stays as it is."""
+    fused = (next(model.parameters()).device.type in ("cpu", "cuda")
+             and (config.optimizer == "adamw" or config.momentum > 0 or config.weight_decay > 0))
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                 fused=fused or None)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            nesterov=config.nesterov and config.momentum > 0,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay, fused=fused or None)
 
 
 def make_schedule(config: Config, optimizer: torch.optim.Optimizer,
@@ -231,6 +239,25 @@ def _fmt_epoch(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
+@contextlib.contextmanager
+def flush_denormals(device: torch.device):
+    """On the CPU, compute with floats below 1.2e-38 taken as zero.
+
+    As the network grows confident, exp() of its log-probabilities underflows
+    into denormal numbers, which x86 CPUs process many times slower: on the
+    2-core machine the fast recipe's epochs slowed from 0.49 s to 0.84 s as it
+    trained, and stayed at 0.5 s with this. Such values are far below the
+    float32 rounding error of any sum they join, so the losses are unchanged.
+    """
+    if device.type != "cpu" or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # PyTorch's default; it offers no way to read the current mode
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that a clock read after it is honest."""
     if device.type == "cuda":
@@ -331,8 +358,9 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
         bar = _progress_bar(epoch, config.epochs, n_steps) if progress and sys.stderr.isatty() else None
         synchronize(device)
         t0 = time.perf_counter()
-        mean_loss = train_epoch(model, optimizer, schedule, loss_fn, batches, generator,
-                                forward_loss, bar.update if bar else None)
+        with flush_denormals(device):
+            mean_loss = train_epoch(model, optimizer, schedule, loss_fn, batches, generator,
+                                    forward_loss, bar.update if bar else None)
         train_loss = float(mean_loss)  # the one host sync per epoch
         seconds = time.perf_counter() - t0
         if bar:
