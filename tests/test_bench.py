@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from mnistlab import data
 from mnistlab.bench import (PILMNIST, format_bench, normalize, notebook_dataset, notebook_epoch, notebook_model,
-                            notebook_transform, run_bench, time_to_accuracy)
+                            notebook_transform, run_bench, time_to_accuracy, unsteady)
 from mnistlab.cli import main
 from mnistlab.config import recipe
 from mnistlab.training import train
@@ -109,6 +109,20 @@ def test_run_bench_returns_the_documented_result(tiny_idx_dir):
     assert nb["final_train_loss"] == pytest.approx(ours["final_train_loss"], abs=0.05)
     text = format_bench(result)
     assert "speed-up" in text and "parity" in text and f"{ours['final_train_loss']:.4f}" in text
+
+
+def test_a_side_whose_epochs_varied_a_lot_is_called_unsteady_in_the_table(tiny_idx_dir):
+    def side(low, high):
+        return {"seconds_per_epoch": {"median": low, "min": low, "max": high}}
+
+    assert unsteady({"notebook": side(6.0, 7.0), "ours": side(0.6, 1.2)}) == ["ours"]
+    assert unsteady({"notebook": side(6.0, 8.0), "ours": side(0.6, 0.7)}) == ["notebook"]
+    result = run_bench("seed", device="cpu", epochs=1, repeats=1, data_dir=tiny_idx_dir)
+    assert result["unsteady"] == []  # one epoch per side: nothing to compare
+    assert "unsteady" not in format_bench(result)
+    result["ours"]["seconds_per_epoch"] = {"median": 0.6, "min": 0.6, "max": 1.2}
+    result["unsteady"] = ["ours"]
+    assert "unsteady (ours): epochs took 0.600-1.200 s (2.00x apart)" in format_bench(result)
 
 
 def test_cli_bench_prints_the_table(tiny_idx_dir, capsys):

@@ -44,6 +44,9 @@ from .training import read_metrics, select_device, synchronize, train
 NOTEBOOK = RECIPES["seed"]  # the notebook's hyper-parameters: batch 64, SGD lr 0.003, NLLLoss
 TARGET_ACCURACY = 0.98  # "time to 98%": training seconds until the first epoch at or above this
 WARMUP_BATCHES = 10  # untimed batches per pipeline before the first timed run (allocators, kernels)
+# Slowest over fastest epoch of one side above which the table warns that the machine's speed
+# changed during the benchmark (seen on shared virtual machines: the same run at 0.6 or 1.2 s/epoch).
+UNSTEADY_RATIO = 1.25
 
 PIPELINE_TORCHVISION = "torchvision"
 PIPELINE_PIL = "pil"
@@ -242,6 +245,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def unsteady(sides: dict[str, dict[str, Any]]) -> list[str]:
+    """The sides whose epochs varied by more than UNSTEADY_RATIO (slowest / fastest)."""
+    return [name for name, side in sides.items()
+            if side["seconds_per_epoch"]["max"] > UNSTEADY_RATIO * side["seconds_per_epoch"]["min"]]
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Seconds per epoch over every epoch of every run; losses and accuracy of the last run
     (every run starts from the same seed, so they differ only by float non-determinism)."""
@@ -320,6 +329,7 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
         "notebook": notebook,
         "ours": ours,
         "speedup": notebook["seconds_per_epoch"]["median"] / ours["seconds_per_epoch"]["median"],
+        "unsteady": unsteady({"notebook": notebook, "ours": ours}),
     }
 
 
@@ -354,6 +364,11 @@ def format_bench(result: dict[str, Any]) -> str:
                      f"{side['final_train_loss']:.4f}", f"{100 * side['test_accuracy']:.2f}%"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for name in result["unsteady"]:
+        s = (nb if name == "notebook" else ours)["seconds_per_epoch"]
+        lines.append(f"unsteady ({name}): epochs took {s['min']:.3f}-{s['max']:.3f} s "
+                     f"({s['max'] / s['min']:.2f}x apart): the machine's speed changed during the benchmark; "
+                     "rerun on a quiet machine or with more --repeats before trusting the ratio")
     lines.append("")
     lines.append(f"speed-up: {result['speedup']:.1f}x seconds per epoch (notebook median / ours median)"
                  + ("" if result["comparable"] else "; different recipes, the notebook is a reference"))
