@@ -8,5 +8,5 @@ mkdir -p "$out"
 for r in seed default fast cnn; do
     mnistlab train --recipe "$r" --data-dir "$data" --out "$out/$r" --no-plots | grep -E '^(device|epoch|test accuracy)'
 done
-mnistlab bench --recipe seed --device cpu --repeats 3 --data-dir "$data"
+mnistlab bench --recipe seed --device cpu --epochs 5 --repeats 2 --data-dir "$data"
 mnistlab bench --recipe fast --device cpu --repeats 1 --data-dir "$data"
