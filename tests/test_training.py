@@ -128,17 +128,22 @@ def test_denormals_are_zero_inside_the_cpu_context_only():
         assert (tiny * 1.0).item() == pytest.approx(1e-39)
 
 
-@pytest.mark.parametrize("name, fused", [("seed", None), ("fast", True)])
-def test_fused_optimizer_takes_the_same_steps_as_the_plain_one(name, fused):
+def plain_optimizer(config, model):
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+
+@pytest.mark.parametrize("config, fused", [(recipe("seed"), None), (recipe("fast"), True),
+                                           (recipe("default", optimizer="adamw", lr=1e-3), True)])
+def test_fused_optimizer_takes_the_same_steps_as_the_plain_one(config, fused):
     """Fused where momentum or weight decay make the update several ops per parameter."""
-    config = recipe(name)
     models = []
     for use_fused in (False, True):
         torch.manual_seed(0)
         model = MLP((1, 28, 28), config.hidden, 10)
-        optimizer = make_optimizer(config, model) if use_fused else torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-            weight_decay=config.weight_decay)
+        optimizer = make_optimizer(config, model) if use_fused else plain_optimizer(config, model)
         assert not use_fused or optimizer.defaults["fused"] == fused
         generator = torch.Generator().manual_seed(1)
         for _ in range(5):
