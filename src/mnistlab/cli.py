@@ -199,10 +199,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-# Commands below register themselves here: each is a function add(subparsers).
-ADD_COMMANDS: list = []
-
-
 # ---------------------------------------------------------------------------
 # predict
 
@@ -277,8 +273,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
-ADD_COMMANDS.append(add_predict)
-
 # ---------------------------------------------------------------------------
 # plot
 
@@ -299,8 +293,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(path)
     return 0
 
-
-ADD_COMMANDS.append(add_plot)
 
 # ---------------------------------------------------------------------------
 # inspect
@@ -339,8 +331,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-ADD_COMMANDS.append(add_inspect)
-
 # ---------------------------------------------------------------------------
 # bench
 
@@ -372,8 +362,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
-
-ADD_COMMANDS.append(add_bench)
 
 
 # ---------------------------------------------------------------------------
@@ -408,7 +396,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_datasets)
 
-    for add in ADD_COMMANDS:
+    for add in (add_predict, add_plot, add_inspect, add_bench):
         add(sub)
     return parser
 
