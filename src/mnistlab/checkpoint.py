@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from .files import atomic_path, write_json
 from .models import build_model
 
@@ -24,10 +25,6 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "model.json"
 STATE = "state.pt"
-
-
-class CheckpointError(Exception):
-    """A user-facing problem with a model file."""
 
 
 @dataclass

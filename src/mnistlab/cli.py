@@ -17,13 +17,10 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import RECIPES, Config
+from .errors import MnistlabError, UsageError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 1."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,10 +107,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         return base.replace(**overrides)
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-class UsageError(Exception):
-    """A bad flag value found after parsing; exit code 2 like argparse."""
 
 
 # ---------------------------------------------------------------------------
@@ -245,7 +238,7 @@ def _prediction_line(r: dict[str, Any]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .prediction import PredictionError, figure_path, predict_files, predict_test_index
+    from .prediction import figure_path, predict_files, predict_test_index
 
     if not args.images and args.test_index is None:
         raise UsageError("give at least one IMAGE, or --test-index N")
@@ -253,16 +246,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k must be at least 1 (got {args.top_k})")
     checkpoint = load_checkpoint(args.model)
     results = []
-    try:  # errors of single files come back as results; these stop everything
-        if args.test_index is not None:
-            name = f"test-{args.test_index}"
-            figure = figure_path(args.figure, name, many=bool(args.images)) if args.figure else None
-            results.append(predict_test_index(checkpoint, args.test_index, args.data_dir, args.top_k,
-                                              args.save_prepared, figure))
-        results += predict_files(checkpoint, args.images, top_k=args.top_k, invert=args.invert,
-                                 save_prepared=args.save_prepared, figure=args.figure)
-    except PredictionError as e:
-        raise UserError(str(e)) from None
+    # Errors of single files come back as results; a raised error stops everything.
+    if args.test_index is not None:
+        name = f"test-{args.test_index}"
+        figure = figure_path(args.figure, name, many=bool(args.images)) if args.figure else None
+        results.append(predict_test_index(checkpoint, args.test_index, args.data_dir, args.top_k,
+                                          args.save_prepared, figure))
+    results += predict_files(checkpoint, args.images, top_k=args.top_k, invert=args.invert,
+                             save_prepared=args.save_prepared, figure=args.figure)
     for r in results:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
@@ -320,13 +311,10 @@ def add_inspect(sub) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import InspectError, format_report, inspect_step
+    from .inspection import format_report, inspect_step
 
-    try:
-        result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                              dataset=args.dataset, data_dir=args.data_dir)
-    except InspectError as e:
-        raise UsageError(str(e)) from None
+    result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                          dataset=args.dataset, data_dir=args.data_dir)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -402,20 +390,13 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .training import RunError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as e:
+    except MnistlabError as e:
         print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (UserError, DataError, CheckpointError, RunError) as e:
-        print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -33,13 +33,12 @@ import numpy as np
 import torch
 
 from . import __version__
+from .errors import DataError
 from .files import atomic_path
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-class DataError(Exception):
-    """A user-facing problem with data: the message says what and what to do."""
 
 
 @dataclass(frozen=True)

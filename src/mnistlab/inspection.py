@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
+from .errors import CheckpointError, UsageError
 from .config import recipe
 from .models import architecture, build_model, loss_function
 
@@ -31,10 +32,6 @@ FD_EPS = 1e-6  # finite-difference step, in weight units: few ReLUs switch withi
 KINK_TOLERANCE = 1e-5  # slopes at eps and eps/2 further apart than this (relative): a kink in between
 KINK_RETRIES = 4  # draws allowed per wanted entry before giving up on smooth entries
 FD_ENTRIES = 5  # gradient entries checked by finite differences
-
-
-class InspectError(ValueError):
-    """A bad argument to inspect_step (a user error, not a bug)."""
 
 
 # ---------------------------------------------------------------------------
@@ -58,14 +55,14 @@ def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None
         return net, {"source": f"fresh {name} (untrained, initialised with seed {seed})", "trained": False,
                      "dataset": dataset, "output": config.output, "mean": config.mean, "std": config.std}
     if hidden:
-        raise InspectError("hidden sizes apply to a fresh mlp only, not to a checkpoint")
+        raise UsageError("hidden sizes apply to a fresh mlp only, not to a checkpoint")
     if not Path(name).exists():
         raise CheckpointError(f"model {name!r} is neither {' nor '.join(FRESH_MODELS)} "
                               "nor an existing run directory or checkpoint")
     ckpt = load_checkpoint(name)
     dataset = dataset or ckpt.meta["dataset"]
     if len(data_mod.get_spec(dataset).classes) != len(ckpt.classes):
-        raise InspectError(f"{name} has {len(ckpt.classes)} classes but {dataset} has "
+        raise UsageError(f"{name} has {len(ckpt.classes)} classes but {dataset} has "
                            f"{len(data_mod.get_spec(dataset).classes)}")
     return ckpt.model, {"source": f"checkpoint {name}", "trained": True, "dataset": dataset,
                         "output": ckpt.output, "mean": ckpt.mean, "std": ckpt.std}
@@ -75,7 +72,7 @@ def random_batch(split: data_mod.Split, batch_size: int, seed: int, mean: float,
                  std: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`batch_size` examples drawn without replacement by `seed`: (indices, images, labels)."""
     if batch_size > len(split):
-        raise InspectError(f"batch size {batch_size} is larger than the training split ({len(split)} images)")
+        raise UsageError(f"batch size {batch_size} is larger than the training split ({len(split)} images)")
     indices = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:batch_size]
     x, y = data_mod.to_device(data_mod.Split(split.images[indices], split.labels[indices]),
                               torch.device("cpu"), mean, std)
@@ -252,9 +249,9 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
     grads_before_backward, parameters, finite_differences, accumulation and no_grad.
     """
     if not lr > 0:
-        raise InspectError(f"lr must be > 0 (got {lr})")
+        raise UsageError(f"lr must be > 0 (got {lr})")
     if batch_size < 1:
-        raise InspectError(f"batch size must be at least 1 (got {batch_size})")
+        raise UsageError(f"batch size must be at least 1 (got {batch_size})")
     net, origin = load_network(model, seed, dataset, hidden)
     data = data_mod.load(origin["dataset"], data_dir)
     indices, x, y = random_batch(data.train, batch_size, seed, origin["mean"], origin["std"])

@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .errors import PredictionError
 from .files import atomic_path
 from .models import log_probabilities
 
@@ -60,15 +61,6 @@ MIN_STROKE = 1.3
 BLOB_SIZE = 128
 SPECK = 0.05
 EDGE_SHARE = 0.1
-
-
-class PredictionError(Exception):
-    """A problem with one image, for people: the file (when there is one) and the reason."""
-
-    def __init__(self, reason: str, file: str | None = None):
-        super().__init__(f"{file}: {reason}" if file else reason)
-        self.reason = reason
-        self.file = file
 
 
 # ---------------------------------------------------------------------------

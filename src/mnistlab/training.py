@@ -27,15 +27,12 @@ from torch import nn
 from . import data as data_mod
 from .checkpoint import load_state, save_checkpoint, save_state
 from .config import Config
+from .errors import RunError
 from .evaluation import accuracy
 from .files import read_json, write_json, write_text
 from .models import architecture, build_model, loss_function
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_accuracy", "test_accuracy", "lr", "seconds")
-
-
-class RunError(Exception):
-    """A user-facing problem with a run directory or a device."""
 
 
 @dataclass
