@@ -37,7 +37,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.data import load, to_device
 from mnistlab.evaluation import predictions
-from mnistlab.prediction import predict_array, predict_files, prepare_image
+from mnistlab.prediction import predict_array, predict_files
+from mnistlab.prepare import prepare_image
 
 # Pen paths per digit in a unit box (x right, y down); several ways of writing some digits.
 _ELLIPSE = [(0.5 + 0.45 * np.sin(t), 0.5 - 0.5 * np.cos(t)) for t in np.linspace(0, 2 * np.pi, 17)]

@@ -11,8 +11,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from mnistlab import data
-from mnistlab.bench import (PILMNIST, format_bench, normalize, notebook_dataset, notebook_epoch, notebook_model,
-                            notebook_transform, run_bench, time_to_accuracy, unsteady)
+from mnistlab.bench import (
+    PILMNIST,
+    format_bench,
+    normalize,
+    notebook_dataset,
+    notebook_epoch,
+    notebook_model,
+    notebook_transform,
+    run_bench,
+    time_to_accuracy,
+    unsteady,
+)
 from mnistlab.cli import main
 from mnistlab.config import recipe
 from mnistlab.training import train

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import fake_digits, write_fake_dataset
+
 from mnistlab import cli, data
 from mnistlab.data import DATASETS, DataError
 

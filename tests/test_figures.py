@@ -1,7 +1,7 @@
 """Figures: the notebook's view_classify, and the PNGs a run writes (curves, confusion, image grids)."""
 
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +9,17 @@ import torch
 
 from mnistlab import figures
 from mnistlab.cli import main
-from mnistlab.figures import (DPI, FASHION, confusion_figure, curves_figure, misclassified_figure, samples_figure,
-                              save_png, save_prediction_figure, view_classify)
+from mnistlab.figures import (
+    DPI,
+    FASHION,
+    confusion_figure,
+    curves_figure,
+    misclassified_figure,
+    samples_figure,
+    save_png,
+    save_prediction_figure,
+    view_classify,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIGITS = [str(k) for k in range(10)]

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from mnistlab.errors import CheckpointError, UsageError
 from mnistlab.cli import main
 from mnistlab.config import recipe
 from mnistlab.data import load
+from mnistlab.errors import CheckpointError, UsageError
 from mnistlab.inspection import format_report, inspect_step
 from mnistlab.models import architecture, build_model
 
@@ -134,9 +134,9 @@ def test_a_trained_run_is_inspected_on_its_own_dataset(tiny_run, tiny_idx_dir):
 
 
 def test_bad_arguments_are_user_errors(tiny_idx_dir, tmp_path):
-    with pytest.raises(match="lr"):
+    with pytest.raises(UsageError, match="lr"):
         inspect_step(lr=0, data_dir=tiny_idx_dir)
-    with pytest.raises(match="larger than the training split"):
+    with pytest.raises(UsageError, match="larger than the training split"):
         inspect_step(batch_size=10_000, data_dir=tiny_idx_dir)
     with pytest.raises(CheckpointError, match="neither mlp nor cnn"):
         inspect_step("mpl", data_dir=tiny_idx_dir)

@@ -9,9 +9,15 @@ from PIL import Image, ImageDraw
 
 from mnistlab.checkpoint import Checkpoint, load_checkpoint
 from mnistlab.cli import main
+from mnistlab.errors import PredictionError
 from mnistlab.models import build_model
-from mnistlab.prediction import (PredictionError, load_image, predict, predict_array, predict_files,
-                                 predict_test_index, prepare_image, stroke_width)
+from mnistlab.prediction import (
+    predict,
+    predict_array,
+    predict_files,
+    predict_test_index,
+)
+from mnistlab.prepare import load_image, prepare_image, stroke_width
 
 # ---------------------------------------------------------------------------
 # Helpers: pictures with known answers
@@ -147,7 +153,7 @@ def test_thin_pen_strokes_are_thickened_to_mnist_widths(monkeypatch):
     image = Image.new("L", (1200, 1200), 255)
     ImageDraw.Draw(image).line([(400, 200), (800, 200), (550, 1000)], fill=0, width=6)  # 0.75% of the height
     assert stroke_width(prepare_image(image)) >= 1.0  # MNIST: 1.3 to 3.1 pixels, median 2.0
-    monkeypatch.setattr("mnistlab.prediction.MIN_STROKE", 0.0)
+    monkeypatch.setattr("mnistlab.prepare.MIN_STROKE", 0.0)
     assert stroke_width(prepare_image(image)) < 0.5  # else the strokes fade to grey at 20x20
 
 

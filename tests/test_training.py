@@ -9,7 +9,14 @@ from safetensors.torch import load_file
 
 from mnistlab.config import recipe
 from mnistlab.models import MLP
-from mnistlab.training import Batches, RunError, flush_denormals, make_optimizer, read_metrics, train
+from mnistlab.training import (
+    Batches,
+    RunError,
+    flush_denormals,
+    make_optimizer,
+    read_metrics,
+    train,
+)
 
 
 def quick(**overrides):

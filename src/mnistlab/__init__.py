@@ -11,7 +11,7 @@ _API = {
     "build_model": "models",
     "train": "training",
     "evaluate": "evaluation", "load_checkpoint": "checkpoint",
-    "predict": "prediction", "prepare_image": "prediction",
+    "predict": "prediction", "prepare_image": "prepare",
     "view_classify": "figures",
     "inspect_step": "inspection",
 }

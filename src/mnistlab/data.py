@@ -469,10 +469,10 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
     if name == "synthetic":
         if data_dir is not None:
             raise DataError("--data-dir does not apply to --dataset synthetic (it needs no files)")
-        from .synthetic import VERSION, generate
-
         # Rendering takes seconds; the result only depends on the generator's version.
         import matplotlib
+
+        from .synthetic import VERSION, generate
 
         key = f"synthetic-v{VERSION}-matplotlib{matplotlib.__version__}"  # the fonts come from matplotlib
         arrays = _load_cached(key)

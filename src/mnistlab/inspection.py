@@ -23,8 +23,8 @@ from torch import nn
 
 from . import data as data_mod
 from .checkpoint import load_checkpoint
-from .errors import CheckpointError, UsageError
 from .config import recipe
+from .errors import CheckpointError, UsageError
 from .models import architecture, build_model, loss_function
 
 FRESH_MODELS = ("mlp", "cnn")

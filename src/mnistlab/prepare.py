@@ -1,0 +1,316 @@
+"""Image preparation: any picture of one character made to look like an MNIST digit.
+
+A network trained on MNIST has only seen light ink on a black field, the digit
+fitted into a 20x20 box (aspect ratio kept) and placed in 28x28 so that its
+centre of mass is at the centre. A phone photo or a canvas export is dark ink
+on white (or on nothing), at any size and position, on unevenly lit paper.
+`prepare_image` turns any such picture into that form; it is the one
+preparation used by `mnistlab predict`, the server and anything else that
+classifies people's images. Its steps, each a function below: grey levels (EXIF
+rotation applied, transparency laid on paper), polarity (ink made bright), the
+paper's level removed (gradients and shadows too), dust and shadow residue
+dropped, cropped to the ink, fitted into 20x20 (thin pen strokes thickened),
+centred by mass in 28x28.
+
+numpy and Pillow only: no torch, no checkpoints, no figures.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import PredictionError
+
+SIZE = 28  # MNIST images are 28x28 ...
+BOX = 20  # ... with the digit fitted into a 20x20 box
+# Big pictures are shrunk (area averaging) so that the longer side is at most this
+# many pixels: time and memory stay bounded and sensor noise averages out. A digit
+# filling a twentieth of the picture's width still spans more than BOX pixels.
+WORK_SIZE = 512
+# Ink must differ from the paper by this many grey levels (of 255), else: no ink.
+MIN_CONTRAST = 24.0
+# Pixels within this fraction of the grey range from an end count as near that end.
+EXTREME = 0.25
+# The paper's level is found with windows this fraction of the picture's longer
+# side (wider than any stroke, narrower than shadows), on a copy at most
+# OPENING_SIZE pixels a side.
+PAPER_WINDOW = 0.25
+OPENING_SIZE = 256
+# What is left of the paper is set to zero below this fraction of the ink level
+# and below this many standard deviations of the paper's grain.
+FAINT = 0.1
+NOISE_SIGMAS = 4.0
+# MNIST's thinnest strokes in 28x28 pixels (`stroke_width`: 5th percentile of the
+# test set; median 2.0, 95th percentile 3.1). Thinner strokes are thickened to this.
+MIN_STROKE = 1.3
+# Blobs of ink are found on a copy at most BLOB_SIZE pixels a side. Blobs smaller
+# than SPECK of the largest are dust; blobs touching the picture's edge are dropped
+# when the others hold at least EDGE_SHARE of the ink.
+BLOB_SIZE = 128
+SPECK = 0.05
+EDGE_SHARE = 0.1
+
+
+# ---------------------------------------------------------------------------
+# Reading images
+
+def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None):
+    """Open and decode an image file (or binary file object) fully; PredictionError if unusable.
+
+    PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is kept, and crossing it
+    is an error rather than a warning.
+    """
+    name = name or str(getattr(source, "name", source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:  # closes the file; the decoded pixels stay
+                image.load()  # decoding is lazy: a truncated file only fails here
+    except FileNotFoundError:
+        raise PredictionError("no such file", name) from None
+    except IsADirectoryError:
+        raise PredictionError("is a directory, not an image", name) from None
+    except UnidentifiedImageError:
+        raise PredictionError("not an image (or a format Pillow cannot read)", name) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PredictionError(f"refused as a possible decompression bomb ({e})", name) from None
+    except PermissionError:
+        raise PredictionError("permission denied", name) from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
+        raise PredictionError(f"truncated or corrupt image ({str(e) or type(e).__name__})", name) from None
+    return image
+
+
+def _grey(image: Any) -> np.ndarray:
+    """Grey levels as float32 (H, W) in 0..255, transparent pixels turned into paper."""
+    if isinstance(image, np.ndarray):
+        array = image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image
+        if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8:
+            return _grey(Image.fromarray(array))
+        if array.ndim != 2 or array.dtype.kind not in "biuf":
+            raise PredictionError(f"expected a grey (H, W) or colour (H, W, 3|4) uint8 array, "
+                                  f"got shape {image.shape} of {image.dtype}")
+        return _levels(array)
+    if not isinstance(image, Image.Image):
+        raise PredictionError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    try:
+        image = ImageOps.exif_transpose(image)  # phone photos are stored sideways plus a rotation tag
+        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+            return _levels(np.asarray(image))  # keep the full depth; _levels rescales it
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            return _flatten_transparency(image.convert("RGBA"))
+        return np.asarray(image.convert("L"), dtype=np.float32)
+    except (ValueError, OSError, SyntaxError, KeyError, TypeError) as e:  # odd modes, broken metadata
+        raise PredictionError(f"cannot convert the {image.mode} image to grey ({e})") from None
+
+
+def _levels(array: np.ndarray) -> np.ndarray:
+    """Floats in 0..1 and integers in 0..255 are taken as they are; other ranges are rescaled."""
+    x = array.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise PredictionError("the image holds NaN or infinite values")
+    if x.size == 0:
+        raise PredictionError("the image is empty (0 pixels)")
+    lo, hi = float(x.min()), float(x.max())
+    if array.dtype.kind in "bf" and lo >= 0 and hi <= 1:
+        return x * 255
+    if lo >= 0 and hi <= 255:
+        return x
+    return (x - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(x)
+
+
+def _flatten_transparency(rgba) -> np.ndarray:
+    """Lay the image on paper: transparent pixels become the paper's grey level.
+
+    A canvas export is ink alone on a transparent sheet (opaque pixels are the
+    minority): its paper is the opposite shade to the ink. Otherwise (a photo with
+    a few transparent pixels) the paper is the typical opaque grey.
+    """
+    rgba = np.asarray(rgba, dtype=np.float32)
+    alpha = rgba[..., 3] / 255
+    grey = np.asarray(rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32))  # ITU-R 601-2, as PIL's "L"
+    opaque = alpha > 0.5
+    if not opaque.any():
+        raise PredictionError("no ink found (the image is fully transparent)")
+    typical = float(np.median(grey[opaque]))
+    if opaque.mean() < 0.5:
+        paper = 255.0 if typical < 128 else 0.0
+    else:
+        paper = typical
+    return alpha * grey + (1 - alpha) * paper
+
+
+def _shrink(grey: np.ndarray, longer_side: int = WORK_SIZE) -> np.ndarray:
+    """Shrink by area averaging so that the longer side is at most `longer_side`."""
+    h, w = grey.shape
+    scale = longer_side / max(h, w)
+    if scale >= 1:
+        return grey
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(grey.astype(np.float32)).resize(size, Image.Resampling.BOX))
+
+
+# ---------------------------------------------------------------------------
+# MNIST-style preparation
+
+def ink_is_dark(grey: np.ndarray) -> bool:
+    """True when the picture is dark ink on light paper (a photo, a canvas export).
+
+    Paper covers most of a picture and ink little, so the paper's end of the grey
+    range holds more pixels than the ink's. (The border's level is no guide: a
+    shadow may cover it.)
+    """
+    lo, hi = float(grey.min()), float(grey.max())
+    near = EXTREME * (hi - lo)
+    return int((grey >= hi - near).sum()) > int((grey <= lo + near).sum())
+
+
+def _rank_filter(x: np.ndarray, size: int, reduce) -> np.ndarray:
+    """Minimum or maximum over a size x size window (separable: rows, then columns)."""
+    half = size // 2
+    for axis in (0, 1):
+        padding = [(half, half) if a == axis else (0, 0) for a in (0, 1)]
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, padding, mode="edge"), size, axis=axis)
+        x = reduce(windows, axis=-1)
+    return x
+
+
+def paper_level(grey: np.ndarray) -> np.ndarray:
+    """The paper under bright ink, following uneven light and shadows: a morphological opening.
+
+    A minimum over a window wider than any stroke erases the ink; the maximum over
+    the same window then restores the paper's own shape (gradients, the edge of a
+    shadow) exactly. Strokes are taken to be thinner than PAPER_WINDOW of the
+    picture's longer side. Computed on a copy of at most OPENING_SIZE pixels a side,
+    for speed.
+    """
+    h, w = grey.shape
+    small = _shrink(grey, OPENING_SIZE)
+    size = max(3, 2 * round(PAPER_WINDOW * max(small.shape) / 2) + 1)  # odd: centred windows
+    opened = _rank_filter(_rank_filter(small, size, np.min), size, np.max)
+    if opened.shape == grey.shape:
+        return opened
+    return np.asarray(Image.fromarray(opened.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def remove_background(grey: np.ndarray) -> np.ndarray:
+    """Bright ink on dark paper -> ink only: paper exactly 0, stroke cores 255."""
+    if float(grey.max() - grey.min()) < MIN_CONTRAST:
+        raise PredictionError("no ink found (the image is blank: one uniform level)")
+    ink = grey - paper_level(grey)
+    # Ink covers less than half of the picture, so the median and the median
+    # deviation describe the paper: what the opening left of it, and its grain.
+    paper = float(np.median(ink))
+    grain = 1.4826 * float(np.median(np.abs(ink - paper)))  # a standard deviation for Gaussian noise
+    ink = ink - paper
+    # The ink level: a high percentile of the clearly inked pixels (MNIST's stroke
+    # cores are saturated, so they are mapped to 255 here too).
+    strong = ink[ink > 0.5 * ink.max()]
+    level = float(np.percentile(strong, 90)) if strong.size else 0.0
+    if level < max(MIN_CONTRAST, NOISE_SIGMAS * grain):
+        raise PredictionError(f"no ink found (nothing stands out from the paper: contrast {level:.0f} "
+                              f"grey levels of 255, paper grain {grain:.1f})")
+    # Soft threshold: paper grain, noise and shadow edges go to 0 without a hard edge.
+    floor = max(FAINT * level, NOISE_SIGMAS * grain)
+    return np.clip((ink - floor) / (level - floor), 0, 1) * 255
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """Label the 8-connected blobs of a boolean mask (0 elsewhere): each pixel takes the
+    largest label in its 3x3 neighbourhood until nothing changes."""
+    labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
+    while True:
+        spread = _rank_filter(labels, 3, np.max) * mask
+        if np.array_equal(spread, labels):
+            return labels
+        labels = spread
+
+
+def writing(ink: np.ndarray) -> np.ndarray:
+    """The ink less what is not writing: specks of dust, and blobs touching the picture's edge
+    (what is left of a shadow's corner, the sheet's edge) when the rest holds enough ink.
+
+    Blobs are found on a copy at most BLOB_SIZE pixels a side, for speed.
+    """
+    coarse = _shrink((ink >= 127.5).astype(np.float32), BLOB_SIZE) > 0
+    labels = _components(coarse)
+    ids, mass = np.unique(labels[labels > 0], return_counts=True)
+    edge = np.isin(ids, np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    if mass[~edge].sum() >= EDGE_SHARE * mass.sum():
+        ids, mass = ids[~edge], mass[~edge]
+    keep = np.isin(labels, ids[mass >= SPECK * mass.max()])
+    keep = _rank_filter(keep, 3, np.max)  # a margin for the strokes' soft edges
+    keep = Image.fromarray(keep.astype(np.uint8)).resize(ink.shape[::-1], Image.Resampling.NEAREST)
+    return ink * np.asarray(keep)
+
+
+def ink_box(ink: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns holding the at-least-half-inked pixels."""
+    rows, cols = np.flatnonzero((ink >= 127.5).any(axis=1)), np.flatnonzero((ink >= 127.5).any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """Mean stroke width in pixels: twice the inked area over its outline's length (at half ink)."""
+    inked = np.pad(ink > 127.5, 1)  # ink touching the edge still has an outline there
+    outline = (inked[1:] != inked[:-1]).sum() + (inked[:, 1:] != inked[:, :-1]).sum()
+    return 2 * float(inked.sum()) / max(int(outline), 1)
+
+
+def fit_box(ink: np.ndarray) -> np.ndarray:
+    """The cropped ink fitted into BOX x BOX, aspect ratio kept, with strokes at least MNIST's thinnest.
+
+    NIST's writers all used similar pens at a similar scale, so MNIST strokes are
+    about a tenth of the digit's height; a ballpoint photographed from afar is far
+    thinner and would fade to grey at 20x20. Such strokes are thickened first (a
+    maximum filter adds its width less one pixel). Bold strokes are left alone:
+    MNIST has bold digits too. Lanczos resampling antialiases like MNIST's grey edges.
+    """
+    h, w = ink.shape
+    scale = BOX / max(h, w)  # final pixels per pixel of `ink`
+    steps = round((MIN_STROKE / scale - stroke_width(ink)) / 2)
+    if steps > 0:
+        ink = _rank_filter(ink, 2 * steps + 1, np.max)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized), 0, 255)
+
+
+def centre_by_mass(box: np.ndarray) -> np.ndarray:
+    """Paste into SIZE x SIZE so that the centre of mass lands on (SIZE/2, SIZE/2).
+
+    That is where it lies in MNIST (mean (14.0, 14.0) in pixel indices over the
+    test set). The shift is rounded to whole pixels, and limited so no ink is cut.
+    """
+    h, w = box.shape
+    mass = box.sum()
+    if not mass > 0:
+        raise PredictionError("no ink found (the ink vanished when fitted into 20x20)")
+    cy = (box.sum(axis=1) @ np.arange(h)) / mass
+    cx = (box.sum(axis=0) @ np.arange(w)) / mass
+    top = int(np.clip(round(SIZE / 2 - cy), 0, SIZE - h))
+    left = int(np.clip(round(SIZE / 2 - cx), 0, SIZE - w))
+    canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
+    canvas[top:top + h, left:left + w] = box
+    return canvas
+
+
+def prepare_image(image: Any, invert: bool | None = None) -> np.ndarray:
+    """Any picture of one character -> MNIST-style uint8 (28, 28): bright ink on black, centred.
+
+    `image`: a PIL image of any mode or a numpy array (H, W) grey or (H, W, 3|4) uint8.
+    `invert`: None detects whether the ink is dark; True/False forces it.
+    Raises PredictionError when there is no ink.
+    """
+    grey = _shrink(_grey(image))  # grey levels 0..255, at most WORK_SIZE pixels a side
+    if invert if invert is not None else ink_is_dark(grey):
+        grey = 255 - grey  # MNIST's ink is bright
+    ink = writing(remove_background(grey))  # paper 0, stroke cores 255, no dust or shadow residue
+    rows, cols = ink_box(ink)
+    box = fit_box(ink[rows, cols])  # into 20x20, aspect ratio kept, thin strokes thickened
+    return np.round(centre_by_mass(box)).astype(np.uint8)
