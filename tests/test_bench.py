@@ -75,6 +75,7 @@ def test_torchvision_reads_the_splits_from_its_own_raw_layout(tmp_path, tiny, mo
         assert labels.dtype == np.uint8 and np.array_equal(labels, split.labels.numpy())
 
 
+@pytest.mark.slow
 def test_notebook_loop_and_ours_agree_given_the_same_init_and_batch_order(tmp_path, tiny, tiny_idx_dir):
     config = recipe("seed", epochs=1, device="cpu")
     ours = train(config, out=tmp_path / "ours", data_dir=tiny_idx_dir)
@@ -101,6 +102,7 @@ def test_time_to_accuracy_counts_training_seconds_up_to_the_first_epoch_at_targe
     assert time_to_accuracy([{"seconds": 1.0, "test_accuracy": None}], 0.0) is None
 
 
+@pytest.mark.slow
 def test_run_bench_returns_the_documented_result(tiny_idx_dir):
     result = run_bench("seed", device="cpu", epochs=1, repeats=1, data_dir=tiny_idx_dir)
     assert {"recipe", "dataset", "epochs", "repeats", "comparable", "machine", "notebook", "ours",
@@ -121,6 +123,7 @@ def test_run_bench_returns_the_documented_result(tiny_idx_dir):
     assert "speed-up" in text and "parity" in text and f"{ours['final_train_loss']:.4f}" in text
 
 
+@pytest.mark.slow
 def test_a_side_whose_epochs_varied_a_lot_is_called_unsteady_in_the_table(tiny_idx_dir):
     def side(low, high):
         return {"seconds_per_epoch": {"median": low, "min": low, "max": high}}
@@ -135,12 +138,14 @@ def test_a_side_whose_epochs_varied_a_lot_is_called_unsteady_in_the_table(tiny_i
     assert "unsteady (ours): epochs took 0.600-1.200 s (2.00x apart)" in format_bench(result)
 
 
+@pytest.mark.slow
 def test_cli_bench_prints_the_table(tiny_idx_dir, capsys):
     code = main(["bench", "--device", "cpu", "--epochs", "1", "--repeats", "1", "--data-dir", str(tiny_idx_dir)])
     assert code == 0
     assert "speed-up" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_bench_json_for_another_recipe_reports_the_time_to_98(tiny_idx_dir, capsys):
     code = main(["bench", "--recipe", "fast", "--device", "cpu", "--epochs", "2", "--repeats", "1",
                  "--data-dir", str(tiny_idx_dir), "--json"])

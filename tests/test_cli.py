@@ -15,12 +15,13 @@ def run_cli(*args, cwd=None):
                           cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_end_to_end(tmp_path, tiny_idx_dir):
     out = tmp_path / "run"
     r = run_cli("train", "--data-dir", tiny_idx_dir, "--epochs", "2", "--batch-size", "32", "--out", out,
                 "--no-plots", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    assert '"recipe": "default"' in r.stdout  # the resolved config is printed at start
+    assert "recipe default, with epochs 2, batch_size 32, device cpu" in r.stdout  # what differs, in one line
     assert "device: cpu" in r.stdout
     epoch_lines = [line for line in r.stdout.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 2 and "train loss" in epoch_lines[0] and "test acc" in epoch_lines[0]
@@ -38,6 +39,7 @@ def test_train_then_evaluate_end_to_end(tmp_path, tiny_idx_dir):
     assert set(report["per_class_accuracy"]) == {str(d) for d in range(10)}
 
 
+@pytest.mark.slow
 def test_default_out_is_under_runs_and_never_overwrites(tmp_path, tiny_idx_dir):
     for _ in range(2):
         r = run_cli("train", "--data-dir", tiny_idx_dir, "--epochs", "1", "--no-plots", "--recipe", "seed",
@@ -52,7 +54,7 @@ def test_resume_continues_a_run(tmp_path, tiny_idx_dir, capsys):
 
     train(recipe("seed", epochs=2, device="cpu"), out=tmp_path / "r", data_dir=tiny_idx_dir, stop_after=1)
     assert main(["train", "--resume", str(tmp_path / "r"), "--no-plots"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert f"run: {tmp_path / 'r'} (resuming after epoch 1/2)" in capsys.readouterr().out
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs"] == 2
 
 
@@ -61,7 +63,15 @@ def test_resume_continues_a_run(tmp_path, tiny_idx_dir, capsys):
     (["train", "--lr", "abc"], "--lr"),
     (["train", "--lr", "-1"], "lr must be > 0"),
     (["train", "--recipe", "nope"], "invalid choice"),
-    (["train", "--optimizer", "lbfgs"], "optimizer must be one of"),
+    (["train", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    (["train", "--weight-decay", "-1"], "weight_decay must be in [0, 1)"),
+    (["train", "--seed", str(2**70)], "seed must be in [0, 2**63-1]"),
+    (["train", "--hidden", "100000000"], "hidden sizes must be"),
+    (["train", "--std", "inf"], "std must be a finite number"),
+    (["train", "--mean", "nan"], "mean must be a finite number"),
+    (["evaluate", "run", "--device", "foo"], "--device foo: unknown device"),
+    (["evaluate", "run", "--device", "cuda"] if not __import__("torch").cuda.is_available() else ["nope"],
+     "CUDA is not available on this machine" if not __import__("torch").cuda.is_available() else "invalid choice"),
     (["train", "--resume", "x", "--lr", "0.1"], "--resume takes the config from the run"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
@@ -78,17 +88,83 @@ def test_bad_flags_give_one_line_and_exit_2(argv, needle, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["evaluate", "/nonexistent/run"], "no such run directory"),
     (["train", "--data-dir", "/nonexistent", "--no-plots"], "--data-dir /nonexistent"),
-    (["train", "--resume", "/nonexistent"], "not a run directory"),
+    (["train", "--resume", "/nonexistent"], "no such run directory"),
 ])
-def test_user_errors_give_one_line_and_exit_1(argv, needle, capsys):
+def test_user_errors_give_one_line_and_exit_1(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # a run that never started leaves no folder behind
 
 
-def test_help_lists_commands_and_training_options():
-    r = run_cli("train", "--help")
-    assert r.returncode == 0
+def test_train_help_shows_every_flag_with_the_default_recipes_value_and_the_recipe_list(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for flag in ("--recipe", "--epochs", "--batch-size", "--lr", "--val-size", "--seed", "--device", "--resume",
                  "--data-dir", "--out", "--hidden"):
-        assert flag in r.stdout
+        assert flag in text
+    for shown in ("passes over the training data (default: 10)", "images per training step (default: 128)",
+                  "(the peak rate with onecycle) (default: 0.1)", "SGD momentum (0: plain SGD, as in the notebook) "
+                  "(default: 0.9)", "L2 weight decay (default: 0.0005)", "(default: 0)",
+                  "seed: the course notebook verbatim", "fast: least time to 98%"):
+        assert shown in text
+
+
+def test_every_positional_argument_has_help(capsys):
+    for command in ("evaluate", "plot", "predict", "runs"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        positional = capsys.readouterr().out.split("positional arguments:")[1].split("options:")[0]
+        assert all(len(line.split(maxsplit=1)) == 2 for line in positional.strip().splitlines()
+                   if not line.startswith("    " * 3)), positional
+
+
+def test_recipes_shows_every_recipe_side_by_side_with_measured_accuracy(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["seed", "default", "fast", "cnn"]
+    assert lines[[line.split()[0] for line in lines if line].index("--lr")].split() == ["--lr", "0.003", "0.1",
+                                                                                          "0.1", "0.05"]
+    assert any(line.startswith("test accuracy") and "89.51%" in line for line in lines)
+    assert main(["recipes", "--json"]) == 0
+    recipes = json.loads(capsys.readouterr().out)
+    assert recipes["fast"]["config"]["batch_size"] == 256 and recipes["cnn"]["measured"]["test_accuracy"] > 0.99
+
+
+def test_the_readme_table_and_the_recipes_measurements_agree():
+    from pathlib import Path
+
+    from mnistlab.config import MEASURED
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| test accuracy"))
+    cells = [c.strip() for c in row.strip("|").split("|")][2:]  # after the label and the notebook column
+    assert cells == [f"{100 * MEASURED[name]['test_accuracy']:.2f}%" for name in ("seed", "default", "fast", "cnn")]
+
+
+def test_train_json_prints_the_summary_as_one_document_and_progress_on_stderr(tmp_path, tiny_idx_dir, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_idx_dir), "--epochs", "1",
+                 "--device", "cpu", "--no-plots", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["run_dir"] == str(tmp_path / "r") and summary["epochs"] == 1 and summary["finished"]
+    assert "epoch 1/1" in captured.err
+
+
+def test_evaluate_with_device_auto_runs_on_what_this_machine_has(tiny_run, tiny_idx_dir, capsys):
+    assert main(["evaluate", str(tiny_run), "--data-dir", str(tiny_idx_dir), "--device", "auto", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 200
+
+
+@pytest.mark.slow
+def test_written_to_a_pipe_a_long_epoch_shows_plain_progress_lines(tmp_path, tiny_idx_dir):
+    env = {**__import__("os").environ, "MNISTLAB_PROGRESS_SECONDS": "0"}
+    r = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--out", str(tmp_path / "r"), "--data-dir",
+                        str(tiny_idx_dir), "--epochs", "1", "--batch-size", "8", "--no-plots", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    progress = [line for line in r.stdout.splitlines() if "% (" in line and "batches)" in line]
+    assert 5 <= len(progress) <= 10 and progress[0].startswith("epoch 1/1   1") and "loss" in progress[0]
+    assert "\r" not in r.stdout + r.stderr

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from mnistlab.config import RECIPES, Config, recipe
+from mnistlab.config import RECIPES, Config, ConfigError, recipe
 
 
 def test_seed_recipe_is_the_notebook():
@@ -33,14 +33,30 @@ def test_round_trip_through_dict():
     ({"lr": 0}, "lr"), ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
     ({"optimizer": "lbfgs"}, "optimizer"), ({"device": "tpu"}, "device"), ({"momentum": 1.5}, "momentum"),
     ({"hidden": ()}, "hidden"), ({"val_size": -1}, "val_size"),
+    ({"weight_decay": -1}, "weight_decay"), ({"weight_decay": float("nan")}, "weight_decay"),
+    ({"seed": 2**70}, "seed"), ({"hidden": (100_000_000,)}, "hidden"), ({"std": float("inf")}, "std"),
+    ({"mean": float("nan")}, "mean"), ({"std": 0}, "std"), ({"lr": "0.1"}, "lr"), ({"epochs": 2.5}, "epochs"),
 ])
 def test_bad_values_are_named(change, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         recipe("seed", **change)
 
 
 def test_unknown_recipe_and_keys():
-    with pytest.raises(ValueError, match="unknown recipe"):
+    with pytest.raises(ConfigError, match="unknown recipe"):
         recipe("nope")
-    with pytest.raises(ValueError, match="unknown config keys: bogus"):
+    with pytest.raises(ConfigError, match="unknown config keys: bogus"):
         Config.from_dict({"bogus": 1})
+
+
+@pytest.mark.parametrize("document, message", [
+    ([], "JSON object"), ({"lr": "fast"}, "lr must be a finite number"), ({"hidden": [1.5]}, "hidden"),
+    ({"nesterov": 1}, "nesterov must be bool"), ({"dataset": 3}, "dataset must be str"),
+])
+def test_a_config_document_of_the_wrong_shape_is_named_not_trusted(document, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict(document)
+
+
+def test_differences_list_only_the_changed_fields():
+    assert recipe("fast", lr=0.2, epochs=3).differences(RECIPES["fast"]) == {"lr": 0.2, "epochs": 3}

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mnistlab.cli import main
-from mnistlab.config import recipe
 from mnistlab.data import load
 from mnistlab.errors import CheckpointError, UsageError
 from mnistlab.inspection import format_report, inspect_step
@@ -42,7 +41,7 @@ def by_hand(weights, x, y):
 def test_numbers_match_a_hand_computation(tiny, tiny_idx_dir):
     # The same network, initialised the documented way: torch.manual_seed(seed), then build.
     torch.manual_seed(SEED)
-    net = build_model(architecture(recipe("seed", hidden=HIDDEN), (1, 28, 28), 10))
+    net = build_model(architecture("mlp", (1, 28, 28), 10, hidden=HIDDEN, output="log_softmax"))
     weights = [p.detach().double() for p in net.parameters()]
     train = load("mnist", tiny_idx_dir).train
     indices = torch.tensor(tiny["batch"]["indices"])

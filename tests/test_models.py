@@ -4,12 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab.config import recipe
 from mnistlab.models import architecture, build_model, log_probabilities, loss_function
 
 
 def notebook_mlp(output="logits"):
-    return build_model(architecture(recipe("seed", output=output), (1, 28, 28), 10))
+    return build_model(architecture("mlp", (1, 28, 28), 10, output=output))
 
 
 def test_mlp_is_the_notebooks_network():
@@ -37,8 +36,8 @@ def test_cross_entropy_on_logits_equals_nll_on_log_softmax():
     ce = nn.CrossEntropyLoss()(logits, y)
     nll = nn.NLLLoss()(nn.LogSoftmax(dim=1)(logits), y)
     torch.testing.assert_close(ce, nll)
-    assert loss_function(recipe("seed")).__class__ is nn.NLLLoss
-    assert loss_function(recipe("default")).__class__ is nn.CrossEntropyLoss
+    assert loss_function("log_softmax").__class__ is nn.NLLLoss
+    assert loss_function("logits", label_smoothing=0.1).__class__ is nn.CrossEntropyLoss
 
 
 def test_log_probabilities_agree_between_output_kinds():
@@ -54,7 +53,7 @@ def test_log_probabilities_agree_between_output_kinds():
 def test_gradcheck_in_float64(model, side):
     """Autograd's gradients equal finite differences (the cnn on small images: each input is a check)."""
     torch.manual_seed(0)
-    arch = architecture(recipe("seed", model=model, hidden=(6, 5)), (1, side, side), 10)
+    arch = architecture(model, (1, side, side), 10, hidden=(6, 5), output="log_softmax")
     net = build_model(arch).double().eval()  # eval: batch norm uses running statistics, dropout is off
     x = torch.randn(1, 1, side, side, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(net, (x,), eps=1e-6, atol=1e-5)
@@ -75,7 +74,7 @@ def test_one_sgd_step_is_w_minus_lr_times_grad():
 
 
 def test_hidden_sizes_and_activation_are_configurable():
-    arch = architecture(recipe("seed", hidden=(32, 16, 8), activation="tanh"), (1, 28, 28), 10)
+    arch = architecture("mlp", (1, 28, 28), 10, hidden=(32, 16, 8), activation="tanh")
     model = build_model(arch)
     sizes = [m.out_features for m in model if isinstance(m, nn.Linear)]
     assert sizes == [32, 16, 8, 10]
@@ -83,10 +82,17 @@ def test_hidden_sizes_and_activation_are_configurable():
 
 
 def test_cnn_output_shape():
-    model = build_model(architecture(recipe("cnn"), (1, 28, 28), 10))
+    model = build_model(architecture("cnn", (1, 28, 28), 10))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_bad_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="bad architecture"):
         build_model({"model": "transformer"})
+
+
+def test_every_activation_a_config_accepts_has_a_module():
+    from mnistlab.config import ACTIVATIONS
+    from mnistlab.models import ACTIVATION_MODULES
+
+    assert set(ACTIVATIONS) == set(ACTIVATION_MODULES)

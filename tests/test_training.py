@@ -1,4 +1,4 @@
-"""Training runs: determinism, resume equivalence, what a run directory holds."""
+"""Training: determinism, resume equivalence, the building blocks of the loop."""
 
 import csv
 import json
@@ -8,15 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from mnistlab.config import recipe
+from mnistlab.devices import flush_denormals
+from mnistlab.errors import RunError
 from mnistlab.models import MLP
-from mnistlab.training import (
-    Batches,
-    RunError,
-    flush_denormals,
-    make_optimizer,
-    read_metrics,
-    train,
-)
+from mnistlab.runs import read_metrics
+from mnistlab.training import Batches, make_optimizer, resume, train
 
 
 def quick(**overrides):
@@ -33,11 +29,12 @@ def test_run_directory_holds_config_metrics_checkpoint_and_summary(tmp_path, tin
     result = train(quick(), out=tmp_path / "run", data_dir=tiny_idx_dir)
     run = result.run_dir
     summary = json.loads((run / "summary.json").read_text())
-    for key in ("epochs", "train_loss", "test_accuracy", "train_seconds", "device", "config"):
+    for key in ("epochs", "train_loss", "test_accuracy", "train_seconds", "device", "world_size", "config"):
         assert key in summary
-    assert summary["epochs"] == 3 and len(summary["train_loss"]) == 3
-    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["device"] == "cpu"
-    assert summary["config"] == json.loads((run / "config.json").read_text())
+    assert summary["epochs"] == 3 and len(summary["train_loss"]) == 3 and summary["finished"]
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["device"] == "cpu" and summary["world_size"] == 1
+    assert summary["config"] == "config.json"  # the config is stored once, and referred to
+    assert json.loads((run / "config.json").read_text()) == quick().to_dict()
     meta = json.loads((run / "model.json").read_text())
     assert meta["architecture"]["hidden"] == [128, 64]
     assert meta["classes"] == [str(d) for d in range(10)] and meta["normalization"] == {"mean": 0.5, "std": 0.5}
@@ -70,7 +67,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, tin
     whole = train(config, out=tmp_path / "whole", data_dir=tiny_idx_dir)
     train(config, out=tmp_path / "split", data_dir=tiny_idx_dir, stop_after=1)
     assert json.loads((tmp_path / "split" / "summary.json").read_text())["epochs"] == 1
-    resumed = train(None, resume=tmp_path / "split", data_dir=tiny_idx_dir)
+    resumed = resume(tmp_path / "split", data_dir=tiny_idx_dir)
     assert resumed.summary["train_loss"] == whole.summary["train_loss"]
     w1, w2 = weights(whole.run_dir), weights(resumed.run_dir)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -81,7 +78,22 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, tin
 
 def test_resume_remembers_the_data_dir(tmp_path, tiny_idx_dir):
     train(quick(epochs=2), out=tmp_path / "r", data_dir=tiny_idx_dir, stop_after=1)
-    assert train(None, resume=tmp_path / "r").summary["epochs"] == 2
+    assert resume(tmp_path / "r").summary["epochs"] == 2
+
+
+def test_resume_finds_the_data_in_the_usual_places_when_the_recorded_folder_is_gone(tmp_path, tiny_idx_dir,
+                                                                                    monkeypatch):
+    import shutil
+
+    moved = shutil.copytree(tiny_idx_dir, tmp_path / "idx")
+    train(quick(epochs=2), out=tmp_path / "r", data_dir=moved, stop_after=1)
+    shutil.rmtree(moved)
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path / "cache"))
+    shutil.copytree(tiny_idx_dir, tmp_path / "cache" / "mnist")  # where `train` looks without --data-dir
+    lines = []
+    assert resume(tmp_path / "r", log=lines.append).summary["epochs"] == 2
+    assert any("is gone; looking in the usual places" in line for line in lines)
+    assert any(f"data: mnist ({tmp_path / 'cache' / 'mnist'})" in line for line in lines)
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_idx_dir):
@@ -98,25 +110,25 @@ def test_validation_split_is_held_out_of_training(tmp_path, tiny_idx_dir):
 
 
 def test_diverging_loss_stops_with_a_clear_error(tmp_path, tiny_idx_dir):
-    with pytest.raises(RunError, match="lower --lr"):
+    with pytest.raises(RunError, match="diverged, so lower --lr"):
         train(quick(recipe="seed", lr=1e6, epochs=2), out=tmp_path / "r", data_dir=tiny_idx_dir)
 
 
 def test_batches_cover_the_split_once_per_epoch_in_random_order():
     x, y = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 28, 28).contiguous(), torch.arange(10)
-    batches = Batches(x, y, recipe("seed", batch_size=4))
+    batches = Batches(x, y, batch_size=4)
     seen = list(batches.epoch(torch.Generator().manual_seed(0)))
     assert [len(yb) for _, yb in seen] == [4, 4, 2] and len(batches) == 3
     labels = torch.cat([yb for _, yb in seen])
     assert sorted(labels.tolist()) == list(range(10)) and labels.tolist() != list(range(10))
     assert all(torch.equal(xb[:, 0, 0, 0], yb.float()) for xb, yb in seen)  # images stay with labels
-    assert len(Batches(x, y, recipe("seed", batch_size=4, drop_last=True))) == 2
+    assert len(Batches(x, y, batch_size=4, drop_last=True)) == 2
 
 
 def test_shift_moves_each_image_by_at_most_the_given_pixels():
     x = torch.full((200, 1, 28, 28), -1.0)
     x[:, :, 10:14, 10:14] = 1.0
-    batches = Batches(x, torch.zeros(200, dtype=torch.long), recipe("seed", batch_size=50, shift=2))
+    batches = Batches(x, torch.zeros(200, dtype=torch.long), batch_size=50, shift=2)
     shifted = torch.cat([xb for xb, _ in batches.epoch(torch.Generator().manual_seed(0))])
     assert shifted.shape == x.shape
     assert torch.all((shifted == 1.0).sum(dim=(1, 2, 3)) == 16)  # the block is moved, not cut
@@ -152,7 +164,8 @@ def test_fused_optimizer_takes_the_same_steps_as_the_plain_one(config, fused):
     for use_fused in (False, True):
         torch.manual_seed(0)
         model = MLP((1, 28, 28), config.hidden, 10)
-        optimizer = make_optimizer(config, model) if use_fused else plain_optimizer(config, model)
+        optimizer = (make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum, config.nesterov,
+                                    config.weight_decay) if use_fused else plain_optimizer(config, model))
         assert not use_fused or optimizer.defaults["fused"] == fused
         generator = torch.Generator().manual_seed(1)
         for _ in range(5):

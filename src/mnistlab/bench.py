@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader, Subset
 
 from . import data as data_mod
 from .config import RECIPES, recipe
+from .devices import select_device, synchronize
 from .evaluation import accuracy
-from .training import read_metrics, select_device, synchronize, train
+from .training import train
 
 NOTEBOOK = RECIPES["seed"]  # the notebook's hyper-parameters: batch 64, SGD lr 0.003, NLLLoss
 TARGET_ACCURACY = 0.98  # "time to 98%": training seconds until the first epoch at or above this
@@ -217,9 +218,9 @@ def time_to_accuracy(rows: list[dict[str, Any]], target: float) -> float | None:
 
 
 def run_ours(config, out: Path, data_dir: str | os.PathLike | None) -> dict[str, Any]:
-    """`training.train` once; its per-epoch seconds, losses and accuracies from metrics.csv."""
+    """`training.train` once; its per-epoch seconds, losses and accuracies."""
     result = train(config, out=out, data_dir=data_dir)
-    rows = read_metrics(result.run_dir)
+    rows = result.rows
     return {"epoch_seconds": [r["seconds"] for r in rows], "train_loss": [r["train_loss"] for r in rows],
             "test_accuracy": rows[-1]["test_accuracy"],
             "epoch_test_accuracy": [r["test_accuracy"] for r in rows],

@@ -2,8 +2,8 @@
 
 A checkpoint is `model.safetensors` + `model.json` (architecture, dataset,
 class names, normalisation, metrics, config). Nothing is unpickled, so a
-hostile file cannot run code. Resume state (optimiser, schedule, RNG) lives
-in `state.pt`, tensors only, read with `torch.load(weights_only=True)`.
+hostile file cannot run code. In a run directory they are published from
+the run's committed state (runs.py) after every epoch.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .files import atomic_path, write_json
+from .files import write_bytes, write_json
 from .models import build_model
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "model.json"
-STATE = "state.pt"
 
 
 @dataclass
@@ -60,13 +59,14 @@ class Checkpoint:
         return data.load(self.meta["dataset"], data_dir)
 
 
-def save_checkpoint(folder: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
-    from safetensors.torch import save_file
+def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write `model.safetensors` (the state dict `weights`) and `model.json` (`meta`) into `folder`."""
+    from safetensors.torch import save
 
     folder = Path(folder)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "mnistlab", "version": str(FORMAT_VERSION)})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    # Serialised in memory first: a full disk then fails in our write, with a clear error.
+    write_bytes(folder / WEIGHTS, save(tensors, metadata={"format": "mnistlab", "version": str(FORMAT_VERSION)}))
     write_json(folder / META, {"format_version": FORMAT_VERSION, **meta})
     return folder / WEIGHTS
 
@@ -108,17 +108,3 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model.to(device).eval()
     return Checkpoint(model, meta, weights)
 
-
-def save_state(folder: str | os.PathLike, state: dict[str, Any]) -> None:
-    with atomic_path(Path(folder) / STATE) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / STATE
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: cannot resume, {STATE} is missing")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
-        raise CheckpointError(f"{path}: corrupt resume state ({type(e).__name__})") from None

@@ -1,7 +1,10 @@
 """The `mnistlab` command: parses flags, calls the library, prints what it returns.
 
-Training flags are generated from the fields of `Config`, so every field of a
-recipe can be overridden from the command line and nothing is declared twice.
+Every subcommand is an `add_<name>(sub)` that declares its flags and a
+`cmd_<name>(args)` that runs it; `--data-dir`, `--device` and `--json` are
+declared by one helper each. Training flags are generated from the fields of
+`Config` (help and choices live beside the fields), so nothing is declared twice.
+Any `MnistlabError` becomes one line on stderr and its exit code.
 """
 
 from __future__ import annotations
@@ -10,17 +13,17 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import RECIPES, Config
-from .errors import MnistlabError, UsageError
+from .config import DEVICE_NAME, MEASURED, RECIPES, Config
+from .errors import Interrupted, MnistlabError, UsageError
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,28 +34,7 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------
-# Flags from Config fields
-
-FIELD_HELP = {
-    "dataset": "mnist, fashion-mnist, kmnist or synthetic (no files needed)",
-    "model": "mlp (the notebook's network) or cnn",
-    "hidden": "hidden layer sizes of the mlp, e.g. --hidden 128 64",
-    "activation": "relu, gelu, tanh or sigmoid",
-    "output": "logits (CrossEntropyLoss) or log_softmax (NLLLoss)",
-    "optimizer": "sgd or adamw",
-    "schedule": "constant or onecycle (linear warm-up, linear decay)",
-    "warmup": "fraction of steps spent warming up (onecycle)",
-    "shift": "random translation of training images, in pixels",
-    "drop_last": "drop the last partial batch of each epoch",
-    "mean": "normalisation: x = (x/255 - mean) / std",
-    "std": "normalisation: x = (x/255 - mean) / std",
-    "val_size": "hold out this many training images for validation",
-    "train_size": "train on the first N training images only (0: all)",
-    "device": "auto, cpu, cuda or mps",
-    "cuda_graph": "capture the training step as a CUDA graph on CUDA",
-    "eval_every_epoch": "measure test accuracy after every epoch",
-}
-
+# Flag types and the flags several commands share
 
 def _parse_type(kind: Any, name: str):
     def parse(text: str):
@@ -77,77 +59,205 @@ def _positive(kind: Any, name: str):
     return positive
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(Config)
-    group = parser.add_argument_group("training options (override the recipe)")
-    for f in dataclasses.fields(Config):
-        if f.name == "recipe":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        help_text = FIELD_HELP.get(f.name, "")
-        if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
-        elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, dest=f.name, type=_parse_type(int, f.name), nargs="+", default=None,
-                               metavar="N", help=help_text)
-        else:
-            group.add_argument(flag, dest=f.name, type=_parse_type(kind, f.name), default=None,
-                               help=help_text)
+def _device_name(text: str) -> str:
+    if not DEVICE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"--device {text}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+    return text
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                 if f.name != "recipe" and getattr(args, f.name, None) is not None}
-    if "hidden" in overrides:
-        overrides["hidden"] = tuple(overrides["hidden"])
-    base = RECIPES[args.recipe or "default"]
-    try:
-        return base.replace(**overrides)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+def data_dir_flag(p: argparse.ArgumentParser, default_help: str = "the usual places (see mnistlab datasets)") -> None:
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help=f"folder holding the dataset's four IDX files, .gz or raw (default: {default_help})")
 
 
-# ---------------------------------------------------------------------------
-# train
+def device_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    p.add_argument("--device", type=_device_name, default=default, metavar="DEVICE",
+                   help=f"auto, cpu, cuda, cuda:N or mps (default: {default or 'auto'})")
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
 
-    if args.resume:
-        given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(Config)
-                 if f.name != "recipe" and getattr(args, f.name, None) is not None]
-        if given or args.recipe is not None:
-            raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'}")
-        config = RECIPES["default"]
-    else:
-        config = config_from_args(args)
-    try:
-        result = train(config, out=args.out, data_dir=args.data_dir, resume=args.resume,
-                       log=print_flush, progress=True)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the last completed epoch is saved. Continue with: "
-              "mnistlab train --resume RUN (RUN as printed above)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    s = result.summary
-    acc = s.get("test_accuracy")
-    print(f"test accuracy {100 * acc:.2f}%  train time {s['train_seconds']:.2f}s  run: {result.run_dir}"
-          if acc is not None else f"run: {result.run_dir}")
-    if not args.no_plots:
-        from .figures import plot_run
-
-        for path in plot_run(result.run_dir, data_dir=args.data_dir):
-            print(f"figure: {path}")
-    return 0
+def json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
 
 def print_flush(line: str) -> None:
     print(line, flush=True)
 
 
+def print_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------------------
-# evaluate
+# train
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(Config)
+    default = RECIPES["default"]
+    group = parser.add_argument_group("training options (each overrides the recipe's value; defaults shown "
+                                      "are the default recipe's)")
+    for f in dataclasses.fields(Config):
+        if f.name in ("recipe", "device"):
+            continue
+        kind = hints[f.name]
+        help_text = f"{f.metadata['help']} (default: {_shown(getattr(default, f.name))})"
+        choices = f.metadata.get("choices") or None
+        if kind is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(_flag(f.name), dest=f.name, type=_parse_type(int, f.name), nargs="+", default=None,
+                               metavar="N", help=help_text)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=_parse_type(kind, f.name), default=None,
+                               choices=choices, help=help_text)
+    device_flag(group, default=None)
+
+
+def given_config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+            if f.name != "recipe" and getattr(args, f.name, None) is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = given_config_flags(args)
+    if "hidden" in overrides:
+        overrides["hidden"] = tuple(overrides["hidden"])
+    return RECIPES[args.recipe or "default"].replace(**overrides)
+
+
+def _recipe_list() -> str:
+    return "; ".join(f"{name}: {MEASURED[name]['summary']}" for name in RECIPES)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model and write a run directory",
+                       description=f"Train a model. Recipes ({_recipe_list()}); `mnistlab recipes` shows their "
+                       "values side by side. Flags override single values of the recipe.")
+    p.add_argument("--recipe", choices=list(RECIPES), default=None, help="named preset (default: default)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<recipe>-<dataset>[-N])")
+    data_dir_flag(p, "the folder the run was trained from with --resume, else the usual places")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a run from its last completed epoch (with --epochs N: extend it to N epochs)")
+    p.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    p.add_argument("--verbose", action="store_true", help="print the full configuration first")
+    json_flag(p, "the summary at the end (progress goes to stderr)")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import resume, train
+
+    log = print_err if args.json else print_flush
+    if args.resume:
+        given = [_flag(name) for name in given_config_flags(args) if name != "epochs"]
+        if given or args.recipe is not None:
+            raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'} "
+                             "(only --epochs and --data-dir go with --resume)")
+        result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, log=log, progress=True)
+    else:
+        config = config_from_args(args)
+        if args.verbose:
+            log(f"config: {config.to_json()}")
+        result = train(config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
+    s = result.summary
+    if not args.no_plots:
+        from .figures import plot_run
+
+        for path in plot_run(result.run_dir, data_dir=args.data_dir):
+            log(f"figure: {path}")
+    if args.json:
+        print(json.dumps({"run_dir": str(result.run_dir), **s}, indent=2))
+    elif s["test_accuracy"] is not None:
+        print(f"test accuracy {100 * s['test_accuracy']:.2f}%  train time {s['train_seconds']:.2f}s  "
+              f"run: {result.run_dir}")
+    else:
+        print(f"run: {result.run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# runs, recipes
+
+def add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list the runs in a folder: progress, accuracy, state",
+                       description="One line per run directory under DIR: recipe, dataset, epochs done of "
+                       "planned, test accuracy, training time, and state (finished; resumable: stopped before "
+                       "its last epoch; running: another process is writing it).")
+    p.add_argument("dir", nargs="?", type=Path, default=Path("runs"), metavar="DIR",
+                   help="folder holding run directories, or one run directory (default: runs)")
+    json_flag(p, "the list")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    found = list_runs(args.dir)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in found], indent=2))
+        return 0
+    if not found:
+        print(f"no runs in {args.dir}")
+        return 0
+    width = max(4, *(len(r.path.name) for r in found))
+    print(f"{'name':<{width}}  {'recipe':<8} {'dataset':<13} {'epochs':>7}  {'test acc':>8}  {'time':>8}  state")
+    for r in found:
+        acc = f"{100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else "-"
+        epochs = f"{r.epochs}/{r.total_epochs}" if r.total_epochs else "-"
+        state = f"{r.state} ({r.problem})" if r.problem else r.state
+        print(f"{r.path.name:<{width}}  {r.recipe or '-':<8} {r.dataset or '-':<13} {epochs:>7}  {acc:>8}  "
+              f"{r.train_seconds:>7.1f}s  {state}")
+    return 0
+
+
+def add_recipes(sub) -> None:
+    p = sub.add_parser("recipes", help="every recipe's values side by side, with measured accuracy and time",
+                       description="The training recipes: each value (the flags of `mnistlab train`), and the "
+                       "test accuracy and training time measured for the README.")
+    json_flag(p, "the recipes")
+    p.set_defaults(func=cmd_recipes)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps({name: {"config": c.to_dict(), "measured": MEASURED[name]} for name, c in RECIPES.items()},
+                         indent=2))
+        return 0
+    names = list(RECIPES)
+    rows = [(_flag(f.name), [_shown(getattr(RECIPES[n], f.name)) for n in names])
+            for f in dataclasses.fields(Config) if f.name != "recipe"]
+    rows += [("test accuracy", [f"{100 * MEASURED[n]['test_accuracy']:.2f}%" for n in names]),
+             ("training time", [MEASURED[n]["train_time"] for n in names])]
+    width = max(len(r[0]) for r in rows)
+    cols = [max(len(n), *(len(r[1][i]) for r in rows)) for i, n in enumerate(names)]
+    print(" " * width + "  " + "  ".join(n.ljust(c) for n, c in zip(names, cols)))
+    for label, values in rows:
+        print(label.ljust(width) + "  " + "  ".join(v.ljust(c) for v, c in zip(values, cols)))
+    print(f"\nmeasured: {MEASURED['machine']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# evaluate, datasets
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                   help="a run directory, or a model.safetensors / model.json checkpoint")
+    data_dir_flag(p, "the folder the model was trained from, else the usual places")
+    device_flag(p)
+    json_flag(p)
+    p.set_defaults(func=cmd_evaluate)
+
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
@@ -166,8 +276,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------
-# datasets
+def add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="known datasets and where each is found or would be cached")
+    data_dir_flag(p, "none: only the usual places")
+    json_flag(p, "the list")
+    p.set_defaults(func=cmd_datasets)
+
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     from .data import describe
@@ -222,8 +336,7 @@ def add_predict(sub) -> None:
                    "light on dark, as in MNIST (default: detected for each image)")
     p.add_argument("--test-index", type=_parse_type(int, "test-index"), metavar="N",
                    help="also classify item N of the model's test split (shows its true label)")
-    p.add_argument("--data-dir", type=Path, metavar="DIR",
-                   help="folder holding the dataset's IDX files (for --test-index)")
+    data_dir_flag(p, "for --test-index: the folder the model was trained from, else the usual places")
     p.set_defaults(func=cmd_predict)
 
 
@@ -261,19 +374,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps(r))
         elif "error" not in r:
             print(_prediction_line(r))
+            for key in ("figure", "prepared"):
+                if key in r:
+                    print(f"  {key}: {r[key]}")
     return 1 if any("error" in r for r in results) else 0
 
 
 # ---------------------------------------------------------------------------
-# plot
+# plot, inspect, bench
 
 def add_plot(sub) -> None:
     p = sub.add_parser("plot", help="write a run's figures as PNG files",
                        description="Write RUN_DIR/figures/: curves.png (loss and accuracy per epoch), "
                        "confusion.png, misclassified.png (test images) and samples.png (training images).")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--data-dir", type=Path,
-                   help="folder holding the four IDX files (default: where the run was trained from)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by mnistlab train")
+    data_dir_flag(p, "the folder the run was trained from, else the usual places")
     p.set_defaults(func=cmd_plot)
 
 
@@ -284,9 +399,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(path)
     return 0
 
-
-# ---------------------------------------------------------------------------
-# inspect
 
 def add_inspect(sub) -> None:
     p = sub.add_parser(
@@ -305,8 +417,8 @@ def add_inspect(sub) -> None:
                    help="picks the batch, the initial weights and the checked entries (default: 0)")
     p.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or synthetic "
                    "(default: mnist, or the checkpoint's dataset)")
-    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    data_dir_flag(p)
+    json_flag(p, "the numbers")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -319,9 +431,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------
-# bench
-
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time the notebook's pipeline against ours, side by side",
                        description="Train with the course notebook's pipeline (torchvision's MNIST, "
@@ -331,13 +440,12 @@ def add_bench(sub) -> None:
     p.add_argument("--recipe", choices=list(RECIPES), default="seed",
                    help="what ours trains (default: seed, the notebook's own recipe); the notebook "
                    "side always runs as the notebook is written")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="device for both (default: auto)")
+    device_flag(p)
     p.add_argument("--epochs", type=_positive(int, "epochs"), default=None,
                    help="epochs per run (default: 1 for seed, else the recipe's own)")
     p.add_argument("--repeats", type=_positive(int, "repeats"), default=3, help="runs of each pipeline (default: 3)")
-    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files (.gz or raw)")
-    p.add_argument("--json", action="store_true", help="print one JSON document with every raw timing")
+    data_dir_flag(p)
+    json_flag(p, "one document with every raw timing")
     p.set_defaults(func=cmd_bench)
 
 
@@ -346,64 +454,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     # Progress goes to stderr so that stdout holds only the table or the JSON.
     result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats,
-                       data_dir=args.data_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+                       data_dir=args.data_dir, log=print_err)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
 
-
 # ---------------------------------------------------------------------------
+
+COMMANDS = (add_train, add_evaluate, add_runs, add_recipes, add_datasets, add_predict, add_plot, add_inspect,
+            add_bench)
+
 
 def build_parser() -> Parser:
     parser = Parser(prog="mnistlab", description="Train, understand and use small classifiers on "
                     "MNIST-family images.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
-
-    p = sub.add_parser("train", help="train a model and write a run directory",
-                       description="Train a model. Recipes: " + ", ".join(RECIPES) + ". Flags override "
-                       "single values of the recipe.")
-    p.add_argument("--recipe", choices=list(RECIPES), default=None,
-                   help="named preset (default: default)")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<recipe>-<dataset>[-N])")
-    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files (.gz or raw)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
-    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
-    p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("datasets", help="known datasets and where each is found or would be cached")
-    p.add_argument("--data-dir", type=Path, help="also look in this folder")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_datasets)
-
-    for add in (add_predict, add_plot, add_inspect, add_bench):
+    for add in COMMANDS:
         add(sub)
     return parser
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, Slurm's time limit) stops like Ctrl-C: what is done is kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(f"\nmnistlab {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except MnistlabError as e:
         print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"\nmnistlab {args.command}: interrupted", file=sys.stderr)
+        return Interrupted.exit_code
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: not an error; silence Python's flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

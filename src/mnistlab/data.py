@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import DataError
+from .errors import DataError, WriteError
 from .files import atomic_path
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
@@ -436,7 +436,7 @@ def _store_cached(key: str, arrays: dict[str, np.ndarray]) -> None:
         with atomic_path(_parsed_cache_dir() / f"{key}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-    except OSError:
+    except (OSError, WriteError):
         pass  # a read-only cache only costs speed
 
 

@@ -44,3 +44,19 @@ class PredictionError(MnistlabError):
         super().__init__(f"{file}: {reason}" if file else reason)
         self.reason = reason
         self.file = file
+
+
+class WriteError(MnistlabError):
+    """A file that could not be written (full disk, read-only folder, no permission)."""
+
+    def __init__(self, path: str, cause: OSError):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = path
+        self.cause = cause
+
+
+class Interrupted(MnistlabError):
+    """Ctrl-C or SIGTERM: the message says what was kept and how to continue."""
+
+    exit_code = 130

@@ -11,6 +11,7 @@ from torch import nn
 
 from . import data as data_mod
 from .checkpoint import load_checkpoint
+from .devices import select_device
 
 EVAL_BATCH = 4096  # images per forward pass; bounds memory, not results
 
@@ -26,10 +27,9 @@ def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fraction correct, as a 0-dim tensor on the device (counted in int64)."""
-    correct = (predictions(model, x) == y).sum(dtype=torch.int64)
-    return correct.double() / len(y)
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction correct (counted in int64 on the device, divided on the host)."""
+    return int((predictions(model, x) == y).sum(dtype=torch.int64)) / len(y)
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -71,7 +71,7 @@ class Evaluation:
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> Evaluation:
     pred = predictions(model, x)
     cm = confusion_matrix(y, pred, len(classes)).cpu()
-    per_class = cm.diag().double() / cm.sum(dim=1).clamp(min=1).double()
+    per_class = cm.diag().double() / cm.sum(dim=1).clamp(min=1).double()  # on the CPU: exact on any device
     correct = int(cm.diag().sum())
     wrong = (pred != y).nonzero().flatten().cpu().tolist()
     return Evaluation(correct / len(y), correct, len(y), list(classes), per_class.tolist(),
@@ -79,12 +79,13 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: 
 
 
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-             device: str = "cpu", split: str = "test") -> Evaluation:
+             device: str = "auto", split: str = "test") -> Evaluation:
     """Evaluate a run directory or checkpoint on its dataset's test split."""
-    ckpt = load_checkpoint(checkpoint, device)
+    torch_device = select_device(device)
+    ckpt = load_checkpoint(checkpoint, torch_device)
     dataset = ckpt.load_data(data_dir)
     part = dataset.test if split == "test" else dataset.train
-    x, y = data_mod.to_device(part, torch.device(device), ckpt.mean, ckpt.std)
+    x, y = data_mod.to_device(part, torch_device, ckpt.mean, ckpt.std)
     result = evaluate_model(ckpt.model, x, y, ckpt.classes)
     result.dataset = dataset.spec.name
     result.checkpoint = str(checkpoint)

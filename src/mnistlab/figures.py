@@ -254,8 +254,9 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
 
     from . import data as data_mod
     from .checkpoint import load_checkpoint
+    from .errors import RunError
     from .evaluation import evaluate_model, predictions
-    from .training import RunError, read_metrics
+    from .runs import read_metrics
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)

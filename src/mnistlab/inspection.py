@@ -23,7 +23,7 @@ from torch import nn
 
 from . import data as data_mod
 from .checkpoint import load_checkpoint
-from .config import recipe
+from .config import RECIPES
 from .errors import CheckpointError, UsageError
 from .models import architecture, build_model, loss_function
 
@@ -46,9 +46,10 @@ def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None
     name = str(model)
     if name in FRESH_MODELS:
         dataset = dataset or "mnist"
-        config = recipe("seed", model=name, **({"hidden": tuple(hidden)} if hidden else {}))
+        config = RECIPES["seed"]  # the notebook's network and normalisation
         spec = data_mod.get_spec(dataset)
-        arch = architecture(config, (1, *data_mod.IMAGE_SHAPE), len(spec.classes))
+        arch = architecture(name, (1, *data_mod.IMAGE_SHAPE), len(spec.classes), tuple(hidden or config.hidden),
+                            config.activation, config.output)
         with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
             torch.manual_seed(seed)
             net = build_model(arch)
@@ -255,7 +256,7 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
     net, origin = load_network(model, seed, dataset, hidden)
     data = data_mod.load(origin["dataset"], data_dir)
     indices, x, y = random_batch(data.train, batch_size, seed, origin["mean"], origin["std"])
-    loss_fn = loss_function(recipe("seed", output=origin["output"]))
+    loss_fn = loss_function(origin["output"])
 
     net.train()  # a training step: dropout active, batch norm on batch statistics
     initial = copy.deepcopy(net)

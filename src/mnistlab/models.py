@@ -9,8 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config
-
 ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
@@ -53,14 +51,15 @@ class CNN(nn.Sequential):
 MODELS = {"mlp": MLP, "cnn": CNN}
 
 
-def architecture(config: Config, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    """The JSON description saved in every checkpoint."""
+def architecture(model: str, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (128, 64),
+                 activation: str = "relu", output: str = "logits") -> dict[str, Any]:
+    """The JSON description saved in every checkpoint, from which `build_model` rebuilds the network."""
     return {
-        "model": config.model,
+        "model": model,
         "input_shape": list(input_shape),
-        "hidden": list(config.hidden),
-        "activation": config.activation,
-        "output": config.output,
+        "hidden": list(hidden),
+        "activation": activation,
+        "output": output,
         "num_classes": num_classes,
     }
 
@@ -81,7 +80,8 @@ def log_probabilities(model: nn.Module, output: str, x: torch.Tensor) -> torch.T
     return out if output == "log_softmax" else torch.log_softmax(out, dim=1)
 
 
-def loss_function(config: Config) -> nn.Module:
-    if config.output == "log_softmax":
+def loss_function(output: str, label_smoothing: float = 0.0) -> nn.Module:
+    """The notebook's pairing: NLLLoss after a LogSoftmax output, else CrossEntropyLoss on logits."""
+    if output == "log_softmax":
         return nn.NLLLoss()
-    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)

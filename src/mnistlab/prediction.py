@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .errors import PredictionError
+from .errors import PredictionError, WriteError
 from .files import atomic_path
 from .models import log_probabilities
 from .prepare import load_image, prepare_image
@@ -86,7 +86,8 @@ def _outputs(item: dict[str, Any], image: np.ndarray, probs: np.ndarray, stem: s
             path = figure
             title = Path(item["file"]).name
             item["figure"] = str(save_prediction_figure(image, probs, list(classes), figure, title=title))
-    except OSError as e:
+    except WriteError as e:
+        e = e.cause
         in_the_way = e.filename and Path(path).parent.is_relative_to(e.filename)  # a folder on the way
         where = f": {e.filename}" if in_the_way else ""
         raise PredictionError(f"cannot write ({e.strerror or e}{where})", str(path)) from None

@@ -3,19 +3,15 @@ by where the data lives (one normalised tensor on the device, batches as
 shuffled index slices) and how rarely Python waits (losses summed on the device,
 read once per epoch).
 
-`train(config)` runs a whole run: it writes a run directory with the config,
-per-epoch metrics, a checkpoint after every epoch, and `summary.json`, and can
-resume from any completed epoch with the same result as an uninterrupted run.
+`train(config)` starts a run and `resume(run_dir)` continues one; both are a
+few calls to the building blocks below (data, model and optimiser, the epoch
+loop, the commit). The run directory itself is `runs.py`'s business.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +21,15 @@ import torch
 from torch import nn
 
 from . import data as data_mod
-from .checkpoint import load_state, save_checkpoint, save_state
-from .config import Config
-from .errors import RunError
+from . import progress as progress_mod
+from . import runs
+from .config import RECIPES, Config
+from .devices import describe, flush_denormals, select_device, synchronize
+from .errors import Interrupted, RunError
 from .evaluation import accuracy
-from .files import read_json, write_json, write_text
 from .models import architecture, build_model, loss_function
 
-METRIC_FIELDS = ("epoch", "train_loss", "val_accuracy", "test_accuracy", "lr", "seconds")
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -40,53 +37,38 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     model: nn.Module
+    rows: list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------
-# Pieces of a run
+# Building blocks
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError("--device cuda: CUDA is not available on this machine (try --device auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RunError("--device mps: MPS is not available on this machine (try --device auto)")
-    return torch.device(name)
-
-
-def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(params, optimizer: str = "sgd", lr: float = 0.003, momentum: float = 0.0,
+                   nesterov: bool = False, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """SGD or AdamW. With momentum or weight decay the update is several ops per
-    parameter; PyTorch's fused kernel does it in one op for all of them (on the
-    2-core CPU: 79 instead of 242 us per step for the fast recipe's SGD). Plain
-    SGD, the notebook's, is already one op per parameter and stays as it is."""
-    fused = (next(model.parameters()).device.type in ("cpu", "cuda")
-             and (config.optimizer == "adamw" or config.momentum > 0 or config.weight_decay > 0))
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                 fused=fused or None)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0,
-                           weight_decay=config.weight_decay, fused=fused or None)
+    parameter, which PyTorch's fused kernel does in one; plain SGD, the
+    notebook's, is already one op per parameter and stays as it is."""
+    params = list(params)
+    fused = (params[0].device.type in ("cpu", "cuda")
+             and (optimizer == "adamw" or momentum > 0 or weight_decay > 0))
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                           weight_decay=weight_decay, fused=fused or None)
 
 
-def make_schedule(config: Config, optimizer: torch.optim.Optimizer,
-                  steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+def make_schedule(optimizer: torch.optim.Optimizer, schedule: str, warmup: float,
+                  total_steps: int) -> torch.optim.lr_scheduler.LambdaLR | None:
     """Learning-rate factor per step: None for a constant rate, or one cycle
     (linear warm-up from 0, then linear decay to 0 at the last step)."""
-    if config.schedule == "constant":
+    if schedule == "constant":
         return None
-    total = config.epochs * steps_per_epoch
-    warm = max(1, round(config.warmup * total))
+    warm = max(1, round(warmup * total_steps))
 
     def one_cycle(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        return max(0.0, (total - step) / max(1, total - warm))
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
 
@@ -99,16 +81,15 @@ class Batches:
     per-image Python.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, config: Config):
-        self.y, self.batch_size, self.drop_last, self.shift = y, config.batch_size, config.drop_last, config.shift
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shift: int = 0, drop_last: bool = False):
+        self.y, self.batch_size, self.drop_last, self.shift = y, batch_size, drop_last, shift
         n, c, h, w = x.shape
         self.shape = (c, h, w)
-        if self.shift:
-            s = self.shift
+        if shift:
             # Padded with the background value (the minimum after normalisation).
-            padded = nn.functional.pad(x, (s, s, s, s), value=float(x.min()))
-            self.x = padded.reshape(n * c, (h + 2 * s) * (w + 2 * s))
-            rows = torch.arange(h, device=x.device)[:, None] * (w + 2 * s)
+            padded = nn.functional.pad(x, (shift,) * 4, value=float(x.min()))
+            self.x = padded.reshape(n * c, (h + 2 * shift) * (w + 2 * shift))
+            rows = torch.arange(h, device=x.device)[:, None] * (w + 2 * shift)
             self.window = (rows + torch.arange(w, device=x.device)).flatten()  # top-left crop, flat
         else:
             self.x = x
@@ -197,109 +178,23 @@ def set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) ->
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
-def metrics_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
-    return buf.getvalue()
+@dataclass
+class Splits:
+    """The splits of one dataset on the training device, normalised, and where they came from."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_val: torch.Tensor | None
+    y_val: torch.Tensor | None
+    dataset: data_mod.Dataset
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    def num(v: str) -> float | int | None:
-        if v == "":
-            return None
-        return int(v) if v.isdigit() else float(v)
-
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def default_run_dir(config: Config, root: str | os.PathLike = "runs") -> Path:
-    """runs/<recipe>-<dataset>, then -2, -3, ... so that no run is overwritten."""
-    base = Path(root) / f"{config.recipe}-{config.dataset}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
-
-
-def _fmt_epoch(row: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}", f"train loss {row['train_loss']:.4f}"]
-    if row.get("val_accuracy") is not None:
-        parts.append(f"val acc {100 * row['val_accuracy']:.2f}%")
-    if row.get("test_accuracy") is not None:
-        parts.append(f"test acc {100 * row['test_accuracy']:.2f}%")
-    parts.append(f"{row['seconds']:.2f}s")
-    return "  ".join(parts)
-
-
-@contextlib.contextmanager
-def flush_denormals(device: torch.device):
-    """On the CPU, compute with floats below 1.2e-38 taken as zero.
-
-    As the network grows confident, exp() of its log-probabilities underflows
-    into denormal numbers, which x86 CPUs process many times slower: on the
-    2-core machine the fast recipe's epochs slowed from 0.49 s to 0.84 s as it
-    trained, and stayed at 0.5 s with this. Such values are far below the
-    float32 rounding error of any sum they join, so the losses are unchanged.
-    """
-    if device.type != "cpu" or not torch.set_flush_denormal(True):
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)  # PyTorch's default; it offers no way to read the current mode
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that a clock read after it is honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-# ---------------------------------------------------------------------------
-# A whole run
-
-def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-          resume: str | os.PathLike | None = None, stop_after: int | None = None,
-          log: Callable[[str], None] = lambda line: None, progress: bool = False) -> RunResult:
-    """Train `config` (or continue the run in `resume`) and return its summary.
-
-    `log` receives the human-readable lines (config, device, one per epoch).
-    `stop_after` ends the run after that epoch as if interrupted (it can be resumed).
-    """
-    start_epoch, state = 0, None
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.json").is_file():
-            raise RunError(f"--resume {run_dir}: not a run directory (config.json is missing)")
-        config = Config.from_dict(read_json(run_dir / "config.json"))
-        state = load_state(run_dir)
-        start_epoch = int(state["epoch"])
-        data_dir = data_dir if data_dir is not None else state.get("data_dir") or None
-    else:
-        config = config.validated()
-        run_dir = Path(out) if out is not None else default_run_dir(config)
-        if (run_dir / "config.json").exists():
-            raise RunError(f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
-                           "or choose another --out")
-
-    device = select_device(config.device)
-    log(f"config: {config.to_json()}")
-    log(f"run: {run_dir}")
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    log(f"device: {device}{threads}")
+def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torch.device,
+                progress: bool = False) -> Splits:
+    """The dataset on `device`; the validation split is held out of training, chosen by the seed alone."""
     dataset = data_mod.load(config.dataset, data_dir, progress=progress)
-    data_dir = str(Path(data_dir).resolve()) if data_dir else None  # recorded: usable from any folder
-    log(f"data: {dataset.spec.name} ({dataset.source})")
-
-    # Splits, decided on the CPU by the seed alone: validation is held out of training.
     train_split = dataset.train
     if config.train_size:
         train_split = data_mod.Split(train_split.images[:config.train_size], train_split.labels[:config.train_size])
@@ -314,82 +209,67 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     x, y = data_mod.to_device(train_split, device, config.mean, config.std)
     x_test, y_test = data_mod.to_device(dataset.test, device, config.mean, config.std)
     x_val, y_val = data_mod.to_device(val_split, device, config.mean, config.std) if val_split else (None, None)
+    return Splits(x, y, x_test, y_test, x_val, y_val, dataset)
 
+
+@dataclass
+class Trainee:
+    """A network with everything that changes as it trains."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR | None
+    loss_fn: nn.Module
+    batches: Batches
+    generator: torch.Generator
+    architecture: dict[str, Any]
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict() if self.schedule else {},
+                "rng": rng_state(self.generator)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.schedule is not None:
+                self.schedule.load_state_dict(state["schedule"])
+            set_rng_state(state["rng"], self.generator)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise RunError(f"the resume state does not fit the run's config ({str(e).splitlines()[0]})") from None
+
+
+def build(config: Config, splits: Splits, device: torch.device) -> Trainee:
+    """Model, optimiser, schedule, loss and batches, initialised from the seed."""
     torch.manual_seed(config.seed)
-    arch = architecture(config, tuple(x.shape[1:]), len(dataset.classes))
+    arch = architecture(config.model, tuple(splits.x.shape[1:]), len(splits.dataset.classes), config.hidden,
+                        config.activation, config.output)
     model = build_model(arch).to(device)
-    optimizer = make_optimizer(config, model)
-    batches = Batches(x, y, config)
-    n_steps = len(batches)
-    if n_steps == 0:
+    optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum,
+                               config.nesterov, config.weight_decay)
+    batches = Batches(splits.x, splits.y, config.batch_size, config.shift, config.drop_last)
+    if len(batches) == 0:
         raise RunError(f"--batch-size {config.batch_size} with drop_last leaves no batch "
-                       f"({len(y)} training examples)")
-    schedule = make_schedule(config, optimizer, n_steps)
-    loss_fn = loss_function(config)
+                       f"({len(splits.y)} training examples)")
+    schedule = make_schedule(optimizer, config.schedule, config.warmup, config.epochs * len(batches))
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    rows: list[dict[str, Any]] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(state["schedule"])
-        set_rng_state(state["rng"], generator)
-        rows = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
-        log(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config.to_dict())
-
-    forward_loss = None
-    if device.type == "cuda" and config.cuda_graph:
-        forward_loss = _try_capture(model, loss_fn, x, y, config, log)
-
-    meta = {
-        "architecture": arch, "dataset": dataset.spec.name, "classes": list(dataset.classes),
-        "normalization": {"mean": config.mean, "std": config.std}, "config": config.to_dict(),
-        "data_dir": data_dir,
-    }
-    last = config.epochs if stop_after is None else min(config.epochs, stop_after)
-    summary: dict[str, Any] | None = None
-    for epoch in range(start_epoch + 1, last + 1):
-        bar = _progress_bar(epoch, config.epochs, n_steps) if progress and sys.stderr.isatty() else None
-        synchronize(device)
-        t0 = time.perf_counter()
-        with flush_denormals(device):
-            mean_loss = train_epoch(model, optimizer, schedule, loss_fn, batches, generator,
-                                    forward_loss, bar.update if bar else None)
-        train_loss = float(mean_loss)  # the one host sync per epoch
-        seconds = time.perf_counter() - t0
-        if bar:
-            bar.close()
-        if not math.isfinite(train_loss):
-            raise RunError(f"epoch {epoch}: the training loss is {train_loss}; lower --lr "
-                           f"(now {config.lr}). The last good checkpoint is in {run_dir}")
-        row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": None, "test_accuracy": None,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
-        if x_val is not None:
-            row["val_accuracy"] = float(accuracy(model, x_val, y_val))
-        if config.eval_every_epoch or epoch == config.epochs:
-            row["test_accuracy"] = float(accuracy(model, x_test, y_test))
-        rows.append(row)
-        log(_fmt_epoch(row, config.epochs))
-        summary = _summary(config, rows, device, epoch)
-        # Resume state first (self-contained), then the published files.
-        save_state(run_dir, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "schedule": schedule.state_dict() if schedule else {}, "rng": rng_state(generator),
-                             "data_dir": data_dir or ""})
-        write_text(run_dir / "metrics.csv", metrics_csv(rows))
-        save_checkpoint(run_dir, model, {**meta, "metrics": summary_metrics(summary)})
-        write_json(run_dir / "summary.json", summary)
-    if summary is None:  # nothing left to train: report the run as it stands
-        summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
-    return RunResult(run_dir, summary, model)
+    return Trainee(model, optimizer, schedule, loss_function(config.output, config.label_smoothing), batches,
+                   generator, arch)
 
 
-def _try_capture(model, loss_fn, x, y, config, log):
+def checkpoint_meta(config: Config, trainee: Trainee, dataset: data_mod.Dataset,
+                    data_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """What model.json holds besides the metrics: enough to rebuild and use the network alone."""
+    return {"architecture": trainee.architecture, "dataset": dataset.spec.name, "classes": list(dataset.classes),
+            "normalization": {"mean": config.mean, "std": config.std}, "config": config.to_dict(),
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
+
+
+def _try_capture(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, log: Log):
     try:
-        idx = torch.arange(config.batch_size, device=y.device) % len(y)
-        graphed = capture_forward_loss(model, loss_fn, x[idx], y[idx])
+        idx = torch.arange(trainee.batches.batch_size, device=y.device) % len(y)
+        graphed = capture_forward_loss(trainee.model, trainee.loss_fn, x[idx], y[idx])
         log("cuda graph: forward and backward captured (turn off with --no-cuda-graph)")
         return graphed
     except Exception as e:  # noqa: BLE001 - capture is an optimisation; eager always works
@@ -397,37 +277,125 @@ def _try_capture(model, loss_fn, x, y, config, log):
         return None
 
 
-def _summary(config: Config, rows: list[dict[str, Any]], device: torch.device, epoch: int) -> dict[str, Any]:
-    return {
-        "epochs": epoch,
-        "finished": epoch == config.epochs,
-        "train_loss": [r["train_loss"] for r in rows],
-        "test_accuracy": rows[-1]["test_accuracy"],
-        "val_accuracy": rows[-1]["val_accuracy"],
-        "train_seconds": sum(r["seconds"] for r in rows),
-        "device": str(device),
-        "torch": torch.__version__,
-        "config": config.to_dict(),
-    }
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}", f"train loss {row['train_loss']:.4f}"]
+    if row.get("val_accuracy") is not None:
+        parts.append(f"val acc {100 * row['val_accuracy']:.2f}%")
+    if row.get("test_accuracy") is not None:
+        parts.append(f"test acc {100 * row['test_accuracy']:.2f}%")
+    parts.append(f"{row['seconds']:.2f}s")
+    return "  ".join(parts)
 
 
-def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: summary[k] for k in ("epochs", "train_loss", "test_accuracy", "val_accuracy", "train_seconds")}
-
-
-def _progress_bar(epoch: int, epochs: int, n_steps: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{epochs}", leave=False, file=sys.stderr, unit="batch")
-
-    class Bar:
-        # Reading the running loss syncs with the device, so only every few steps.
-        def update(self, i: int, total: torch.Tensor) -> None:
-            if i % 50 == 49 or i == n_steps - 1:
-                bar.set_postfix(loss=f"{float(total) / (i + 1):.4f}", refresh=False)
-                bar.update(i + 1 - bar.n)
-
-        def close(self) -> None:
+def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, meta: dict[str, Any],
+        last: int, log: Log, show_progress: bool = False) -> list[dict[str, Any]]:
+    """Train epochs run.epoch+1 .. last, committing each to the run; return all metric rows."""
+    config, rows = run.config, run.rows
+    forward_loss = None
+    if device.type == "cuda" and config.cuda_graph:
+        forward_loss = _try_capture(trainee, splits.x, splits.y, log)
+    for epoch in range(run.epoch + 1, last + 1):
+        bar = progress_mod.for_epoch(epoch, config.epochs, len(trainee.batches), log) if show_progress else None
+        synchronize(device)
+        t0 = time.perf_counter()
+        with flush_denormals(device):
+            mean_loss = train_epoch(trainee.model, trainee.optimizer, trainee.schedule, trainee.loss_fn,
+                                    trainee.batches, trainee.generator, forward_loss, bar.update if bar else None)
+        train_loss = float(mean_loss)  # the one host sync per epoch
+        seconds = time.perf_counter() - t0
+        if bar:
             bar.close()
+        if not math.isfinite(train_loss):
+            raise RunError(f"epoch {epoch}: the training loss is {train_loss}; the run diverged, so lower --lr "
+                           f"(now {config.lr}). " + (f"{runs.epochs_text(run.epoch).capitalize()} kept in {run.path}" if run.epoch else
+                                                   f"Nothing was kept; start again with: mnistlab train --out "
+                                                   f"{run.path} --lr {config.lr / 10:g} ..."))
+        row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": None, "test_accuracy": None,
+               "lr": trainee.optimizer.param_groups[0]["lr"], "seconds": seconds}
+        if splits.x_val is not None:
+            row["val_accuracy"] = accuracy(trainee.model, splits.x_val, splits.y_val)
+        if config.eval_every_epoch or epoch == config.epochs:
+            row["test_accuracy"] = accuracy(trainee.model, splits.x_test, splits.y_test)
+        rows.append(row)
+        log(epoch_line(row, config.epochs))
+        run.commit(epoch, rows, trainee.state(), meta, str(device))
+    return rows
 
-    return Bar()
+
+# ---------------------------------------------------------------------------
+# A whole run
+
+def _logger(log: Log | None, verbose: bool) -> Log:
+    if log is not None:
+        return log
+    return (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
+
+
+def recipe_line(config: Config) -> str:
+    """`recipe fast, with lr 0.2, epochs 3`: the recipe and what differs from it."""
+    base = RECIPES.get(config.recipe)
+    changed = config.differences(base) if base else {}
+    shown = ", ".join(f"{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in changed.items())
+    return f"recipe {config.recipe}" + (f", with {shown}" if shown else "")
+
+
+def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+          stop_after: int | None = None, log: Log | None = None, verbose: bool = False,
+          progress: bool = False) -> RunResult:
+    """Train `config` into a new run directory (`out`, default runs/<recipe>-<dataset>[-N]).
+
+    `log` receives the human-readable lines (or `verbose=True` prints them);
+    `progress` shows progress within epochs; `stop_after` ends the run after
+    that epoch as if interrupted (it can be resumed).
+    """
+    config = config.validated()
+    device = select_device(config.device)
+    log = _logger(log, verbose)
+    with runs.create(out if out is not None else runs.default_path(config), config) as run:
+        log(f"run: {run.path}")
+        log(recipe_line(config))
+        return _continue(run, device, data_dir, stop_after, log, progress)
+
+
+def resume(run_dir: str | os.PathLike, *, epochs: int | None = None, data_dir: str | os.PathLike | None = None,
+           stop_after: int | None = None, log: Log | None = None, verbose: bool = False,
+           progress: bool = False) -> RunResult:
+    """Continue the run in `run_dir` from its last committed epoch (to `epochs` in all, if given)."""
+    log = _logger(log, verbose)
+    with runs.open_run(run_dir) as run:
+        if epochs is not None:
+            run.set_epochs(epochs)
+        device = select_device(run.config.device)
+        log(f"run: {run.path} (resuming after epoch {run.epoch}/{run.config.epochs})")
+        if data_dir is None and run.state:
+            data_dir = _recorded_data_dir(run.state["meta"].get("data_dir"), log)
+        return _continue(run, device, data_dir, stop_after, log, progress)
+
+
+def _recorded_data_dir(recorded: str | None, log: Log) -> str | None:
+    """The folder the run was trained from, if it still exists; else None (the usual places)."""
+    if recorded and not Path(recorded).is_dir():
+        log(f"data: {recorded} (recorded in the run) is gone; looking in the usual places")
+        return None
+    return recorded
+
+
+def _continue(run: runs.Run, device: torch.device, data_dir: str | os.PathLike | None, stop_after: int | None,
+              log: Log, progress: bool) -> RunResult:
+    """Load the data, rebuild the trainee (restoring the last commit), and train to the end."""
+    config = run.config
+    try:
+        log(f"device: {describe(device)}")
+        splits = load_splits(config, data_dir, device, progress)
+        log(f"data: {splits.dataset.spec.name} ({splits.dataset.source})")
+        trainee = build(config, splits, device)
+        meta = checkpoint_meta(config, trainee, splits.dataset, data_dir)
+        if run.state:
+            trainee.restore(run.state)
+        else:  # epoch 0: a run stopped in its first epoch starts again exactly as it began
+            run.commit(0, [], trainee.state(), meta, str(device))
+        last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+        rows = fit(run, trainee, splits, device, meta, last, log, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {run.kept()}") from None
+    return RunResult(run.path, runs.summary(config, run.state), trainee.model, rows)
