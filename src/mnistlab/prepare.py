@@ -12,7 +12,7 @@ paper's level removed (gradients and shadows too), dust and shadow residue
 dropped, cropped to the ink, fitted into 20x20 (thin pen strokes thickened),
 centred by mass in 28x28.
 
-numpy and Pillow only: no torch, no checkpoints, no figures.
+numpy, Pillow and scipy.ndimage only: no torch, no checkpoints, no figures.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from .errors import PredictionError
 
@@ -54,6 +55,9 @@ MIN_STROKE = 1.3
 BLOB_SIZE = 128
 SPECK = 0.05
 EDGE_SHARE = 0.1
+# 8-connectivity: pixels touching at a corner belong to the same blob (a slanted
+# stroke one pixel wide stays one blob).
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 # ---------------------------------------------------------------------------
@@ -170,16 +174,6 @@ def ink_is_dark(grey: np.ndarray) -> bool:
     return int((grey >= hi - near).sum()) > int((grey <= lo + near).sum())
 
 
-def _rank_filter(x: np.ndarray, size: int, reduce) -> np.ndarray:
-    """Minimum or maximum over a size x size window (separable: rows, then columns)."""
-    half = size // 2
-    for axis in (0, 1):
-        padding = [(half, half) if a == axis else (0, 0) for a in (0, 1)]
-        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, padding, mode="edge"), size, axis=axis)
-        x = reduce(windows, axis=-1)
-    return x
-
-
 def paper_level(grey: np.ndarray) -> np.ndarray:
     """The paper under bright ink, following uneven light and shadows: a morphological opening.
 
@@ -191,8 +185,10 @@ def paper_level(grey: np.ndarray) -> np.ndarray:
     """
     h, w = grey.shape
     small = _shrink(grey, OPENING_SIZE)
-    size = max(3, 2 * round(PAPER_WINDOW * max(small.shape) / 2) + 1)  # odd: centred windows
-    opened = _rank_filter(_rank_filter(small, size, np.min), size, np.max)
+    size = max(3, 2 * round(PAPER_WINDOW * max(small.shape) / 2) + 1)  # pixels, odd: centred windows
+    # Beyond the picture's edge the edge pixels repeat ("nearest"), so the paper at
+    # the border is judged from the paper nearby, not from an invented level.
+    opened = ndimage.grey_opening(small, size=(size, size), mode="nearest")
     if opened.shape == grey.shape:
         return opened
     return np.asarray(Image.fromarray(opened.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
@@ -220,31 +216,24 @@ def remove_background(grey: np.ndarray) -> np.ndarray:
     return np.clip((ink - floor) / (level - floor), 0, 1) * 255
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-    """Label the 8-connected blobs of a boolean mask (0 elsewhere): each pixel takes the
-    largest label in its 3x3 neighbourhood until nothing changes."""
-    labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
-    while True:
-        spread = _rank_filter(labels, 3, np.max) * mask
-        if np.array_equal(spread, labels):
-            return labels
-        labels = spread
-
-
 def writing(ink: np.ndarray) -> np.ndarray:
     """The ink less what is not writing: specks of dust, and blobs touching the picture's edge
     (what is left of a shadow's corner, the sheet's edge) when the rest holds enough ink.
 
     Blobs are found on a copy at most BLOB_SIZE pixels a side, for speed.
     """
-    coarse = _shrink((ink >= 127.5).astype(np.float32), BLOB_SIZE) > 0
-    labels = _components(coarse)
-    ids, mass = np.unique(labels[labels > 0], return_counts=True)
-    edge = np.isin(ids, np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    coarse = _shrink((ink >= 127.5).astype(np.float32), BLOB_SIZE) > 0  # any half-inked pixel below
+    labels, count = ndimage.label(coarse, structure=EIGHT_CONNECTED)  # blob i is label i, 0 is paper
+    mass = np.bincount(labels.ravel(), minlength=count + 1)  # pixels per blob
+    mass[0] = 0
+    edge = np.zeros(count + 1, dtype=bool)
+    edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    edge[0] = False
     if mass[~edge].sum() >= EDGE_SHARE * mass.sum():
-        ids, mass = ids[~edge], mass[~edge]
-    keep = np.isin(labels, ids[mass >= SPECK * mass.max()])
-    keep = _rank_filter(keep, 3, np.max)  # a margin for the strokes' soft edges
+        mass[edge] = 0
+    kept = mass >= SPECK * mass.max()
+    kept[0] = False
+    keep = ndimage.binary_dilation(kept[labels], EIGHT_CONNECTED)  # a margin for the strokes' soft edges
     keep = Image.fromarray(keep.astype(np.uint8)).resize(ink.shape[::-1], Image.Resampling.NEAREST)
     return ink * np.asarray(keep)
 
@@ -275,7 +264,7 @@ def fit_box(ink: np.ndarray) -> np.ndarray:
     scale = BOX / max(h, w)  # final pixels per pixel of `ink`
     steps = round((MIN_STROKE / scale - stroke_width(ink)) / 2)
     if steps > 0:
-        ink = _rank_filter(ink, 2 * steps + 1, np.max)
+        ink = ndimage.maximum_filter(ink, size=2 * steps + 1, mode="nearest")
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     resized = Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
     return np.clip(np.asarray(resized), 0, 255)
@@ -288,11 +277,9 @@ def centre_by_mass(box: np.ndarray) -> np.ndarray:
     test set). The shift is rounded to whole pixels, and limited so no ink is cut.
     """
     h, w = box.shape
-    mass = box.sum()
-    if not mass > 0:
+    if not box.sum() > 0:
         raise PredictionError("no ink found (the ink vanished when fitted into 20x20)")
-    cy = (box.sum(axis=1) @ np.arange(h)) / mass
-    cx = (box.sum(axis=0) @ np.arange(w)) / mass
+    cy, cx = ndimage.center_of_mass(box)  # in pixel indices of `box`
     top = int(np.clip(round(SIZE / 2 - cy), 0, SIZE - h))
     left = int(np.clip(round(SIZE / 2 - cx), 0, SIZE - w))
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
