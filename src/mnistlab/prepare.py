@@ -66,14 +66,17 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None):
     """Open and decode an image file (or binary file object) fully; PredictionError if unusable.
 
-    PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is kept, and crossing it
-    is an error rather than a warning.
+    A JPEG is decoded as preparation needs it (see `_draft`): in grey, and a big
+    one at a reduced scale. PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+    is kept, checked on the picture's full size, and crossing it is an error rather
+    than a warning.
     """
     name = name or str(getattr(source, "name", source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:  # closes the file; the decoded pixels stay
+                _draft(image)
                 image.load()  # decoding is lazy: a truncated file only fails here
     except FileNotFoundError:
         raise PredictionError("no such file", name) from None
@@ -88,6 +91,20 @@ def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None):
     except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
         raise PredictionError(f"truncated or corrupt image ({str(e) or type(e).__name__})", name) from None
     return image
+
+
+def _draft(image: Image.Image) -> None:
+    """Ask the JPEG decoder for grey levels at the smallest scale of 1/2, 1/4 or 1/8
+    that keeps the picture's longer side at least WORK_SIZE pixels.
+
+    Preparation works on grey at most WORK_SIZE pixels a side anyway. At 1/s scale
+    libjpeg inverse-transforms only the lowest frequencies of each 8x8 block (an
+    average over s x s pixels) and skips the colour conversion: several times less
+    work than decoding every pixel of a 12-megapixel photo and averaging most of
+    them away. Other formats ignore the request and decode in full.
+    """
+    w, h = image.size
+    image.draft("L", (WORK_SIZE, 1) if w >= h else (1, WORK_SIZE))
 
 
 def _grey(image: Any) -> np.ndarray:
