@@ -12,7 +12,7 @@ paper's level removed (gradients and shadows too), dust and shadow residue
 dropped, cropped to the ink, fitted into 20x20 (thin pen strokes thickened),
 centred by mass in 28x28.
 
-numpy and Pillow only: no torch, no checkpoints, no figures.
+numpy, Pillow and scipy.ndimage only: no torch, no checkpoints, no figures.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from .errors import PredictionError
 
@@ -54,6 +55,9 @@ MIN_STROKE = 1.3
 BLOB_SIZE = 128
 SPECK = 0.05
 EDGE_SHARE = 0.1
+# 8-connectivity: pixels touching at a corner belong to the same blob (a slanted
+# stroke one pixel wide stays one blob).
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 # ---------------------------------------------------------------------------
@@ -62,14 +66,17 @@ EDGE_SHARE = 0.1
 def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None):
     """Open and decode an image file (or binary file object) fully; PredictionError if unusable.
 
-    PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is kept, and crossing it
-    is an error rather than a warning.
+    A JPEG is decoded as preparation needs it (see `_draft`): in grey, and a big
+    one at a reduced scale. PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+    is kept, checked on the picture's full size, and crossing it is an error rather
+    than a warning.
     """
     name = name or str(getattr(source, "name", source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:  # closes the file; the decoded pixels stay
+                _draft(image)
                 image.load()  # decoding is lazy: a truncated file only fails here
     except FileNotFoundError:
         raise PredictionError("no such file", name) from None
@@ -84,6 +91,20 @@ def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None):
     except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
         raise PredictionError(f"truncated or corrupt image ({str(e) or type(e).__name__})", name) from None
     return image
+
+
+def _draft(image: Image.Image) -> None:
+    """Ask the JPEG decoder for grey levels at the smallest scale of 1/2, 1/4 or 1/8
+    that keeps the picture's longer side at least WORK_SIZE pixels.
+
+    Preparation works on grey at most WORK_SIZE pixels a side anyway. At 1/s scale
+    libjpeg inverse-transforms only the lowest frequencies of each 8x8 block (an
+    average over s x s pixels) and skips the colour conversion: several times less
+    work than decoding every pixel of a 12-megapixel photo and averaging most of
+    them away. Other formats ignore the request and decode in full.
+    """
+    w, h = image.size
+    image.draft("L", (WORK_SIZE, 1) if w >= h else (1, WORK_SIZE))
 
 
 def _grey(image: Any) -> np.ndarray:
@@ -124,25 +145,44 @@ def _levels(array: np.ndarray) -> np.ndarray:
     return (x - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(x)
 
 
-def _flatten_transparency(rgba) -> np.ndarray:
+def _flatten_transparency(rgba: Image.Image) -> np.ndarray:
     """Lay the image on paper: transparent pixels become the paper's grey level.
 
     A canvas export is ink alone on a transparent sheet (opaque pixels are the
     minority): its paper is the opposite shade to the ink. Otherwise (a photo with
     a few transparent pixels) the paper is the typical opaque grey.
     """
-    rgba = np.asarray(rgba, dtype=np.float32)
-    alpha = rgba[..., 3] / 255
-    grey = np.asarray(rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32))  # ITU-R 601-2, as PIL's "L"
-    opaque = alpha > 0.5
+    alpha = np.asarray(rgba.getchannel("A"))  # 0 transparent .. 255 opaque
+    grey = np.asarray(rgba.convert("L"), dtype=np.float32)  # ITU-R 601-2 luma of the colour, alpha ignored
+    opaque = alpha > 127
     if not opaque.any():
         raise PredictionError("no ink found (the image is fully transparent)")
-    typical = float(np.median(grey[opaque]))
+    typical = _median(grey[opaque])
     if opaque.mean() < 0.5:
         paper = 255.0 if typical < 128 else 0.0
     else:
         paper = typical
-    return alpha * grey + (1 - alpha) * paper
+    return paper + (grey - paper) * (alpha * np.float32(1 / 255))  # float32 throughout
+
+
+def _median(x: np.ndarray) -> float:
+    """The median of all values of `x` (no NaN among them), as np.median gives it.
+
+    One selection at the middle rank, then the largest value below it: np.median
+    selects two middle ranks and the last one (looking for NaN) in one call, which
+    numpy does many times slower than a single selection. numpy's selection is slow
+    too when most values are equal, so the common case of more than half the values
+    at the lowest level (a canvas's flat paper) is answered by counting.
+    """
+    flat = x.ravel()
+    middle = flat.size // 2
+    lowest = flat.min()
+    if np.count_nonzero(flat == lowest) > middle:  # both middle ranks are at the lowest level
+        return float(lowest)
+    part = np.partition(flat, middle)
+    if flat.size % 2:
+        return float(part[middle])
+    return (float(part[:middle].max()) + float(part[middle])) / 2
 
 
 def _shrink(grey: np.ndarray, longer_side: int = WORK_SIZE) -> np.ndarray:
@@ -170,16 +210,6 @@ def ink_is_dark(grey: np.ndarray) -> bool:
     return int((grey >= hi - near).sum()) > int((grey <= lo + near).sum())
 
 
-def _rank_filter(x: np.ndarray, size: int, reduce) -> np.ndarray:
-    """Minimum or maximum over a size x size window (separable: rows, then columns)."""
-    half = size // 2
-    for axis in (0, 1):
-        padding = [(half, half) if a == axis else (0, 0) for a in (0, 1)]
-        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, padding, mode="edge"), size, axis=axis)
-        x = reduce(windows, axis=-1)
-    return x
-
-
 def paper_level(grey: np.ndarray) -> np.ndarray:
     """The paper under bright ink, following uneven light and shadows: a morphological opening.
 
@@ -191,8 +221,14 @@ def paper_level(grey: np.ndarray) -> np.ndarray:
     """
     h, w = grey.shape
     small = _shrink(grey, OPENING_SIZE)
-    size = max(3, 2 * round(PAPER_WINDOW * max(small.shape) / 2) + 1)  # odd: centred windows
-    opened = _rank_filter(_rank_filter(small, size, np.min), size, np.max)
+    size = max(3, 2 * round(PAPER_WINDOW * max(small.shape) / 2) + 1)  # pixels, odd: centred windows
+    # Beyond the picture's edge the edge pixels repeat ("nearest"), so the paper at
+    # the border is judged from the paper nearby, not from an invented level.
+    eroded = ndimage.minimum_filter(small, size=size, mode="nearest")  # the ink erased
+    lowest = eroded.min()
+    if eroded.max() == lowest:  # flat paper (a canvas export): no shape to restore
+        return np.full(grey.shape, lowest, dtype=np.float32)
+    opened = ndimage.maximum_filter(eroded, size=size, mode="nearest")  # the paper's shape restored
     if opened.shape == grey.shape:
         return opened
     return np.asarray(Image.fromarray(opened.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
@@ -205,8 +241,8 @@ def remove_background(grey: np.ndarray) -> np.ndarray:
     ink = grey - paper_level(grey)
     # Ink covers less than half of the picture, so the median and the median
     # deviation describe the paper: what the opening left of it, and its grain.
-    paper = float(np.median(ink))
-    grain = 1.4826 * float(np.median(np.abs(ink - paper)))  # a standard deviation for Gaussian noise
+    paper = _median(ink)
+    grain = 1.4826 * _median(np.abs(ink - paper))  # a standard deviation for Gaussian noise
     ink = ink - paper
     # The ink level: a high percentile of the clearly inked pixels (MNIST's stroke
     # cores are saturated, so they are mapped to 255 here too).
@@ -220,31 +256,24 @@ def remove_background(grey: np.ndarray) -> np.ndarray:
     return np.clip((ink - floor) / (level - floor), 0, 1) * 255
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-    """Label the 8-connected blobs of a boolean mask (0 elsewhere): each pixel takes the
-    largest label in its 3x3 neighbourhood until nothing changes."""
-    labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
-    while True:
-        spread = _rank_filter(labels, 3, np.max) * mask
-        if np.array_equal(spread, labels):
-            return labels
-        labels = spread
-
-
 def writing(ink: np.ndarray) -> np.ndarray:
     """The ink less what is not writing: specks of dust, and blobs touching the picture's edge
     (what is left of a shadow's corner, the sheet's edge) when the rest holds enough ink.
 
     Blobs are found on a copy at most BLOB_SIZE pixels a side, for speed.
     """
-    coarse = _shrink((ink >= 127.5).astype(np.float32), BLOB_SIZE) > 0
-    labels = _components(coarse)
-    ids, mass = np.unique(labels[labels > 0], return_counts=True)
-    edge = np.isin(ids, np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    coarse = _shrink((ink >= 127.5).astype(np.float32), BLOB_SIZE) > 0  # any half-inked pixel below
+    labels, count = ndimage.label(coarse, structure=EIGHT_CONNECTED)  # blob i is label i, 0 is paper
+    mass = np.bincount(labels.ravel(), minlength=count + 1)  # pixels per blob
+    mass[0] = 0
+    edge = np.zeros(count + 1, dtype=bool)
+    edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    edge[0] = False
     if mass[~edge].sum() >= EDGE_SHARE * mass.sum():
-        ids, mass = ids[~edge], mass[~edge]
-    keep = np.isin(labels, ids[mass >= SPECK * mass.max()])
-    keep = _rank_filter(keep, 3, np.max)  # a margin for the strokes' soft edges
+        mass[edge] = 0
+    kept = mass >= SPECK * mass.max()
+    kept[0] = False
+    keep = ndimage.maximum_filter(kept[labels], size=3)  # a margin of one pixel for the strokes' soft edges
     keep = Image.fromarray(keep.astype(np.uint8)).resize(ink.shape[::-1], Image.Resampling.NEAREST)
     return ink * np.asarray(keep)
 
@@ -275,7 +304,7 @@ def fit_box(ink: np.ndarray) -> np.ndarray:
     scale = BOX / max(h, w)  # final pixels per pixel of `ink`
     steps = round((MIN_STROKE / scale - stroke_width(ink)) / 2)
     if steps > 0:
-        ink = _rank_filter(ink, 2 * steps + 1, np.max)
+        ink = ndimage.maximum_filter(ink, size=2 * steps + 1, mode="nearest")
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     resized = Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
     return np.clip(np.asarray(resized), 0, 255)
@@ -288,11 +317,9 @@ def centre_by_mass(box: np.ndarray) -> np.ndarray:
     test set). The shift is rounded to whole pixels, and limited so no ink is cut.
     """
     h, w = box.shape
-    mass = box.sum()
-    if not mass > 0:
+    if not box.sum() > 0:
         raise PredictionError("no ink found (the ink vanished when fitted into 20x20)")
-    cy = (box.sum(axis=1) @ np.arange(h)) / mass
-    cx = (box.sum(axis=0) @ np.arange(w)) / mass
+    cy, cx = ndimage.center_of_mass(box)  # in pixel indices of `box`
     top = int(np.clip(round(SIZE / 2 - cy), 0, SIZE - h))
     left = int(np.clip(round(SIZE / 2 - cx), 0, SIZE - w))
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)

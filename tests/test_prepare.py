@@ -1,0 +1,165 @@
+"""The steps of MNIST-style preparation, each against what it promises (prepare.py)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mnistlab import prepare
+from mnistlab.errors import PredictionError
+from mnistlab.prepare import load_image, paper_level, prepare_image, writing
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+# ---------------------------------------------------------------------------
+# Blobs of ink: the digit is kept, dust and what touches the edge are dropped
+
+
+def test_writing_keeps_the_digit_and_drops_specks_and_blobs_touching_the_edge():
+    ink = np.zeros((100, 120), np.float32)  # at most BLOB_SIZE a side: blobs are found at full size
+    ink[20:80, 50:62] = 255  # the digit: a bar of 720 pixels
+    ink[10:13, 10:13] = 255  # dust: 9 pixels, under SPECK (5%) of the digit
+    ink[85:100, 0:30] = 200  # the shadow's corner, touching the picture's edge
+    out = writing(ink)
+    np.testing.assert_array_equal(out[20:80, 50:62], 255)
+    assert out[10:13, 10:13].max() == 0 and out[85:100, 0:30].max() == 0
+    assert out.sum() == ink[20:80, 50:62].sum()
+
+
+def test_a_blob_touching_the_edge_is_kept_when_it_holds_nearly_all_the_ink():
+    ink = np.zeros((100, 100), np.float32)
+    ink[0:70, 40:55] = 255  # a digit cut by the top edge of the photo
+    ink[90:92, 10:12] = 255  # and a speck: the rest holds less than EDGE_SHARE of the ink
+    out = writing(ink)
+    np.testing.assert_array_equal(out[0:70, 40:55], 255)
+    assert out[90:92, 10:12].max() == 0  # still dust next to the digit
+
+
+def test_pixels_touching_at_a_corner_belong_to_the_same_blob():
+    ink = np.zeros((100, 100), np.float32)
+    ink[30:60, 30:60] = 255  # 900 pixels
+    ink[60:63, 60:63] = 255  # 9 pixels touching it only at the corner (59, 59)-(60, 60): not a speck
+    ink[70:73, 75:78] = 255  # 9 pixels apart: a speck
+    out = writing(ink)
+    np.testing.assert_array_equal(out[60:63, 60:63], 255)
+    assert out[70:73, 75:78].max() == 0
+
+
+def test_blobs_are_found_on_a_shrunk_copy_and_the_kept_ink_is_unchanged_at_full_size():
+    ink = np.zeros((600, 800), np.float32)  # shrunk to 96x128 for finding blobs
+    ink[100:500, 380:430] = 255
+    ink[100:500, 400] = 240  # detail inside the digit survives as it was
+    ink[550:556, 100:106] = 255  # dust
+    out = writing(ink)
+    np.testing.assert_array_equal(out[100:500, 380:430], ink[100:500, 380:430])
+    assert out[550:556, 100:106].max() == 0
+
+
+# ---------------------------------------------------------------------------
+# The paper's level: a morphological opening
+
+
+def opening_by_hand(x: np.ndarray, size: int) -> np.ndarray:
+    """Minimum then maximum over size x size windows, edges repeated: the definition, window by window."""
+    half = size // 2
+    for reduce in (np.min, np.max):
+        padded = np.pad(x, half, mode="edge")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size))
+        x = reduce(windows, axis=(-2, -1))
+    return x
+
+
+def test_the_paper_level_is_the_opening_by_windows_a_quarter_of_the_picture_wide():
+    rng = np.random.default_rng(0)
+    h, w = 90, 120  # under OPENING_SIZE: no shrinking, so the definition applies pixel for pixel
+    yy, xx = np.mgrid[0:h, 0:w]
+    grey = (40 + 0.5 * xx + 20 * (yy > 60) + rng.normal(0, 2, (h, w))).astype(np.float32)  # light and a shadow edge
+    grey[20:70, 50:56] += 150  # a bright stroke
+    size = 2 * round(prepare.PAPER_WINDOW * w / 2) + 1
+    np.testing.assert_array_equal(paper_level(grey), opening_by_hand(grey, size))
+
+
+def test_the_paper_level_follows_uneven_light_under_the_strokes_of_a_big_picture():
+    h, w = 384, 512
+    yy, xx = np.mgrid[0:h, 0:w]
+    paper = (30 + 60 * xx / w + 20 * yy / h).astype(np.float32)
+    grey = paper.copy()
+    grey[80:300, 240:262] += 160  # a stroke 22 pixels wide
+    level = paper_level(grey)
+    assert level.dtype == np.float32 and level.shape == (h, w)
+    # Grey levels: the stroke is gone, the gradient kept. (Within half a window of
+    # the border an opening falls short of a slope rising towards it.)
+    inside = (slice(70, h - 70), slice(70, w - 70))
+    assert np.abs(level - paper)[inside].max() < 3
+
+
+def test_flat_paper_is_its_own_level_everywhere():
+    grey = np.zeros((280, 280), np.float32)  # a canvas export: paper of one exact level
+    grey[40:240, 100:130] = 255
+    grey[40:70, 60:220] = 255
+    np.testing.assert_array_equal(paper_level(grey), 0)
+
+
+# ---------------------------------------------------------------------------
+# The median used for the paper's level and grain
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 1001, 1000])
+def test_median_is_numpys_median_for_any_mix_of_values(n):
+    rng = np.random.default_rng(n)
+    spread = rng.normal(0, 5, n).astype(np.float32)
+    mostly_paper = np.where(rng.random(n) < 0.9, 0, rng.uniform(50, 255, n)).astype(np.float32)
+    half_paper = np.concatenate([np.zeros(n // 2), rng.uniform(1, 2, n - n // 2)]).astype(np.float32)
+    for x in (spread, mostly_paper, half_paper, np.full(n, 3.5, np.float32), spread.reshape(1, -1)):
+        assert prepare._median(x) == pytest.approx(float(np.median(x)), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Reading: big JPEG photos are decoded small
+
+
+def photo(size: tuple[int, int]) -> Image.Image:
+    """Dark ink on light paper, RGB."""
+    w, h = size
+    image = Image.new("RGB", size, (215, 210, 200))
+    ImageDraw.Draw(image).line([(0.4 * w, 0.2 * h), (0.6 * w, 0.2 * h), (0.45 * w, 0.8 * h)],
+                               fill=(30, 30, 60), width=round(0.05 * h), joint="curve")
+    return image
+
+
+def jpeg(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, **kwargs)
+    return buffer.getvalue()
+
+
+def test_a_big_jpeg_is_decoded_in_grey_at_a_scale_that_keeps_the_work_size():
+    data = jpeg(photo((2400, 1800)))
+    image = load_image(io.BytesIO(data))
+    assert image.mode == "L" and image.size == (600, 450)  # 1/4: 1/8 would be under WORK_SIZE (512)
+    assert load_image(io.BytesIO(jpeg(photo((1200, 1600))))).size == (600, 800)  # portrait: 1/2
+    assert load_image(io.BytesIO(jpeg(photo((500, 400))))).size == (500, 400)  # small: full size
+    with Image.open(io.BytesIO(data)) as full:
+        full.load()
+        assert mean_difference(prepare_image(image), prepare_image(full)) < 3
+
+
+def test_a_big_jpeg_stored_sideways_is_still_turned_by_its_exif_tag():
+    upright = photo((2400, 1800))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: the viewer rotates 90 degrees clockwise
+    stored = load_image(io.BytesIO(jpeg(upright.transpose(Image.Transpose.ROTATE_90), exif=exif)))
+    assert stored.size == (450, 600)
+    expected = prepare_image(load_image(io.BytesIO(jpeg(upright))))
+    assert mean_difference(prepare_image(stored), expected) < 3
+
+
+def test_the_decompression_bomb_limit_applies_to_the_full_size_of_a_jpeg(monkeypatch):
+    data = jpeg(photo((2400, 1800)))  # decoded at 600x450, far under the limit set below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2400 * 1800 // 3)  # beyond twice the limit: PIL's error
+    with pytest.raises(PredictionError, match="decompression bomb"):
+        load_image(io.BytesIO(data), name="big.jpg")
