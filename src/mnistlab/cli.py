@@ -169,9 +169,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # datasets
 
-def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import describe
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import cache_usage, clear_cache, describe
+
+    if args.clear_cache:
+        if args.data_dir is not None:
+            raise UsageError("--clear-cache removes the parsed cache only; drop --data-dir")
+        freed = clear_cache()
+        if args.json:
+            print(json.dumps(freed, indent=2))
+        else:
+            print(f"parsed cache {freed['folder']}: removed {freed['files']} files, freed "
+                  f"{_megabytes(freed['bytes'])} (downloaded IDX files are kept)")
+        return 0
     rows = describe(args.data_dir)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -189,6 +203,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         else:
             print(f"{indent}not found; would be downloaded to {row['location']}")
             print(f"{indent}(looked in {', '.join(row['searched'])})")
+    usage = cache_usage()
+    print(f"{'parsed cache':<14} {usage['folder']}: {usage['files']} files, {_megabytes(usage['bytes'])}"
+          + (" (mnistlab datasets --clear-cache removes them)" if usage["files"] else ""))
     return 0
 
 
@@ -379,8 +396,12 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("datasets", help="known datasets and where each is found or would be cached")
+    p = sub.add_parser("datasets", help="known datasets, where each is found or would be cached, "
+                       "and the parsed cache's size")
     p.add_argument("--data-dir", type=Path, help="also look in this folder")
+    p.add_argument("--clear-cache", action="store_true",
+                   help="delete the parsed arrays cached for fast loading and say how much that freed; "
+                   "downloaded IDX files are kept")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_datasets)
 
