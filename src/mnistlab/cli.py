@@ -370,6 +370,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# export
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a trained model as ONNX or TorchScript, normalisation and softmax included",
+        description="Write the model of RUN as a file other programs can run without mnistlab: its input is "
+        "N x 28 x 28 images as stored in the dataset (uint8, 0 background, 255 ink; or float in [0, 1] with "
+        "--input float), its output N x C class probabilities. The normalisation the model was trained "
+        "with is done inside. A JSON sidecar (FILE.json) gives the class names, the input and output "
+        "contracts, the dataset and the architecture. The file is loaded back and checked against "
+        "PyTorch before it is kept. ONNX needs the export extra: pip install \"mnistlab[export]\".")
+    p.add_argument("run", metavar="RUN", help="run directory or checkpoint")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help="file to write (default: RUN/model.onnx or RUN/model.pt; the sidecar is PATH.json)")
+    p.add_argument("--input", choices=("uint8", "float"), default="uint8", dest="input_kind",
+                   help="what the exported model takes: uint8 pixels 0-255 (default) or float32 in [0, 1]")
+    p.add_argument("--json", action="store_true", help="print the sidecar's content as JSON")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    info = export(args.run, args.format, out=args.out, input_kind=args.input_kind)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    i, o, check = info["input"], info["output"], info["check"]
+    print(f"wrote {info['path']} ({args.format}"
+          + (f", opset {info['opset']}" if "opset" in info else "") + ")")
+    print(f"  input  {i['name']}: {i['dtype']} {' x '.join(map(str, i['shape']))}, "
+          f"{i['range'][0]:g} to {i['range'][1]:g} ({i['meaning']})")
+    print(f"  output {o['name']}: {o['dtype']} {' x '.join(map(str, o['shape']))}, classes "
+          + ", ".join(info["classes"]))
+    print(f"  checked: loaded back, same probabilities as PyTorch on {check['images']} images "
+          f"(largest difference {check['max_abs_difference']:.1g})")
+    print(f"wrote {info['sidecar']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 def build_parser() -> Parser:
     parser = Parser(prog="mnistlab", description="Train, understand and use small classifiers on "
@@ -405,7 +447,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_datasets)
 
-    for add in (add_predict, add_plot, add_inspect, add_bench):
+    for add in (add_predict, add_plot, add_inspect, add_bench, add_export):
         add(sub)
     return parser
 
