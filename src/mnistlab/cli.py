@@ -323,16 +323,20 @@ def add_inspect(sub) -> None:
     p.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or synthetic "
                    "(default: mnist, or the checkpoint's dataset)")
     p.add_argument("--data-dir", type=Path, help="folder holding the four IDX files")
+    p.add_argument("--lang", choices=("en", "fr"), default=None,
+                   help="language of the explanations, the numbers being the same: en or fr (default: fr "
+                   "when the locale's language is French, from LC_ALL, LC_MESSAGES or LANG, else en)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import format_report, inspect_step
+    from .inspection import format_report, inspect_step, language_from_environment
 
     result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           dataset=args.dataset, data_dir=args.data_dir)
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    lang = args.lang or language_from_environment()
+    print(json.dumps(result, indent=2) if args.json else format_report(result, lang))
     return 0
 
 
