@@ -148,14 +148,17 @@ def test_truncated_gzip_is_a_clear_error_and_not_cached(tmp_path):
     assert parsed_cache_entries() == []
 
 
+def forbid_parsing(monkeypatch) -> None:
+    def no_parsing(data_bytes, where="IDX data"):
+        raise AssertionError(f"{where} parsed again instead of read from the cache")
+
+    monkeypatch.setattr(data, "parse_idx", no_parsing)
+
+
 def test_second_load_comes_from_the_parsed_cache(tiny_idx_dir, monkeypatch):
     first = data.load("mnist", tiny_idx_dir)
     assert [p.suffix for p in parsed_cache_entries()] == [".npz"]
-
-    def no_parsing(path):
-        raise AssertionError(f"{path} parsed again instead of read from the cache")
-
-    monkeypatch.setattr(data, "read_idx", no_parsing)
+    forbid_parsing(monkeypatch)
     second = data.load("mnist", tiny_idx_dir)
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.test.labels, second.test.labels)
@@ -167,6 +170,86 @@ def test_a_changed_file_is_parsed_again(tmp_path):
     data.write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.full(4, 9, np.uint8))
     assert data.load("mnist", folder).test.labels.tolist() == [9, 9, 9, 9]
     assert len(parsed_cache_entries()) == 2
+
+
+def test_the_same_files_in_two_folders_are_cached_once(tmp_path, monkeypatch):
+    first = write_fake_dataset(tmp_path / "one", n_train=8, n_test=4)
+    second = tmp_path / "elsewhere" / "two"
+    second.mkdir(parents=True)
+    for path in first.iterdir():
+        (second / path.name).write_bytes(path.read_bytes())  # a copy: other inode, other mtime
+    a = data.load("mnist", first)
+    forbid_parsing(monkeypatch)
+    b = data.load("mnist", second)
+    assert len(parsed_cache_entries()) == 1
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    assert b.source == str(second)
+
+
+def poison(entry: Path, **replace: np.ndarray) -> None:
+    with np.load(entry) as z:
+        arrays = {role: z[role] for role in data.ROLES}
+    arrays.update(replace)
+    with open(entry, "wb") as f:
+        np.savez(f, **arrays)
+
+
+POISONS = {
+    "a label of 200": lambda e: poison(e, train_labels=np.full(8, 200, np.uint8)),
+    "labels of -1 as int64": lambda e: poison(e, test_labels=np.full(4, -1, np.int64)),
+    "images of the wrong shape": lambda e: poison(e, train_images=np.zeros((8, 32, 32), np.uint8)),
+    "fewer labels than images": lambda e: poison(e, train_labels=np.zeros(3, np.uint8)),
+    "float images": lambda e: poison(e, test_images=np.full((4, 28, 28), 1e9)),
+    "a missing array": lambda e: np.savez(open(e, "wb"), train_images=np.zeros((8, 28, 28), np.uint8)),
+    "not a zip file": lambda e: e.write_bytes(b"garbage" * 100),
+    "a pickled object array": lambda e: poison(e, train_labels=np.array([object()] * 8)),
+    "an empty file": lambda e: e.write_bytes(b""),
+}
+
+
+@pytest.mark.parametrize("case", POISONS)
+def test_a_poisoned_cache_entry_is_ignored_and_rewritten(tmp_path, case):
+    folder = write_fake_dataset(tmp_path / "idx", n_train=8, n_test=4)
+    clean = data.load("mnist", folder)
+    [entry] = parsed_cache_entries()
+    POISONS[case](entry)
+    again = data.load("mnist", folder)
+    for split in ("train", "test"):
+        assert torch.equal(getattr(again, split).images, getattr(clean, split).images)
+        assert torch.equal(getattr(again, split).labels, getattr(clean, split).labels)
+    assert [p.name for p in parsed_cache_entries()] == [entry.name]
+    assert data._load_cached(entry.stem, MNIST) is not None, "the entry was rewritten with the parsed files"
+
+
+def test_a_poisoned_cache_never_reaches_training(tmp_path):
+    from mnistlab.config import recipe
+    from mnistlab.training import train
+
+    folder = write_fake_dataset(tmp_path / "idx", n_train=64, n_test=16)
+    data.load("mnist", folder)
+    [entry] = parsed_cache_entries()
+    poison(entry, train_labels=np.full(64, 200, np.uint8))
+    result = train(recipe("seed", epochs=1, device="cpu"), out=tmp_path / "run", data_dir=folder)
+    assert result.summary["epochs"] == 1 and 0 <= result.summary["test_accuracy"] <= 1
+
+
+def test_cache_usage_and_clear_cache_leave_downloaded_files_alone(tmp_path):
+    downloaded = write_fake_dataset(data.download_dir(MNIST), n_train=8, n_test=4)
+    elsewhere = write_fake_dataset(tmp_path / "idx", n_train=16, n_test=4)
+    data.load("mnist")
+    data.load("mnist", elsewhere)
+    entries = parsed_cache_entries()
+    assert len(entries) == 2
+    usage = data.cache_usage()
+    assert usage == {"folder": str(data.parsed_cache_dir()), "files": 2,
+                     "bytes": sum(p.stat().st_size for p in entries)}
+
+    freed = data.clear_cache()
+    assert freed == usage
+    assert parsed_cache_entries() == [] and data.cache_usage()["bytes"] == 0
+    assert sorted(p.name for p in downloaded.iterdir()) == sorted(FILE_NAMES)
+    assert len(data.load("mnist").train) == 8  # parsed again from the kept files
+    assert data.clear_cache()["files"] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -469,6 +552,30 @@ def test_cli_datasets(capsys, empty_machine, tiny_idx_dir):
     assert cli.main(["datasets", "--json", "--data-dir", str(tiny_idx_dir)]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["mnist"]["found"] and rows["mnist"]["location"] == str(tiny_idx_dir)
+
+
+def test_cli_datasets_shows_the_parsed_cache_and_clear_cache_empties_it(capsys, tiny_idx_dir):
+    assert cli.main(["datasets"]) == 0
+    assert f"parsed cache   {data.parsed_cache_dir()}: 0 files, 0.0 MB\n" in capsys.readouterr().out
+    data.load("mnist", tiny_idx_dir)
+    size = data.cache_usage()["bytes"]
+    assert cli.main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert f"{data.parsed_cache_dir()}: 1 files, {size / 1e6:.1f} MB" in out and "--clear-cache" in out
+
+    assert cli.main(["datasets", "--clear-cache"]) == 0
+    assert capsys.readouterr().out == (f"parsed cache {data.parsed_cache_dir()}: removed 1 files, freed "
+                                       f"{size / 1e6:.1f} MB (downloaded IDX files are kept)\n")
+    assert parsed_cache_entries() == []
+    assert cli.main(["datasets", "--clear-cache", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"folder": str(data.parsed_cache_dir()), "files": 0, "bytes": 0}
+    assert [p.name for p in tiny_idx_dir.iterdir()] != []
+
+
+def test_cli_clear_cache_with_a_data_dir_is_a_usage_error(capsys, tiny_idx_dir):
+    assert cli.main(["datasets", "--clear-cache", "--data-dir", str(tiny_idx_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "drop --data-dir" in err
 
 
 def test_cli_train_with_an_empty_data_dir_is_one_clear_line(capsys, tmp_path):

@@ -1,6 +1,7 @@
 """`mnistlab inspect`: one training step taken apart, checked against a hand computation."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from mnistlab.cli import main
 from mnistlab.data import load
 from mnistlab.errors import CheckpointError, UsageError
-from mnistlab.inspection import format_report, inspect_step
+from mnistlab.inspection import format_report, inspect_step, language_from_environment
 from mnistlab.models import architecture, build_model
 
 HIDDEN = (3, 2)  # a 784-3-2-10 network: small enough to backpropagate by hand
@@ -164,7 +165,8 @@ def test_cli_json_has_the_documented_keys(tiny_idx_dir, capsys):
                                             "max_abs_diff_update_vs_lr_grad", "update_is_lr_times_grad"}
 
 
-def test_cli_text_report(tiny_idx_dir, capsys):
+def test_cli_text_report(tiny_idx_dir, capsys, monkeypatch):
+    set_locale(monkeypatch, LANG="C.UTF-8")
     assert main(["inspect", "--data-dir", str(tiny_idx_dir), "--batch-size", "8", "--lr", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "4. backward() and one step of SGD (lr = 0.01)" in out and "7. torch.no_grad()" in out
@@ -189,3 +191,64 @@ def test_cli_unknown_model_is_one_line(tiny_idx_dir, capsys):
     assert main(["inspect", "--data-dir", str(tiny_idx_dir), "--model", "mpl"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "'mpl'" in err
+
+
+# ---------------------------------------------------------------------------
+# The report in French
+
+NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
+
+
+def set_locale(monkeypatch, **variables: str) -> None:
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("model", ["fresh mlp", "trained run"])
+def test_the_french_report_has_exactly_the_english_numbers(tiny, tiny_run, tiny_idx_dir, model):
+    result = tiny if model == "fresh mlp" else inspect_step(tiny_run, batch_size=8, data_dir=tiny_idx_dir)
+    english, french = format_report(result, "en"), format_report(result, "fr")
+    assert NUMBER.findall(french) == NUMBER.findall(english)
+    assert len(NUMBER.findall(english)) > 100
+    assert len(french.splitlines()) == len(english.splitlines())
+    english_words = {"taken", "apart", "batch", "remembers", "Forgetting", "outputs", "without"}
+    assert not english_words & set(re.findall(r"[A-Za-z]+", french))
+    for phrase in ("1. Le réseau", "2. Un lot et sa perte", "3. La chaîne des grad_fn",
+                   "6. Oublier zero_grad() : les gradients s'accumulent", "7. torch.no_grad() : des sorties sans graphe",
+                   "chaque .grad vaut None"):
+        assert phrase in french
+
+
+def test_the_locale_chooses_french_and_english_stays_the_default(monkeypatch):
+    set_locale(monkeypatch)
+    assert language_from_environment() == "en"
+    set_locale(monkeypatch, LANG="fr_FR.UTF-8")
+    assert language_from_environment() == "fr"
+    set_locale(monkeypatch, LANG="fr_CA.UTF-8", LC_MESSAGES="en_GB.UTF-8")
+    assert language_from_environment() == "en"  # LC_MESSAGES before LANG
+    set_locale(monkeypatch, LANG="en_US.UTF-8", LC_ALL="fr_BE.UTF-8")
+    assert language_from_environment() == "fr"  # LC_ALL before everything
+    set_locale(monkeypatch, LANG="de_DE.UTF-8")
+    assert language_from_environment() == "en"
+
+
+def test_cli_lang_fr_and_the_french_locale(tiny_idx_dir, capsys, monkeypatch):
+    flags = ["inspect", "--data-dir", str(tiny_idx_dir), "--batch-size", "8"]
+    set_locale(monkeypatch, LANG="en_US.UTF-8")
+    assert main([*flags, "--lang", "fr"]) == 0
+    by_flag = capsys.readouterr().out
+    assert by_flag.startswith("Un pas d'entraînement d'un mlp neuf (non entraîné, initialisé avec la graine 0)")
+    set_locale(monkeypatch, LANG="fr_FR.UTF-8")
+    assert main(flags) == 0
+    assert capsys.readouterr().out == by_flag
+    assert main([*flags, "--lang", "en"]) == 0
+    assert capsys.readouterr().out.startswith("One training step of fresh mlp")
+    assert main([*flags, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["name"] == "mlp"  # JSON keys do not change with the language
+
+
+def test_an_unknown_language_is_a_usage_error(tiny):
+    with pytest.raises(UsageError, match="unknown language 'de'"):
+        format_report(tiny, "de")

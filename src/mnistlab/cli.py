@@ -277,15 +277,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_datasets(sub) -> None:
-    p = sub.add_parser("datasets", help="known datasets and where each is found or would be cached")
+    p = sub.add_parser("datasets", help="known datasets, where each is found or would be cached, "
+                       "and the parsed cache's size")
     data_dir_flag(p, "none: only the usual places")
+    p.add_argument("--clear-cache", action="store_true",
+                   help="delete the parsed arrays cached for fast loading and say how much that freed; "
+                   "downloaded IDX files are kept")
     json_flag(p, "the list")
     p.set_defaults(func=cmd_datasets)
 
 
-def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import describe
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import cache_usage, clear_cache, describe
+
+    if args.clear_cache:
+        if args.data_dir is not None:
+            raise UsageError("--clear-cache removes the parsed cache only; drop --data-dir")
+        freed = clear_cache()
+        if args.json:
+            print(json.dumps(freed, indent=2))
+        else:
+            print(f"parsed cache {freed['folder']}: removed {freed['files']} files, freed "
+                  f"{_megabytes(freed['bytes'])} (downloaded IDX files are kept)")
+        return 0
     rows = describe(args.data_dir)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -303,6 +321,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         else:
             print(f"{indent}not found; would be downloaded to {row['location']}")
             print(f"{indent}(looked in {', '.join(row['searched'])})")
+    usage = cache_usage()
+    print(f"{'parsed cache':<14} {usage['folder']}: {usage['files']} files, {_megabytes(usage['bytes'])}"
+          + (" (mnistlab datasets --clear-cache removes them)" if usage["files"] else ""))
     return 0
 
 
@@ -418,16 +439,20 @@ def add_inspect(sub) -> None:
     p.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or synthetic "
                    "(default: mnist, or the checkpoint's dataset)")
     data_dir_flag(p)
+    p.add_argument("--lang", choices=("en", "fr"), default=None,
+                   help="language of the explanations, the numbers being the same: en or fr (default: fr "
+                   "when the locale's language is French, from LC_ALL, LC_MESSAGES or LANG, else en)")
     json_flag(p, "the numbers")
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import format_report, inspect_step
+    from .inspection import format_report, inspect_step, language_from_environment
 
     result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           dataset=args.dataset, data_dir=args.data_dir)
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    lang = args.lang or language_from_environment()
+    print(json.dumps(result, indent=2) if args.json else format_report(result, lang))
     return 0
 
 
@@ -460,9 +485,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# export
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a trained model as ONNX or TorchScript, normalisation and softmax included",
+        description="Write the model of RUN as a file other programs can run without mnistlab: its input is "
+        "N x 28 x 28 images as stored in the dataset (uint8, 0 background, 255 ink; or float in [0, 1] with "
+        "--input float), its output N x C class probabilities. The normalisation the model was trained "
+        "with is done inside. A JSON sidecar (FILE.json) gives the class names, the input and output "
+        "contracts, the dataset and the architecture. The file is loaded back and checked against "
+        "PyTorch before it is kept. ONNX needs the export extra: pip install \"mnistlab[export]\".")
+    p.add_argument("run", metavar="RUN", help="run directory or checkpoint")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help="file to write (default: RUN/model.onnx or RUN/model.pt; the sidecar is PATH.json)")
+    p.add_argument("--input", choices=("uint8", "float"), default="uint8", dest="input_kind",
+                   help="what the exported model takes: uint8 pixels 0-255 (default) or float32 in [0, 1]")
+    json_flag(p, "the sidecar's content")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    info = export(args.run, args.format, out=args.out, input_kind=args.input_kind)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    i, o, check = info["input"], info["output"], info["check"]
+    print(f"wrote {info['path']} ({args.format}"
+          + (f", opset {info['opset']}" if "opset" in info else "") + ")")
+    print(f"  input  {i['name']}: {i['dtype']} {' x '.join(map(str, i['shape']))}, "
+          f"{i['range'][0]:g} to {i['range'][1]:g} ({i['meaning']})")
+    print(f"  output {o['name']}: {o['dtype']} {' x '.join(map(str, o['shape']))}, classes "
+          + ", ".join(info["classes"]))
+    print(f"  checked: loaded back, same probabilities as PyTorch on {check['images']} images "
+          f"(largest difference {check['max_abs_difference']:.1g})")
+    print(f"wrote {info['sidecar']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 COMMANDS = (add_train, add_evaluate, add_runs, add_recipes, add_datasets, add_predict, add_plot, add_inspect,
-            add_bench)
+            add_bench, add_export)
 
 
 def build_parser() -> Parser:

@@ -18,6 +18,7 @@ Downloads are checked against the official checksum before they are kept.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -25,9 +26,11 @@ import struct
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,16 +167,24 @@ def get_spec(name: str) -> DatasetSpec:
 # ---------------------------------------------------------------------------
 # IDX format
 
-def _open_bytes(path: Path) -> bytes:
+def _read_raw(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _open_bytes(path: Path) -> bytes:
+    return _decompress(_read_raw(path), path)
+
+
+def _decompress(raw: bytes, where: Path) -> bytes:
+    """The bytes of an IDX file, gunzipped when they start with gzip's magic number."""
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
+            raise DataError(f"{where}: corrupt or truncated gzip file ({e})") from None
     return raw
 
 
@@ -408,47 +419,106 @@ def _md5(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Parsed cache: the decoded uint8 arrays, keyed by the source files' identity.
+# Parsed cache: the decoded uint8 arrays, keyed by the content of the source files.
+#
+# The key is a SHA-256 of the four files' bytes as stored (about 11 MB of gzip for
+# MNIST), so a dataset read from two folders is cached once, and a changed file
+# gets a new entry. Cached arrays are validated on every load exactly like parsed
+# files: an entry that fails is ignored and rewritten, never trusted.
 
-def _parsed_cache_dir() -> Path:
+CACHE_FORMAT = 1  # bump when what an entry holds changes: older entries are then never read
+
+
+def parsed_cache_dir() -> Path:
     return cache_root() / "parsed"
 
 
-def _cache_key(paths: dict[str, Path]) -> str:
-    h = hashlib.sha256()
+def _read_sources(paths: dict[str, Path]) -> tuple[str, dict[str, bytes]]:
+    """(content key, the files' bytes): each file is read once, for the key and, if needed, for parsing."""
+    digest = hashlib.sha256(f"mnistlab-parsed-v{CACHE_FORMAT};".encode())
+    contents = {}
     for role in ROLES:
-        st = paths[role].stat()
-        h.update(f"{paths[role].resolve()}|{st.st_size}|{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:24]
+        contents[role] = _read_raw(paths[role])
+        digest.update(f"{role}:{len(contents[role])};".encode())
+        digest.update(contents[role])
+    return digest.hexdigest()[:32], contents
 
 
-def _load_cached(key: str) -> dict[str, np.ndarray] | None:
-    path = _parsed_cache_dir() / f"{key}.npz"
+def _validate_arrays(spec: DatasetSpec, arrays: dict[str, np.ndarray], names: dict[str, str]) -> None:
+    """The checks every split passes, from files or from the cache; `names` says where each array came from."""
+    for role in ROLES:
+        if arrays[role].dtype != np.uint8:
+            raise DataError(f"{names[role]}: holds {arrays[role].dtype} values, expected unsigned bytes")
+    for split in ("train", "test"):
+        validate_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], len(spec.classes),
+                       names[f"{split}_images"], names[f"{split}_labels"])
+
+
+def _load_cached(key: str, spec: DatasetSpec) -> dict[str, np.ndarray] | None:
+    """The cached arrays for `key` if the entry exists and passes validation, else None."""
+    path = parsed_cache_dir() / f"{key}.npz"
+    if not path.is_file():
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {role: z[role] for role in ROLES}
-    except (OSError, ValueError, KeyError, zlib.error, EOFError):
-        return None
+            arrays = {role: z[role] for role in ROLES}
+        _validate_arrays(spec, arrays, {role: f"{path} [{role}]" for role in ROLES})
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile, MemoryError, DataError):
+        return None  # unreadable or invalid: parse the source again and overwrite the entry
+    return arrays
 
 
 def _store_cached(key: str, arrays: dict[str, np.ndarray]) -> None:
     try:
-        with atomic_path(_parsed_cache_dir() / f"{key}.npz") as tmp:
+        with atomic_path(parsed_cache_dir() / f"{key}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
     except (OSError, WriteError):
-        pass  # a read-only cache only costs speed
+        pass  # a read-only or full cache only costs speed
+
+
+def _cache_files() -> list[Path]:
+    """The entries and the leftovers of interrupted writes (`.<name>.npz.*.tmp`) in the parsed cache."""
+    folder = parsed_cache_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and (p.suffix == ".npz" or (p.name.startswith(".") and p.suffix == ".tmp")))
+
+
+def cache_usage() -> dict[str, Any]:
+    """Where the parsed cache is, how many entries it holds and their total size in bytes."""
+    files = _cache_files()
+    return {"folder": str(parsed_cache_dir()), "files": len(files),
+            "bytes": sum(p.stat().st_size for p in files)}
+
+
+def clear_cache() -> dict[str, Any]:
+    """Delete the parsed cache's entries (never the downloaded IDX files); return what was freed."""
+    freed, removed = 0, 0
+    for path in _cache_files():
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue  # removed meanwhile by another process
+        except OSError as e:
+            raise DataError(f"cannot remove {path} ({e.strerror or e}); "
+                            f"removed {removed} files ({freed} bytes) before it") from None
+        freed += size
+        removed += 1
+    with contextlib.suppress(OSError):
+        parsed_cache_dir().rmdir()  # only if empty: a folder holding anything else is left alone
+    return {"folder": str(parsed_cache_dir()), "files": removed, "bytes": freed}
 
 
 def read_files(spec: DatasetSpec, paths: dict[str, Path], use_cache: bool = True) -> dict[str, np.ndarray]:
-    """Parse and validate the four files (or take them from the parsed cache)."""
-    key = _cache_key(paths) if use_cache else ""
-    arrays = _load_cached(key) if use_cache else None
+    """Parse and validate the four files, or take them from the parsed cache (validated the same way)."""
+    key, contents = _read_sources(paths)
+    arrays = _load_cached(key, spec) if use_cache else None
     if arrays is None:
-        arrays = {role: read_idx(paths[role]) for role in ROLES}
-        for split in ("train", "test"):
-            validate_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], len(spec.classes),
-                           str(paths[f"{split}_images"]), str(paths[f"{split}_labels"]))
+        arrays = {role: parse_idx(_decompress(contents[role], paths[role]), str(paths[role])) for role in ROLES}
+        _validate_arrays(spec, arrays, {role: str(paths[role]) for role in ROLES})
         if use_cache:
             _store_cached(key, arrays)
     return arrays
@@ -475,7 +545,7 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
         from .synthetic import VERSION, generate
 
         key = f"synthetic-v{VERSION}-matplotlib{matplotlib.__version__}"  # the fonts come from matplotlib
-        arrays = _load_cached(key)
+        arrays = _load_cached(key, spec)
         if arrays is None:
             arrays = generate()
             _store_cached(key, arrays)

@@ -54,6 +54,7 @@ def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None
             torch.manual_seed(seed)
             net = build_model(arch)
         return net, {"source": f"fresh {name} (untrained, initialised with seed {seed})", "trained": False,
+                     "name": name, "init_seed": seed,
                      "dataset": dataset, "output": config.output, "mean": config.mean, "std": config.std}
     if hidden:
         raise UsageError("hidden sizes apply to a fresh mlp only, not to a checkpoint")
@@ -65,7 +66,7 @@ def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None
     if len(data_mod.get_spec(dataset).classes) != len(ckpt.classes):
         raise UsageError(f"{name} has {len(ckpt.classes)} classes but {dataset} has "
                            f"{len(data_mod.get_spec(dataset).classes)}")
-    return ckpt.model, {"source": f"checkpoint {name}", "trained": True, "dataset": dataset,
+    return ckpt.model, {"source": f"checkpoint {name}", "trained": True, "name": name, "dataset": dataset,
                         "output": ckpt.output, "mean": ckpt.mean, "std": ckpt.std}
 
 
@@ -291,7 +292,8 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
     counts = torch.bincount(y, minlength=len(classes)).tolist()
     return {
         "model": {
-            "source": origin["source"], "trained": origin["trained"], "text": str(net),
+            "source": origin["source"], "trained": origin["trained"], "name": origin["name"],
+            "init_seed": origin.get("init_seed"), "text": str(net),
             "output": origin["output"], "loss_function": type(loss_fn).__name__,
             "parameters": [{"name": n, "shape": list(p.shape), "count": p.numel()} for n, p in named],
             "total_parameters": sum(p.numel() for _, p in named),
@@ -314,54 +316,191 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
 
 
 # ---------------------------------------------------------------------------
-# Text for people
+# Text for people, in English or French
+#
+# One layout for both languages: every number is formatted once, by the layout, and
+# the phrases around it come from LANGUAGES. Numbers keep Python's notation (0.5, not
+# 0,5) in French too: they are the values a student sees printed by their own code.
+
+LANGUAGES: dict[str, dict[str, str]] = {
+    "en": {
+        "fresh": "fresh {name} (untrained, initialised with seed {seed})",
+        "checkpoint": "checkpoint {name}",
+        "title": "One training step of {source}, taken apart.",
+        "s1": "1. The network",
+        "params": "Parameters (the tensors the optimiser changes):",
+        "total": "total",
+        "s2": "2. A batch and its loss",
+        "batch": "{n} training images of {dataset} drawn at random (seed {seed}); tensor shape {shape}.",
+        "normalised": "Pixels are normalised as (x/255 - {mean}) / {std}.",
+        "labels": "Labels in the batch: {counts}",
+        "chance": "(Guessing every class with equal probability gives ln {k} = {chance}",
+        "chance_fresh": "; an untrained network starts near it.)",
+        "s3": "3. The grad_fn chain",
+        "remembers": "The loss remembers how it was computed: loss.grad_fn is {node}.",
+        "following": "Following .next_functions from the loss back to the first layer:",
+        "grad_of": " -> .grad of {name}",
+        "via": " (via {path})",
+        "feeds": "also feeds {side}",
+        "walks": "backward() walks this graph from the loss to the AccumulateGrad nodes, which add each\n"
+                 "gradient into its parameter's .grad.",
+        "s4": "4. backward() and one step of SGD (lr = {lr})",
+        "before": "Before backward() every .grad is {state}. After loss.backward() and optimizer.step():",
+        "col_parameter": "parameter", "col_update": "|update|",
+        "moved": "Each weight moved by lr x its gradient: W_after = W_before - {lr} * grad\n"
+                 "(largest difference {worst}, float32 rounding): {verdict}.",
+        "ok": "OK", "mismatch": "MISMATCH",
+        "largest_update": "The largest update is {percent}% of its tensor's norm: learning takes many such steps.",
+        "s5": "5. Checking autograd with finite differences ({dtype} copy, eps = {eps})",
+        "numerical": "numerical gradient = (loss(w + eps) - loss(w - eps)) / (2 eps), one weight at a time:",
+        "col_entry": "entry", "col_numerical": "numerical", "col_rel": "rel. error",
+        "fd_ok": "Largest relative error {error}: backward() computes the same derivatives as nudging each weight.",
+        "fd_none": "No entry away from a kink was found; try another seed.",
+        "kinks": "({kinks} other entries were skipped: a ReLU or max-pool switches within eps of them, "
+                 "a kink where no finite difference is meaningful.)",
+        "s6": "6. Forgetting zero_grad(): gradients accumulate",
+        "adds": "backward() adds into .grad; it does not overwrite it. The same batch, twice:",
+        "after_one": "  after one backward():                       |grad| = {norm}",
+        "after_two": "  after a second backward(), no zero_grad():  |grad| = {norm} (x{ratio})",
+        "minus": "  .grad minus (first + second gradient): max abs difference {diff}",
+        "after_zero": "  after optimizer.zero_grad(): every .grad is {state}",
+        "so": "So a training loop calls optimizer.zero_grad() before each backward(); otherwise each step\n"
+              "would use the sum of all gradients so far.",
+        "s7": "7. torch.no_grad(): outputs without a graph",
+        "outside": "  model(images).requires_grad = {flag} (grad_fn {node})",
+        "inside": "  inside torch.no_grad(): requires_grad = {flag} (grad_fn {node})",
+        "weights_still": "  the weights still have requires_grad = {flag}",
+        "no_grad": "no_grad only stops recording the graph; nothing is frozen. Use it to evaluate and predict:\n"
+                   "it saves the memory and time the graph would cost.",
+    },
+    "fr": {
+        "fresh": "d'un {name} neuf (non entraîné, initialisé avec la graine {seed})",
+        "checkpoint": "du modèle {name}",
+        "title": "Un pas d'entraînement {source}, décortiqué.",
+        "s1": "1. Le réseau",
+        "params": "Paramètres (les tenseurs que l'optimiseur modifie) :",
+        "total": "total",
+        "s2": "2. Un lot et sa perte",
+        "batch": "{n} images d'entraînement de {dataset} tirées au hasard (graine {seed}) ; "
+                 "forme du tenseur {shape}.",
+        "normalised": "Les pixels sont normalisés par (x/255 - {mean}) / {std}.",
+        "labels": "Étiquettes du lot : {counts}",
+        "chance": "(Donner la même probabilité à chaque classe donne ln {k} = {chance}",
+        "chance_fresh": " ; un réseau non entraîné part de là.)",
+        "s3": "3. La chaîne des grad_fn",
+        "remembers": "La perte garde la trace de son calcul : loss.grad_fn vaut {node}.",
+        "following": "En suivant .next_functions de la perte jusqu'à la première couche :",
+        "grad_of": " -> .grad de {name}",
+        "via": " (par {path})",
+        "feeds": "alimente aussi {side}",
+        "walks": "backward() parcourt ce graphe de la perte jusqu'aux nœuds AccumulateGrad, qui ajoutent\n"
+                 "chaque gradient dans le .grad de son paramètre.",
+        "s4": "4. backward() et un pas de SGD (lr = {lr})",
+        "before": "Avant backward(), chaque .grad vaut {state}. Après loss.backward() et optimizer.step() :",
+        "col_parameter": "paramètre", "col_update": "|dW|",
+        "moved": "Chaque poids a bougé de lr x son gradient : W_après = W_avant - {lr} * grad\n"
+                 "(plus grand écart {worst}, arrondi float32) : {verdict}.",
+        "ok": "OK", "mismatch": "DÉSACCORD",
+        "largest_update": "La plus grande mise à jour vaut {percent} % de la norme de son tenseur : "
+                          "apprendre demande beaucoup de tels pas.",
+        "s5": "5. Vérifier autograd par différences finies (copie en {dtype}, eps = {eps})",
+        "numerical": "gradient numérique = (loss(w + eps) - loss(w - eps)) / (2 eps), un poids à la fois :",
+        "col_entry": "entrée", "col_numerical": "numérique", "col_rel": "écart rel.",
+        "fd_ok": "Plus grand écart relatif {error} : backward() calcule les mêmes dérivées qu'en poussant "
+                 "chaque poids.",
+        "fd_none": "Aucune entrée loin d'un coude n'a été trouvée ; essayez une autre graine.",
+        "kinks": "({kinks} autres entrées ont été écartées : une ReLU ou un max-pool y bascule à moins de eps, "
+                 "un coude où aucune différence finie n'a de sens.)",
+        "s6": "6. Oublier zero_grad() : les gradients s'accumulent",
+        "adds": "backward() ajoute dans .grad, sans l'écraser. Le même lot, deux fois :",
+        "after_one": "  après un backward() :                        |grad| = {norm}",
+        "after_two": "  après un second backward(), sans zero_grad() : |grad| = {norm} (x{ratio})",
+        "minus": "  .grad moins (premier + second gradient) : plus grand écart absolu {diff}",
+        "after_zero": "  après optimizer.zero_grad() : chaque .grad vaut {state}",
+        "so": "Une boucle d'entraînement appelle donc optimizer.zero_grad() avant chaque backward() ; sinon\n"
+              "chaque pas utiliserait la somme de tous les gradients précédents.",
+        "s7": "7. torch.no_grad() : des sorties sans graphe",
+        "outside": "  model(images).requires_grad = {flag} (grad_fn {node})",
+        "inside": "  dans torch.no_grad() : requires_grad = {flag} (grad_fn {node})",
+        "weights_still": "  les poids ont toujours requires_grad = {flag}",
+        "no_grad": "no_grad arrête seulement l'enregistrement du graphe ; rien n'est gelé. On s'en sert pour\n"
+                   "évaluer et prédire : on économise la mémoire et le temps que le graphe coûterait.",
+    },
+}
+
+# The states a .grad can be in, as inspect_step records them, said in each language.
+GRAD_STATES = {
+    "en": {"None": "None", "set": "set", "zero": "zero", "non-zero": "non-zero"},
+    "fr": {"None": "None", "set": "déjà rempli", "zero": "nul (des zéros)", "non-zero": "non nul"},
+}
+
+
+def language_from_environment(environ: dict[str, str] | None = None) -> str:
+    """'fr' when the locale's language is French, else 'en'.
+
+    The first of LC_ALL, LC_MESSAGES and LANG that is set decides, as POSIX orders them.
+    """
+    environ = os.environ if environ is None else environ
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = environ.get(name, "")
+        if value:
+            return "fr" if value.lower().startswith("fr") else "en"
+    return "en"
+
 
 def _shape(shape: list[int]) -> str:
     return " x ".join(map(str, shape)) or "scalar"
 
 
-def format_report(result: dict[str, Any]) -> str:
-    """The result of `inspect_step` as numbered sections a student can read top to bottom."""
+def format_report(result: dict[str, Any], lang: str = "en") -> str:
+    """The result of `inspect_step` as numbered sections a student can read top to bottom.
+
+    `lang` is 'en' or 'fr': the explanations change, every number is the same.
+    """
+    if lang not in LANGUAGES:
+        raise UsageError(f"unknown language {lang!r}; choose {' or '.join(LANGUAGES)}")
+    t, states = LANGUAGES[lang], GRAD_STATES[lang]
     m, b, lr = result["model"], result["batch"], result["lr"]
     params, fd, acc, ng = result["parameters"], result["finite_differences"], result["accumulation"], \
         result["no_grad"]
     width = max(len(p["name"]) for p in params) + 2
     entry = max((len(str(e["index"])) for e in fd["entries"]), default=5) + 2
-    lines = [f"One training step of {m['source']}, taken apart.", ""]
+    if "name" not in m:  # a result saved by an older mnistlab
+        source = m["source"]
+    elif m["trained"]:
+        source = t["checkpoint"].format(name=m["name"])
+    else:
+        source = t["fresh"].format(name=m["name"], seed=m["init_seed"])
+    lines = [t["title"].format(source=source), ""]
 
-    lines += ["1. The network", m["text"], "Parameters (the tensors the optimiser changes):"]
+    lines += [t["s1"], m["text"], t["params"]]
     for p in m["parameters"]:
         lines.append(f"  {p['name']:<{width}}{_shape(p['shape']):>14}  {p['count']:>10,}")
-    lines += [f"  {'total':<{width}}{'':>14}  {m['total_parameters']:>10,}", ""]
+    lines += [f"  {t['total']:<{width}}{'':>14}  {m['total_parameters']:>10,}", ""]
 
     counts = "  ".join(f"{name}:{n}" for name, n in b["label_counts"].items())
     lines += [
-        "2. A batch and its loss",
-        f"{b['shape'][0]} training images of {b['dataset']} drawn at random (seed {b['seed']}); "
-        f"tensor shape {_shape(b['shape'])}.",
-        f"Pixels are normalised as (x/255 - {b['mean']:g}) / {b['std']:g}.",
-        f"Labels in the batch: {counts}",
+        t["s2"],
+        t["batch"].format(n=b["shape"][0], dataset=b["dataset"], seed=b["seed"], shape=_shape(b["shape"])),
+        t["normalised"].format(mean=f"{b['mean']:g}", std=f"{b['std']:g}"),
+        t["labels"].format(counts=counts),
         f"loss = {m['loss_function']}(model(images), labels) = {result['loss']:.4f}",
-        f"(Guessing every class with equal probability gives ln {len(b['label_counts'])} = "
-        f"{result['chance_loss']:.4f}" + ("; an untrained network starts near it.)" if not m["trained"] else ".)"),
+        t["chance"].format(k=len(b["label_counts"]), chance=f"{result['chance_loss']:.4f}")
+        + (t["chance_fresh"] if not m["trained"] else ".)"),
         "",
     ]
 
-    lines += ["3. The grad_fn chain",
-              f"The loss remembers how it was computed: loss.grad_fn is {result['grad_fn_chain'][0]['node']}.",
-              "Following .next_functions from the loss back to the first layer:"]
+    lines += [t["s3"], t["remembers"].format(node=result["grad_fn_chain"][0]["node"]), t["following"]]
     for step in result["grad_fn_chain"]:
-        here = f" -> .grad of {step['parameter']}" if step["parameter"] else ""
-        side = ", ".join(f"{br['parameter']}" + (f" (via {' -> '.join(br['path'][:-1])})" if len(br["path"]) > 1
-                                                   else "") for br in step["branches"])
-        lines.append((f"  {step['node'] + here:<34}" + (f"also feeds {side}" if side else "")).rstrip())
-    lines += ["backward() walks this graph from the loss to the AccumulateGrad nodes, which add each",
-              "gradient into its parameter's .grad.", ""]
+        here = t["grad_of"].format(name=step["parameter"]) if step["parameter"] else ""
+        side = ", ".join(f"{br['parameter']}" + (t["via"].format(path=" -> ".join(br["path"][:-1]))
+                                                   if len(br["path"]) > 1 else "") for br in step["branches"])
+        lines.append((f"  {step['node'] + here:<34}" + (t["feeds"].format(side=side) if side else "")).rstrip())
+    lines += [t["walks"], ""]
 
-    lines += [f"4. backward() and one step of SGD (lr = {lr:g})",
-              f"Before backward() every .grad is {result['grads_before_backward']}. After loss.backward() "
-              "and optimizer.step():",
-              f"  {'parameter':<{width}}{'|W|':>10}{'|grad|':>11}{'|update|':>11}{'lr x |grad|':>13}"
+    lines += [t["s4"].format(lr=f"{lr:g}"),
+              t["before"].format(state=states[result["grads_before_backward"]]),
+              f"  {t['col_parameter']:<{width}}{'|W|':>10}{'|grad|':>11}{t['col_update']:>11}{'lr x |grad|':>13}"
               f"{'max |dW - lr*grad|':>20}"]
     for p in params:
         lines.append(f"  {p['name']:<{width}}{p['norm']:>10.4f}{p['grad_norm']:>11.4g}{p['update_norm']:>11.4g}"
@@ -369,40 +508,30 @@ def format_report(result: dict[str, Any]) -> str:
     worst = max(p["max_abs_diff_update_vs_lr_grad"] for p in params)
     ok = all(p["update_is_lr_times_grad"] for p in params)
     step = max(p["update_norm"] / p["norm"] for p in params if p["norm"] > 0)
-    lines += [f"Each weight moved by lr x its gradient: W_after = W_before - {lr:g} * grad",
-              f"(largest difference {worst:.2g}, float32 rounding): {'OK' if ok else 'MISMATCH'}.",
-              f"The largest update is {100 * step:.2g}% of its tensor's norm: learning takes many such steps.", ""]
+    lines += [t["moved"].format(lr=f"{lr:g}", worst=f"{worst:.2g}", verdict=t["ok"] if ok else t["mismatch"]),
+              t["largest_update"].format(percent=f"{100 * step:.2g}"), ""]
 
-    lines += [f"5. Checking autograd with finite differences ({fd['dtype']} copy, eps = {fd['eps']:g})",
-              "numerical gradient = (loss(w + eps) - loss(w - eps)) / (2 eps), one weight at a time:",
-              f"  {'parameter':<{width}}{'entry':<{entry}}{'autograd':>14}{'numerical':>14}{'rel. error':>12}"]
+    lines += [t["s5"].format(dtype=fd["dtype"], eps=f"{fd['eps']:g}"), t["numerical"],
+              f"  {t['col_parameter']:<{width}}{t['col_entry']:<{entry}}{'autograd':>14}{t['col_numerical']:>14}"
+              f"{t['col_rel']:>12}"]
     for e in fd["entries"]:
         lines.append(f"  {e['parameter']:<{width}}{str(e['index']):<{entry}}{e['autograd']:>14.6e}"
                      f"{e['numerical']:>14.6e}{e['relative_error']:>12.1e}")
-    lines.append(f"Largest relative error {fd['max_relative_error']:.1e}: backward() computes the same derivatives "
-                 "as nudging each weight." if fd["entries"] else "No entry away from a kink was found; try "
-                 "another seed.")
+    lines.append(t["fd_ok"].format(error=f"{fd['max_relative_error']:.1e}") if fd["entries"] else t["fd_none"])
     if fd["kinks_skipped"]:
-        lines.append(f"({fd['kinks_skipped']} other entries were skipped: a ReLU or max-pool switches within eps "
-                     "of them, a kink where no finite difference is meaningful.)")
+        lines.append(t["kinks"].format(kinks=fd["kinks_skipped"]))
     lines.append("")
 
-    lines += ["6. Forgetting zero_grad(): gradients accumulate",
-              "backward() adds into .grad; it does not overwrite it. The same batch, twice:",
-              f"  after one backward():                       |grad| = {acc['first_grad_norm']:.6g}",
-              f"  after a second backward(), no zero_grad():  |grad| = {acc['accumulated_grad_norm']:.6g} "
-              f"(x{acc['ratio']:.3f})",
-              f"  .grad minus (first + second gradient): max abs difference {acc['max_abs_diff_from_sum']:.2g}",
-              f"  after optimizer.zero_grad(): every .grad is {acc['grads_after_zero_grad']}",
-              "So a training loop calls optimizer.zero_grad() before each backward(); otherwise each step",
-              "would use the sum of all gradients so far.", ""]
+    lines += [t["s6"], t["adds"],
+              t["after_one"].format(norm=f"{acc['first_grad_norm']:.6g}"),
+              t["after_two"].format(norm=f"{acc['accumulated_grad_norm']:.6g}", ratio=f"{acc['ratio']:.3f}"),
+              t["minus"].format(diff=f"{acc['max_abs_diff_from_sum']:.2g}"),
+              t["after_zero"].format(state=states[acc["grads_after_zero_grad"]]),
+              t["so"], ""]
 
-    lines += ["7. torch.no_grad(): outputs without a graph",
-              f"  model(images).requires_grad = {ng['outside']['requires_grad']} "
-              f"(grad_fn {ng['outside']['grad_fn']})",
-              f"  inside torch.no_grad(): requires_grad = {ng['inside']['requires_grad']} "
-              f"(grad_fn {ng['inside']['grad_fn']})",
-              f"  the weights still have requires_grad = {ng['weights_require_grad']}",
-              "no_grad only stops recording the graph; nothing is frozen. Use it to evaluate and predict:",
-              "it saves the memory and time the graph would cost."]
+    lines += [t["s7"],
+              t["outside"].format(flag=ng["outside"]["requires_grad"], node=ng["outside"]["grad_fn"]),
+              t["inside"].format(flag=ng["inside"]["requires_grad"], node=ng["inside"]["grad_fn"]),
+              t["weights_still"].format(flag=ng["weights_require_grad"]),
+              t["no_grad"]]
     return "\n".join(lines)
