@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from mnistlab.config import recipe
 from mnistlab.data import write_idx
 
-REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+# Real MNIST (the four IDX files) for the slow tests: $MNISTLAB_TEST_DATA, else ../shared/data/mnist
+# beside the checkout (where the project's machines keep it).
+REAL_MNIST = Path(os.environ.get("MNISTLAB_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
 
 def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,5 +63,6 @@ def tiny_run(tmp_path_factory, tiny_idx_dir) -> Path:
 @pytest.fixture(scope="session")
 def real_mnist() -> Path:
     if not (REAL_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real MNIST not found at {REAL_MNIST}")
+        pytest.skip(f"real MNIST not found at {REAL_MNIST}: set MNISTLAB_TEST_DATA to a folder holding the four "
+                    "MNIST IDX files (`mnistlab datasets` shows where a downloaded copy is)")
     return REAL_MNIST

@@ -134,6 +134,14 @@ def test_curves_plot_loss_every_epoch_and_accuracy_where_measured():
     assert ax_acc.get_ylabel() == "accuracy (%)" and ax_loss.get_xlabel() == "epoch"
 
 
+def test_a_one_epoch_run_draws_whole_epochs_on_the_x_axis():
+    fig = curves_figure([{"epoch": 1, "train_loss": 0.5, "val_accuracy": None, "test_accuracy": 0.9}])
+    for ax in fig.axes:
+        fig.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0] and ax.get_xlim() == (0.5, 1.5)
+
+
 def test_confusion_shows_counts_and_class_names_on_both_axes():
     counts = np.diag(np.arange(10, 20))
     counts[3, 5] = 7

@@ -4,6 +4,7 @@ import io
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image, ImageDraw
 
@@ -320,3 +321,29 @@ def test_cli_usage_errors_and_a_bad_model(tmp_path, capsys, tiny_run):
     assert main(["predict", str(tiny_run), str(digit), "--save-prepared", str(tmp_path / "occupied")]) == 1
     err = capsys.readouterr().err
     assert "cannot write" in err and "occupied" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_proba_gives_probabilities_for_either_output_kind(tiny_run, tiny_idx_dir):
+    from mnistlab.data import load
+
+    ckpt = load_checkpoint(tiny_run)
+    images = load("mnist", tiny_idx_dir).test.images[:5]
+    probs = ckpt.predict_proba(images)
+    assert probs.shape == (5, 10) and torch.allclose(probs.sum(1), torch.ones(5))
+    assert torch.allclose(probs[0], ckpt.predict_proba(images[0])[0])
+    assert np.allclose(probs[2].numpy(), predict_array(ckpt, images[2].numpy()), atol=1e-6)
+    log_softmax = Checkpoint(build_model({**ckpt.meta["architecture"], "output": "log_softmax"}),
+                             {**ckpt.meta, "architecture": {**ckpt.meta["architecture"], "output": "log_softmax"}},
+                             ckpt.path)
+    log_softmax.model.load_state_dict(ckpt.model.state_dict())
+    assert torch.allclose(log_softmax.predict_proba(images), probs, atol=1e-6)
+
+
+def test_the_test_index_figure_title_shows_the_true_label(tiny_run, tiny_idx_dir, tmp_path, monkeypatch):
+    import mnistlab.figures
+
+    titles = []
+    monkeypatch.setattr(mnistlab.figures, "save_prediction_figure",
+                        lambda image, probs, classes, path, title=None: titles.append(title) or path)
+    item = predict_test_index(tiny_run, 3, tiny_idx_dir, figure=tmp_path / "f.png")
+    assert titles == [f"test[3] (true: {item['true_label']})"]

@@ -9,7 +9,7 @@ _API = {
     "Config": "config", "recipe": "config", "RECIPES": "config",
     "load": "data", "DATASETS": "data",
     "build_model": "models",
-    "train": "training",
+    "train": "training", "resume": "training",
     "evaluate": "evaluation", "load_checkpoint": "checkpoint",
     "predict": "prediction", "prepare_image": "prepare",
     "view_classify": "figures",

@@ -48,6 +48,23 @@ class Checkpoint:
     def std(self) -> float:
         return float(self.meta["normalization"]["std"])
 
+    @torch.no_grad()
+    def predict_proba(self, images: Any) -> torch.Tensor:
+        """Class probabilities, one row per image, whatever the model's output layer.
+
+        `images`: pixels as the datasets store them, 0 (background) to 255 (ink),
+        shaped (H, W) or (N, H, W) (or (N, C, H, W)), uint8 or float; e.g.
+        `mnistlab.load("mnist").test.images[:5]`. They are normalised as in training.
+        """
+        from .models import log_probabilities
+
+        shape = tuple(self.meta["architecture"]["input_shape"])
+        device = next(self.model.parameters()).device
+        x = torch.as_tensor(images, device=device).float().reshape(-1, *shape)
+        x = (x / 255 - self.mean) / self.std
+        self.model.eval()
+        return log_probabilities(self.model, self.output, x).exp()
+
     def load_data(self, data_dir: str | os.PathLike | None = None):
         """The dataset this model was trained on: from `data_dir`, else from the folder
         it was trained from (if that still exists), else from the usual places."""

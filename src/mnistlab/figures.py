@@ -169,8 +169,11 @@ def curves_figure(rows: list[dict[str, Any]], title: str = "") -> "Figure":
         ax_acc.legend(loc="lower right")
     else:
         ax_acc.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center", transform=ax_acc.transAxes)
+    last = max(epochs, default=1)
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Whole epochs only: a one-epoch run gets the tick 1, not 0.95 ... 1.05.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, last + 0.5)
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

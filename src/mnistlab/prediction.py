@@ -85,6 +85,8 @@ def _outputs(item: dict[str, Any], image: np.ndarray, probs: np.ndarray, stem: s
 
             path = figure
             title = Path(item["file"]).name
+            if "true_label" in item:
+                title += f" (true: {item['true_label']})"
             item["figure"] = str(save_prediction_figure(image, probs, list(classes), figure, title=title))
     except WriteError as e:
         e = e.cause
