@@ -57,9 +57,8 @@ PIPELINE_PIL = "pil"
 # The notebook's per-sample data path, without torchvision
 #
 # Step for step what torchvision 0.29 runs per sample (checks included), so
-# that the notebook's seconds are the notebook's: on the development machine
-# a leaner version ran 1.45x faster per sample than torchvision itself and
-# understated the speed-up.
+# that the notebook's seconds are the notebook's: a leaner version would
+# understate the speed-up (benchmarks/README.md has the measurement).
 
 def to_tensor(pic) -> torch.Tensor:
     """torchvision's `ToTensor` for an 8-bit PIL image: (H, W) bytes -> (C, H, W) float in [0, 1]."""
