@@ -36,6 +36,15 @@ def write_fake_dataset(folder: Path, n_train: int = 600, n_test: int = 200) -> P
     return folder
 
 
+def pytest_configure(config):
+    """One torch thread in the test process: the tests' networks are tiny, so a second thread only adds
+    synchronisation, and on a busy machine two spinning threads per process slow everything down many
+    times over. (Subprocesses started by the slow tests keep torch's default, as a user's would.)"""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own empty data cache: no test sees the user's files or another test's."""
