@@ -168,3 +168,18 @@ def test_written_to_a_pipe_a_long_epoch_shows_plain_progress_lines(tmp_path, tin
     progress = [line for line in r.stdout.splitlines() if "% (" in line and "batches)" in line]
     assert 5 <= len(progress) <= 10 and progress[0].startswith("epoch 1/1   1") and "loss" in progress[0]
     assert "\r" not in r.stdout + r.stderr
+
+
+def test_ci_runs_exactly_the_readmes_set_up_and_test_commands():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme, ci = (root / "README.md").read_text(), (root / ".ci" / "run").read_text()
+    tests = readme.split("## Run the tests")[1].split("```bash")[1].split("```")[0]
+    commands = [line.split("#")[0].strip() for line in tests.strip().splitlines()]
+    assert commands == ["python -m pytest -q", "python -m pytest -q -m slow"]
+    ci_lines = [line.strip() for line in ci.splitlines()]
+    assert all(command in ci_lines for command in commands)
+    setup = readme.split("## Set up")[1].split("```bash")[1].split("```")[0]
+    assert 'pip install -e ".[test]" && python -m pytest -q' in setup
+    assert 'python -m pip install --quiet -e ".[test]"' in ci_lines

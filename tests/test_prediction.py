@@ -293,8 +293,11 @@ def test_cli_save_prepared_and_figures(tmp_path, capsys, tiny_run):
         with Image.open(tmp_path / f"fig-{stem}.png") as image:
             assert image.format == "PNG" and image.width > 300
     assert not figure.exists()  # several images: one figure each, never PATH itself
+    out = capsys.readouterr().out
+    for stem in ("one", "two"):  # every file written is named
+        assert f"  figure: {tmp_path / f'fig-{stem}.png'}" in out and f"  prepared: {prepared / f'{stem}.png'}" in out
     assert main(["predict", str(tiny_run), str(a), "--figure", str(figure)]) == 0
-    assert figure.is_file()
+    assert figure.is_file() and f"  figure: {figure}" in capsys.readouterr().out
 
 
 def test_cli_test_index(capsys, tiny_run, tiny_idx_dir):
