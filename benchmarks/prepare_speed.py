@@ -125,6 +125,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def load_average() -> str:
+    """The 1-minute load average, or 'unknown' where the system does not tell."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--canvases", type=int, default=300, help="canvas PNGs to time (default 300)")
@@ -144,6 +152,7 @@ def main() -> None:
     print(f"code: {os.path.dirname(mnistlab.prepare.__file__)}")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"numpy {np.__version__}, Pillow {Image.__version__}")
+    print(f"load average before: {load_average()} (other processes slow every timing down)")
     print(f"{'kind':<12} {'n':>5} {'median ms':>9} {'p90 ms':>9} {'min ms':>9} {'max ms':>9}")
     for kind, encoded in pictures.items():
         try:
@@ -158,6 +167,7 @@ def main() -> None:
                 except PredictionError:
                     failed += 1
         print(summarise(kind, seconds, failed), flush=True)
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
