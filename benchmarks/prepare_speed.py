@@ -101,17 +101,18 @@ def photo_jpeg(rng: np.random.Generator, size: tuple[int, int] = (4000, 3000)) -
     return buffer.getvalue()
 
 
-def time_one(data: bytes) -> float:
-    """Seconds to decode and prepare one encoded picture."""
-    start = time.perf_counter()
+def time_one(data: bytes) -> tuple[float, float]:
+    """Seconds to decode and prepare one encoded picture: wall clock, and CPU time of this process."""
+    wall, cpu = time.perf_counter(), time.process_time()
     prepare_image(load_image(io.BytesIO(data), name="benchmark"))
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def summarise(kind: str, seconds: list[float], failed: int) -> str:
-    ms = np.array(seconds) * 1000
-    return (f"{kind:<12} {len(ms):5d} {statistics.median(ms):9.2f} {np.percentile(ms, 90):9.2f} "
-            f"{ms.min():9.2f} {ms.max():9.2f}" + (f"   ({failed} refused: no ink)" if failed else ""))
+def summarise(kind: str, timings: list[tuple[float, float]], failed: int) -> str:
+    wall, cpu = (np.array(column) * 1000 for column in zip(*timings))
+    return (f"{kind:<12} {len(wall):5d} {statistics.median(wall):9.2f} {np.percentile(wall, 90):9.2f} "
+            f"{wall.min():9.2f} {wall.max():9.2f} {statistics.median(cpu):9.2f}"
+            + (f"   ({failed} refused: no ink)" if failed else ""))
 
 
 def cpu_model() -> str:
@@ -123,6 +124,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def load_average() -> str:
+    """The 1-minute load average, or 'unknown' where the system does not tell."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "unknown"
 
 
 def main() -> None:
@@ -144,20 +153,23 @@ def main() -> None:
     print(f"code: {os.path.dirname(mnistlab.prepare.__file__)}")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"numpy {np.__version__}, Pillow {Image.__version__}")
-    print(f"{'kind':<12} {'n':>5} {'median ms':>9} {'p90 ms':>9} {'min ms':>9} {'max ms':>9}")
+    print(f"load average before: {load_average()} (other processes slow every timing down)")
+    print("milliseconds per picture, wall clock (the target) and the median CPU time of this process")
+    print(f"{'kind':<12} {'n':>5} {'median':>9} {'p90':>9} {'min':>9} {'max':>9} {'cpu':>9}")
     for kind, encoded in pictures.items():
         try:
             time_one(encoded[0])  # warm-up: imports, first-call caches
         except PredictionError:
             pass
-        seconds, failed = [], 0
+        timings, failed = [], 0
         for _ in range(args.repeats):
             for data in encoded:
                 try:
-                    seconds.append(time_one(data))
+                    timings.append(time_one(data))
                 except PredictionError:
                     failed += 1
-        print(summarise(kind, seconds, failed), flush=True)
+        print(summarise(kind, timings, failed), flush=True)
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
