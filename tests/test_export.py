@@ -135,7 +135,9 @@ def test_out_never_overwrites_the_checkpoint(run_copy, name):
     assert (run_copy / name).read_bytes() == before
 
 
-def test_out_that_is_a_folder_is_a_usage_error(run_copy):
+def test_out_that_is_a_folder_gets_the_default_name_inside(run_copy, tmp_path):
+    info = export(run_copy, "torchscript", out=tmp_path)
+    assert info["path"] == str(tmp_path / "model.pt") and Path(info["sidecar"]).is_file()
     (run_copy / "model.pt").mkdir()
     with pytest.raises(UsageError, match="is a folder"):
         export(run_copy, "torchscript")

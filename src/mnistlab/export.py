@@ -139,8 +139,8 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
            input_kind: str = "uint8") -> dict[str, Any]:
     """Write the model of `checkpoint` (a run directory or checkpoint file) as `fmt`, plus its sidecar.
 
-    `out` defaults to model.onnx / model.pt beside the checkpoint; a name without a suffix gets
-    the format's. The file is only kept if, loaded back, it gives PyTorch's probabilities within
+    `out` defaults to model.onnx / model.pt beside the checkpoint; an existing folder gets that
+    name inside it, and a name without a suffix gets the format's. The file is only kept if, loaded back, it gives PyTorch's probabilities within
     TOLERANCE. Returns the sidecar's content, with "path" and "sidecar" added.
     """
     if fmt not in FORMATS:
@@ -155,7 +155,9 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     if channels != 1 or len(image_shape) != 2:
         raise CheckpointError(f"{ckpt.path}: input shape {arch['input_shape']} is not one grey channel")
     path = Path(out) if out is not None else default_output(checkpoint, fmt)
-    if not path.suffix:
+    if out is not None and path.is_dir():
+        path = path / ("model" + FORMATS[fmt])
+    elif not path.suffix:
         path = path.with_suffix(FORMATS[fmt])
     sidecar = path.with_name(path.name + ".json")
     weights, meta_path = resolve(checkpoint)
