@@ -140,8 +140,9 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     """Write the model of `checkpoint` (a run directory or checkpoint file) as `fmt`, plus its sidecar.
 
     `out` defaults to model.onnx / model.pt beside the checkpoint; an existing folder gets that
-    name inside it, and a name without a suffix gets the format's. The file is only kept if, loaded back, it gives PyTorch's probabilities within
-    TOLERANCE. Returns the sidecar's content, with "path" and "sidecar" added.
+    name inside it, and a name without a suffix gets the format's. The file is only kept if,
+    loaded back, it gives PyTorch's probabilities within TOLERANCE. Returns the sidecar's
+    content, with "path" and "sidecar" added.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
