@@ -102,6 +102,10 @@ def test_a_log_softmax_cnn_exports_to_both_formats_with_float_input(fresh_cnn):
     assert script["path"] == str(fresh_cnn / "exported" / "cnn.pt")
     assert onnx["input"]["dtype"] == "float32" and onnx["input"]["range"] == [0.0, 1.0]
     assert onnx["classes"][0] == "T-shirt/top"
+    import onnx as onnx_package
+
+    metadata = {p.key: p.value for p in onnx_package.load(onnx["path"]).metadata_props}
+    assert json.loads(metadata["classes"]) == list(data.DATASETS["fashion-mnist"].classes)
     floats = images.float() / 255
     got_onnx = onnx_probabilities(Path(onnx["path"]), floats.numpy())
     got_script = torchscript_probabilities(Path(script["path"]), floats)

@@ -21,6 +21,7 @@ torch.jit.load) and its probabilities compared with PyTorch's on a fixed batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -195,7 +196,7 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         with atomic_path(path) as tmp:
             if fmt == "onnx":
                 _write_onnx(wrapper, images[:2], tmp, {
-                    "classes": ",".join(ckpt.classes), "producer": "mnistlab",
+                    "classes": json.dumps(list(ckpt.classes)), "producer": "mnistlab",
                     "input": f"{info['input']['dtype']} N x {' x '.join(map(str, image_shape))}, "
                     f"range {info['input']['range']}", "output": "class probabilities"})
                 got = _run_onnx(tmp, images)
