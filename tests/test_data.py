@@ -204,7 +204,15 @@ POISONS = {
     "not a zip file": lambda e: e.write_bytes(b"garbage" * 100),
     "a pickled object array": lambda e: poison(e, train_labels=np.array([object()] * 8)),
     "an empty file": lambda e: e.write_bytes(b""),
+    "one flipped bit among the pixels": lambda e: flip_bit(e, e.stat().st_size // 2),
 }
+
+
+def flip_bit(path: Path, offset: int) -> None:
+    """Damage that leaves every value valid: only the zip's CRC-32 can tell."""
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 1
+    path.write_bytes(bytes(raw))
 
 
 @pytest.mark.parametrize("case", POISONS)

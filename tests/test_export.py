@@ -102,6 +102,10 @@ def test_a_log_softmax_cnn_exports_to_both_formats_with_float_input(fresh_cnn):
     assert script["path"] == str(fresh_cnn / "exported" / "cnn.pt")
     assert onnx["input"]["dtype"] == "float32" and onnx["input"]["range"] == [0.0, 1.0]
     assert onnx["classes"][0] == "T-shirt/top"
+    import onnx as onnx_package
+
+    metadata = {p.key: p.value for p in onnx_package.load(onnx["path"]).metadata_props}
+    assert json.loads(metadata["classes"]) == list(data.DATASETS["fashion-mnist"].classes)
     floats = images.float() / 255
     got_onnx = onnx_probabilities(Path(onnx["path"]), floats.numpy())
     got_script = torchscript_probabilities(Path(script["path"]), floats)
@@ -135,7 +139,9 @@ def test_out_never_overwrites_the_checkpoint(run_copy, name):
     assert (run_copy / name).read_bytes() == before
 
 
-def test_out_that_is_a_folder_is_a_usage_error(run_copy):
+def test_out_that_is_a_folder_gets_the_default_name_inside(run_copy, tmp_path):
+    info = export(run_copy, "torchscript", out=tmp_path)
+    assert info["path"] == str(tmp_path / "model.pt") and Path(info["sidecar"]).is_file()
     (run_copy / "model.pt").mkdir()
     with pytest.raises(UsageError, match="is a folder"):
         export(run_copy, "torchscript")

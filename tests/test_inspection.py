@@ -216,8 +216,8 @@ def test_the_french_report_has_exactly_the_english_numbers(tiny, tiny_run, tiny_
     english_words = {"taken", "apart", "batch", "remembers", "Forgetting", "outputs", "without"}
     assert not english_words & set(re.findall(r"[A-Za-z]+", french))
     for phrase in ("1. Le réseau", "2. Un lot et sa perte", "3. La chaîne des grad_fn",
-                   "6. Oublier zero_grad() : les gradients s'accumulent", "7. torch.no_grad() : des sorties sans graphe",
-                   "chaque .grad vaut None"):
+                   "6. Oublier zero_grad() : les gradients s'accumulent",
+                   "7. torch.no_grad() : des sorties sans graphe", "chaque .grad vaut None"):
         assert phrase in french
 
 

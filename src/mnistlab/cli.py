@@ -499,7 +499,8 @@ def add_export(sub) -> None:
     p.add_argument("run", metavar="RUN", help="run directory or checkpoint")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
     p.add_argument("--out", type=Path, metavar="PATH",
-                   help="file to write (default: RUN/model.onnx or RUN/model.pt; the sidecar is PATH.json)")
+                   help="file or folder to write to (default: RUN/model.onnx or RUN/model.pt; "
+                   "the sidecar is PATH.json)")
     p.add_argument("--input", choices=("uint8", "float"), default="uint8", dest="input_kind",
                    help="what the exported model takes: uint8 pixels 0-255 (default) or float32 in [0, 1]")
     json_flag(p, "the sidecar's content")

@@ -21,6 +21,7 @@ torch.jit.load) and its probabilities compared with PyTorch's on a fixed batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -139,9 +140,10 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
            input_kind: str = "uint8") -> dict[str, Any]:
     """Write the model of `checkpoint` (a run directory or checkpoint file) as `fmt`, plus its sidecar.
 
-    `out` defaults to model.onnx / model.pt beside the checkpoint; a name without a suffix gets
-    the format's. The file is only kept if, loaded back, it gives PyTorch's probabilities within
-    TOLERANCE. Returns the sidecar's content, with "path" and "sidecar" added.
+    `out` defaults to model.onnx / model.pt beside the checkpoint; an existing folder gets that
+    name inside it, and a name without a suffix gets the format's. The file is only kept if,
+    loaded back, it gives PyTorch's probabilities within TOLERANCE. Returns the sidecar's
+    content, with "path" and "sidecar" added.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
@@ -155,7 +157,9 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     if channels != 1 or len(image_shape) != 2:
         raise CheckpointError(f"{ckpt.path}: input shape {arch['input_shape']} is not one grey channel")
     path = Path(out) if out is not None else default_output(checkpoint, fmt)
-    if not path.suffix:
+    if out is not None and path.is_dir():
+        path = path / ("model" + FORMATS[fmt])
+    elif not path.suffix:
         path = path.with_suffix(FORMATS[fmt])
     sidecar = path.with_name(path.name + ".json")
     weights, meta_path = resolve(checkpoint)
@@ -192,7 +196,7 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         with atomic_path(path) as tmp:
             if fmt == "onnx":
                 _write_onnx(wrapper, images[:2], tmp, {
-                    "classes": ",".join(ckpt.classes), "producer": "mnistlab",
+                    "classes": json.dumps(list(ckpt.classes)), "producer": "mnistlab",
                     "input": f"{info['input']['dtype']} N x {' x '.join(map(str, image_shape))}, "
                     f"range {info['input']['range']}", "output": "class probabilities"})
                 got = _run_onnx(tmp, images)
