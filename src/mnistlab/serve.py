@@ -599,6 +599,7 @@ def serve(paths: Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int
                                            timeout_graceful_shutdown=5))
     if not is_loopback(sock):
         log(f"warning: listening on {host}, reachable from other machines; the server has no authentication")
+    sock.listen(2048)  # from here connections wait in the kernel's queue until uvicorn takes them
     names = ", ".join(f"{m.name} ({m.info.dataset}, {m.info.architecture.model})" for m in models)
     log(f"serving {names}")
     log(f"open {page_url(host, sock)}   (Ctrl-C to stop)")

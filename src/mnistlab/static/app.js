@@ -12,6 +12,8 @@ const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
 
+const LAYERS_HINT = document.querySelector("#layers .layer-empty");
+
 const page = {
   history: [],      // strokes {kind: "stroke", points: [[x, y], ...]} in 0..1 of the side, or {kind: "photo", ...}
   current: null,    // the stroke being drawn
@@ -397,14 +399,14 @@ async function chooseModel(name) {
   if (!response.ok) { showError(info.error); return; }
   page.info = info;
   buildBars(info.classes);
-  $("layers").replaceChildren();
+  $("layers").replaceChildren(LAYERS_HINT);
   const acc = info.metrics.test_accuracy;
   const arch = info.architecture;
   const shape = arch.model === "mlp" ? [arch.input_shape.slice(1).reduce((a, b) => a * b), ...arch.hidden,
     arch.num_classes].join("-") : "3 conv blocks + linear";
   $("model-facts").textContent = `${info.name}: ${arch.model} ${shape} (${arch.activation}), trained on ` +
     `${info.dataset}` + (acc != null ? `, test accuracy ${(100 * acc).toFixed(2)}%` : "");
-  $("model-name").textContent = $("model-choice").hidden ? info.name : "";
+  $("model-name").textContent = $("model-choice").hidden ? `model: ${info.name}` : "";
   if (page.history.length) schedule(0);
   else showEmpty();
 }
