@@ -44,7 +44,7 @@ from . import __version__
 from .activations import ActivationTap
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import CheckpointError, PredictionError, UsageError
-from .prediction import predict_array
+from .prediction import predict_array, result
 from .prepare import SIZE, load_image, prepare_image
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes: a request body larger than this is refused (413)
@@ -291,10 +291,10 @@ def classify(served: ServedModel, source: Picture | Array, activations: bool) ->
             probs, layers = predict_array(checkpoint, image), None
     except PredictionError as e:
         raise ApiError(422, e.reason) from None
-    best = int(np.argmax(probs))
+    answer = result(served.name, probs, checkpoint.classes)  # predict's own choice of the best class
     return PredictionOut(
-        model=served.name, prediction=best, label=checkpoint.classes[best],
-        probabilities=probs.tolist(), prepared=image.tolist(),
+        model=served.name, prediction=answer["prediction"], label=answer["label"],
+        probabilities=answer["probabilities"], prepared=image.tolist(),
         activations=None if layers is None else [
             LayerActivation(name=layer.name, description=layer.description, shape=list(layer.values.shape),
                             values=np.round(layer.values.ravel(), 4).tolist())
