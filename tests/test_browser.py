@@ -189,6 +189,7 @@ def screenshot(driver, tmp_path: Path) -> None:
     from PIL import Image
 
     raw = tmp_path / "serve-raw.png"
+    driver.execute_script("document.activeElement.blur()")
     driver.save_screenshot(str(raw))
     width = driver.execute_script("return window.innerWidth")
     with Image.open(raw) as image:
@@ -206,7 +207,7 @@ def screenshot(driver, tmp_path: Path) -> None:
 # The tests
 
 
-def test_drawing_a_one_and_a_seven_shows_the_right_class_the_input_and_the_hidden_layers(
+def test_drawing_a_one_a_seven_and_a_three_shows_the_right_class_the_input_and_the_hidden_layers(
         browser, server, tmp_path):
     open_page(browser, server, 1200, 860, scale=2)
     rect = canvas_rect(browser)
@@ -249,6 +250,17 @@ def test_drawing_a_one_and_a_seven_shows_the_right_class_the_input_and_the_hidde
     assert blank, "Clear left ink on the canvas"
     assert browser.execute_script(PANEL_STATS)["bright"] == 0
 
+    # A photo through "Open picture...": dark ink on uneven paper, the size of a phone's picture.
+    from PIL import Image, ImageDraw
+
+    photo = Image.linear_gradient("L").resize((1200, 1600)).point(lambda v: 150 + v // 3).convert("RGB")
+    ImageDraw.Draw(photo).line([(380, 420), (820, 420), (520, 1180)], fill=(40, 40, 60), width=45)
+    photo.save(tmp_path / "seven.jpg", quality=90)
+    browser.find_element("id", "file").send_keys(str(tmp_path / "seven.jpg"))
+    assert answer(browser) == "7"
+    assert canvas_pixel(browser, 0.5, 0.5) < 250  # the photo is shown on the canvas
+
+    browser.find_element("id", "clear").click()
     draw(browser, three())
     assert answer(browser) == "3"
     screenshot(browser, tmp_path)

@@ -393,11 +393,14 @@ document.addEventListener("keydown", (event) => {
 // Models
 
 async function chooseModel(name) {
-  page.model = name;
+  page.model = null;  // no requests until the model's classes are known; answers for the old one are dropped
+  setState(page.history.length ? "drawing" : "loading");
   const response = await fetch(`/api/models/${encodeURIComponent(name)}`);
   const info = await response.json();
   if (!response.ok) { showError(info.error); return; }
+  page.model = name;
   page.info = info;
+  page.version++;
   buildBars(info.classes);
   $("layers").replaceChildren(LAYERS_HINT);
   const acc = info.metrics.test_accuracy;
@@ -407,8 +410,12 @@ async function chooseModel(name) {
   $("model-facts").textContent = `${info.name}: ${arch.model} ${shape} (${arch.activation}), trained on ` +
     `${info.dataset}` + (acc != null ? `, test accuracy ${(100 * acc).toFixed(2)}%` : "");
   $("model-name").textContent = $("model-choice").hidden ? `model: ${info.name}` : "";
-  if (page.history.length) schedule(0);
-  else showEmpty();
+  if (page.history.length) {
+    $("label").textContent = "…";
+    schedule(0);
+  } else {
+    showEmpty();
+  }
 }
 
 async function start() {
