@@ -82,6 +82,12 @@ def rss_mb(pid: int) -> dict[str, float]:
     return {"rss": int(fields["VmRSS"]) / 1024, "peak": int(fields["VmHWM"]) / 1024}
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def start_server(model: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", model, "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -200,8 +206,11 @@ def main() -> int:
         warm = run_load(url, images, min(20, args.requests), 2, query, time.perf_counter() + 120, content_type)
         if warm["errors"]:
             sys.exit(f"serve_load: warm-up failed: {warm['first_errors']}")
+        server_cpu, client_cpu = cpu_seconds(process.pid) if process else math.nan, time.process_time()
         result = run_load(url, images, args.requests, args.clients, query,
                           time.perf_counter() + args.max_seconds, content_type)
+        client_cpu = time.process_time() - client_cpu
+        server_cpu = cpu_seconds(process.pid) - server_cpu if process else math.nan
         after = rss_mb(process.pid) if process else None
     finally:
         if process:
@@ -213,7 +222,10 @@ def main() -> int:
     result.update(machine=machine(), clients=args.clients, size=args.size, activations=args.activations, body=args.body,
                   body_bytes=sum(len(b) for _, b in images) / len(images),
                   rss_before_mb=before and before["rss"], rss_after_mb=after and after["rss"],
-                  rss_peak_mb=after and after["peak"])
+                  rss_peak_mb=after and after["peak"],
+                  server_cpu_ms_per_request=1000 * server_cpu / max(1, result["requests"]),
+                  client_cpu_ms_per_request=1000 * client_cpu / max(1, result["requests"]),
+                  load_average=os.getloadavg())
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -227,6 +239,9 @@ def main() -> int:
         print(f"throughput: {result['requests_per_second']:.1f} requests/s over {result['seconds']:.1f} s")
         print(f"latency: p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms"
               f"  max {result['max_ms']:.1f} ms")
+        print(f"CPU per request: server {result['server_cpu_ms_per_request']:.1f} ms, clients "
+              f"{result['client_cpu_ms_per_request']:.1f} ms (both on this machine; load average at the end "
+              f"{result['load_average'][0]:.1f})")
         if before:
             print(f"server memory (RSS): {before['rss']:.0f} MiB before, {after['rss']:.0f} MiB after "
                   f"(peak {after['peak']:.0f} MiB)")

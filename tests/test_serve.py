@@ -287,6 +287,7 @@ def test_several_models_get_names_from_their_run_folders_made_unique(tmp_path, t
 
 def test_inference_runs_in_worker_threads_with_one_torch_thread_each(tmp_path, tiny_run):
     served = load_models([tiny_run])
+    own = torch.get_num_threads()
     seen = []
     served[0].checkpoint.model.register_forward_pre_hook(
         lambda module, args: seen.append((threading.current_thread().name, torch.get_num_threads())))
@@ -295,7 +296,7 @@ def test_inference_runs_in_worker_threads_with_one_torch_thread_each(tmp_path, t
             assert c.post("/api/predict", json={"image": image.tolist()}).status_code == 200
     assert len(seen) == 3
     assert all(name != threading.main_thread().name and threads == 1 for name, threads in seen), seen
-    assert torch.get_num_threads() >= 1  # the test's own thread keeps its setting
+    assert torch.get_num_threads() == own  # set per worker thread, not for the whole process
 
 
 # ---------------------------------------------------------------------------
@@ -437,6 +438,7 @@ def test_requests_beyond_the_workers_and_the_queue_get_503_and_the_server_recove
 def test_the_page_and_its_assets_come_from_the_app_itself(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert client.head("/").status_code == 200
     html = r.text
     assert "default-src 'self'" in r.headers["content-security-policy"]
     links = re.findall(r"(?:src|href)=\"([^\"]+)\"", html)
