@@ -411,7 +411,9 @@ async def _multipart_image(content_type: str, body: bytes, limit: int) -> bytes:
 def _json_array(body: bytes) -> Array:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise ApiError(400, "malformed JSON (nested too deeply)") from None
+    except ValueError as e:  # bad syntax or encoding, or an integer of thousands of digits
         raise ApiError(400, f"malformed JSON ({e})") from None
     try:
         parsed = ArrayIn.model_validate(data)
