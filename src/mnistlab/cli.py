@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import typing
@@ -528,9 +529,58 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# serve
+
+def _byte_size(text: str) -> int:
+    """`--max-upload`: bytes, or with a K or M suffix (1024 and 1024**2 bytes)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)i?[bB]?\s*", text)
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"--max-upload must be a size > 0 such as 2M, 500K or 100000 (got {text})")
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2}[match.group(2).lower()]
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"--port must be a number from 0 to 65535 (got {text})")
+    return int(text)
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="a drawing page and an HTTP API: draw a digit, watch the network think",
+        description="Serve a page where you draw (mouse, pen or finger) or drop a picture and see, live, the "
+        "class, every class's probability, the 28x28 image the network sees and its hidden layers' "
+        "activations; and the HTTP API behind it (POST /api/predict, GET /api/models, /api/models/NAME, "
+        "/api/health; described at /openapi.json). Images are prepared exactly as by `mnistlab predict`. "
+        "Several models appear as a choice on the page. Ctrl-C stops the server.")
+    p.add_argument("models", nargs="+", metavar="RUN_OR_CHECKPOINT", help="run directories or checkpoints")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to "
+                   "the network, without authentication)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0: any free port)")
+    p.add_argument("--max-upload", type=_byte_size, default=2 * 1024 ** 2, metavar="SIZE",
+                   help="largest request body accepted, e.g. 2M, 500K (default: 2M)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import serve
+    except ModuleNotFoundError as e:
+        if e.name not in ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart", "anyio"):
+            raise
+        raise UsageError(f"mnistlab serve needs {e.name}: pip install 'mnistlab[serve]'") from None
+    try:
+        serve(args.models, host=args.host, port=args.port, max_upload=args.max_upload, log=print_flush)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 COMMANDS = (add_train, add_evaluate, add_runs, add_recipes, add_datasets, add_predict, add_plot, add_inspect,
-            add_bench, add_export)
+            add_bench, add_export, add_serve)
 
 
 def build_parser() -> Parser:

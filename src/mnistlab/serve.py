@@ -1,0 +1,613 @@
+"""`mnistlab serve`: a drawing page and an HTTP API for trained models.
+
+The page (static files in `static/`, served by the app itself: it works offline)
+lets a person draw a character and shows, live, what `mnistlab predict` would
+say: the class, every class's probability, the 28x28 image the network sees
+and what its hidden layers make of it. The API behind it (`/api/...`) is
+described by the app's OpenAPI document (`/openapi.json`, `/docs`).
+
+Classification goes through the very functions `predict` uses
+(`prepare.load_image`, `prepare.prepare_image`, `prediction.predict_array`), so
+page, API and CLI agree. Bad input of any kind is a 4xx with `{"error": "..."}`.
+The CPU work runs in a small pool of worker threads, one per core, each using
+one torch thread; requests beyond the pool wait in a bounded queue, and beyond
+that are refused with 503.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Sequence
+
+import anyio
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from . import __version__
+from .activations import ActivationTap
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import CheckpointError, PredictionError, UsageError
+from .prediction import predict_array, result
+from .prepare import SIZE, load_image, prepare_image
+
+MAX_UPLOAD = 2 * 1024 * 1024  # bytes: a request body larger than this is refused (413)
+BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive; slower ones get 408
+QUEUE = 32  # requests that may wait for a busy worker; more at once get 503
+STATIC = Path(__file__).parent / "static"
+RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+# The page loads nothing from elsewhere; the browser is told to refuse it too.
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                                 b"script-src 'self'; connect-src 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+# ---------------------------------------------------------------------------
+# The API's documents (these make the OpenAPI description)
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what was wrong and what to do, in one line")
+
+
+class LayerActivation(BaseModel):
+    name: str = Field(description="e.g. 'hidden 1'")
+    description: str = Field(description="the layer and its activation, e.g. 'Linear(784, 128) + ReLU'")
+    shape: list[int] = Field(description="[units] for an MLP layer, [channels, height, width] for feature maps")
+    values: list[float] = Field(description="the outputs for this image, flattened in row-major order")
+
+
+class PredictionOut(BaseModel):
+    model: str = Field(description="the model that answered")
+    prediction: int = Field(description="index of the most likely class")
+    label: str = Field(description="name of the most likely class")
+    probabilities: list[float] = Field(description="one per class, in class order; they sum to 1")
+    prepared: list[list[int]] = Field(description="the 28x28 image the network saw (0..255, ink bright)")
+    activations: list[LayerActivation] | None = Field(
+        None, description="the hidden layers' outputs, when asked for with ?activations=1")
+
+
+class ArrayIn(BaseModel):
+    """A JSON request to /api/predict."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: Annotated[
+        list[Annotated[list[Annotated[float, Field(ge=0, le=255, allow_inf_nan=False)]],
+                       Field(min_length=SIZE, max_length=SIZE)]],
+        Field(min_length=SIZE, max_length=SIZE,
+              description="28 rows of 28 grey levels, 0..255")]
+    prepare: bool = Field(False, description="false: the array is already MNIST-style (bright ink on black, "
+                          "centred) and goes to the network as it is; true: it is prepared like an uploaded "
+                          "picture first")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    dataset: str
+    model: str = Field(description="mlp or cnn")
+    classes: list[str]
+    test_accuracy: float | None = Field(description="measured at the end of training (0..1)")
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+    default: str = Field(description="the model used when a request names none")
+
+
+class Architecture(BaseModel):
+    model: str
+    input_shape: list[int]
+    hidden: list[int]
+    activation: str
+    output: str
+    num_classes: int
+
+
+class Normalization(BaseModel):
+    mean: float
+    std: float
+
+
+class Metrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    epochs: int | None = None
+    train_loss: list[float] | None = None
+    test_accuracy: float | None = None
+    val_accuracy: float | None = None
+    train_seconds: float | None = None
+
+
+class HiddenLayer(BaseModel):
+    name: str
+    description: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    dataset: str
+    architecture: Architecture
+    classes: list[str]
+    normalization: Normalization
+    metrics: Metrics
+    parameters: int = Field(description="number of trained weights")
+    hidden_layers: list[HiddenLayer] = Field(description="the layers whose outputs ?activations=1 returns")
+
+
+class Health(BaseModel):
+    status: str = Field(description="'ok' while the server answers")
+    version: str
+    models: int
+    workers: int = Field(description="inference threads (one torch thread each)")
+    in_flight: int = Field(description="prediction requests being worked on or waiting now")
+    max_upload_bytes: int
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+# Every format Pillow reads is accepted as a raw body; these are the ones listed.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_BODY = {
+    "required": True,
+    "description": "an image file (PNG, JPEG, BMP, GIF, WebP, TIFF; transparent pixels are paper) as the raw "
+                   "body or as the multipart field 'image'; or JSON holding a 28x28 array",
+    "content": {
+        "image/png": _BINARY,
+        "image/jpeg": _BINARY,
+        "application/octet-stream": _BINARY,
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                           "properties": {"image": {"type": "string", "format": "binary"}}}},
+        "application/json": {"schema": ArrayIn.model_json_schema()},
+    },
+}
+
+
+# ---------------------------------------------------------------------------
+# Models
+
+@dataclass
+class ServedModel:
+    name: str
+    checkpoint: Checkpoint
+    tap: ActivationTap
+    info: ModelInfo
+
+
+def model_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """URL-safe names from the run folders (`runs/fast-mnist` -> `fast-mnist`), made unique by -2, -3, ..."""
+    names, seen = [], {}
+    for path in paths:
+        path = Path(path).resolve()
+        # A checkpoint file is named after its run folder unless its own name says more.
+        stem = path.name if path.is_dir() else path.parent.name if path.stem == "model" else path.stem
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def serve_model(name: str, checkpoint: Checkpoint) -> ServedModel:
+    """Wrap a loaded checkpoint for serving; CheckpointError if its metadata does not describe it."""
+    tap = ActivationTap(checkpoint.model)
+    meta = checkpoint.meta
+    try:
+        info = ModelInfo(
+            name=name, dataset=meta["dataset"], architecture=meta["architecture"], classes=meta["classes"],
+            normalization=meta["normalization"], metrics=meta.get("metrics") or {},
+            parameters=sum(p.numel() for p in checkpoint.model.parameters()),
+            hidden_layers=[HiddenLayer(name=n, description=d) for n, d in tap.layers])
+    except (KeyError, TypeError, ValidationError) as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{checkpoint.path}: incomplete checkpoint metadata ({first})") from None
+    if len(info.classes) != info.architecture.num_classes:
+        raise CheckpointError(f"{checkpoint.path}: {len(info.classes)} class names for "
+                              f"{info.architecture.num_classes} outputs")
+    return ServedModel(name, checkpoint, tap, info)
+
+
+def load_models(paths: Sequence[str | os.PathLike]) -> list[ServedModel]:
+    """Load each checkpoint once (on the CPU) and name it after its run folder."""
+    return [serve_model(name, load_checkpoint(path)) for name, path in zip(model_names(paths), paths)]
+
+
+# ---------------------------------------------------------------------------
+# Classifying (in worker threads)
+
+class ApiError(Exception):
+    """A request that cannot be answered: its HTTP status and one line for {"error": ...}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Picture:
+    """An uploaded image file, still encoded."""
+
+    data: bytes
+
+
+@dataclass
+class Array:
+    """A 28x28 array sent as JSON."""
+
+    image: np.ndarray
+    prepare: bool
+
+
+_worker = threading.local()
+
+
+def _one_torch_thread() -> None:
+    # Each worker computes one request with one thread: with one worker per core,
+    # concurrent requests never ask for more threads than there are cores.
+    if not getattr(_worker, "single", False):
+        torch.set_num_threads(1)
+        _worker.single = True
+
+
+def classify(served: ServedModel, source: Picture | Array, activations: bool) -> PredictionOut:
+    """What `mnistlab predict` does for one image, plus the prepared image and, if asked, the hidden layers."""
+    _one_torch_thread()
+    if isinstance(source, Picture):
+        try:
+            picture = load_image(io.BytesIO(source.data), name="upload")
+        except PredictionError as e:
+            raise ApiError(400, f"the upload is {e.reason}" if e.reason.startswith("not an image")
+                           else f"the upload cannot be read: {e.reason}") from None
+        image = _prepare(picture)
+    elif source.prepare:
+        image = _prepare(source.image)
+    elif not source.image.any():
+        raise ApiError(422, "no ink found (every value of the array is 0); MNIST-style ink is bright on black")
+    else:
+        image = np.round(source.image).astype(np.uint8)
+    checkpoint = served.checkpoint
+    try:
+        if activations:
+            probs, layers = served.tap.run(lambda: predict_array(checkpoint, image))
+        else:
+            probs, layers = predict_array(checkpoint, image), None
+    except PredictionError as e:
+        raise ApiError(422, e.reason) from None
+    answer = result(served.name, probs, checkpoint.classes)  # predict's own choice of the best class
+    return PredictionOut(
+        model=served.name, prediction=answer["prediction"], label=answer["label"],
+        probabilities=answer["probabilities"], prepared=image.tolist(),
+        activations=None if layers is None else [
+            LayerActivation(name=layer.name, description=layer.description, shape=list(layer.values.shape),
+                            values=np.round(layer.values.ravel(), 4).tolist())
+            for layer in layers])
+
+
+def _prepare(image: Any) -> np.ndarray:
+    try:
+        return prepare_image(image)
+    except PredictionError as e:
+        raise ApiError(422, f"{e.reason}; draw or upload a darker or larger character") from None
+
+
+class Workers:
+    """At most `workers` classifications at once in threads; at most `queue` more waiting; beyond: 503."""
+
+    def __init__(self, workers: int, queue: int):
+        self.workers = workers
+        self.limit = workers + queue
+        self.in_flight = 0  # touched only on the event loop: no lock needed
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, work: Callable[[], Any]) -> Any:
+        if self.in_flight >= self.limit:
+            raise ApiError(503, f"busy: {self.in_flight} requests are being worked on or waiting; "
+                           "try again in a moment")
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.workers)
+        self.in_flight += 1
+        try:
+            return await anyio.to_thread.run_sync(work, limiter=self._limiter)
+        finally:
+            self.in_flight -= 1
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------
+# Reading requests
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, refusing it as soon as it is known to be too large, too slow or cut off."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, f"bad Content-Length header {declared!r}")
+        if int(declared) > limit:
+            raise ApiError(413, _too_large(int(declared), limit))
+    chunks, size = [], 0
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, _too_large(size, limit))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s; send it at once") from None
+    except ClientDisconnect:
+        raise ApiError(400, "the connection closed before the whole body arrived") from None
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"the body is too large ({size} bytes, more than the limit of {limit}); send a smaller image "
+            "(or start the server with a larger --max-upload)")
+
+
+async def parse_body(content_type: str, body: bytes, limit: int) -> Picture | Array:
+    """A Picture or an Array from the body, according to its Content-Type (ApiError otherwise)."""
+    media = content_type.split(";")[0].strip().lower()
+    if not body:
+        raise ApiError(400, "the body is empty; send an image file, or JSON {\"image\": [[...28 numbers], ...]}")
+    if media == "multipart/form-data":
+        return Picture(await _multipart_image(content_type, body, limit))
+    if media == "application/json" or media.endswith("+json"):
+        return _json_array(body)
+    if media.startswith(RAW_IMAGE_TYPES):
+        return Picture(body)
+    raise ApiError(415, f"unsupported Content-Type {media or '(none)'!r}: send the image as the body with "
+                   "Content-Type image/png (or another image/*), as multipart/form-data field 'image', "
+                   "or application/json {\"image\": 28x28 array}")
+
+
+async def _multipart_image(content_type: str, body: bytes, limit: int) -> bytes:
+    async def stream():
+        yield body
+        yield b""
+
+    parser = MultiPartParser(Headers({"content-type": content_type}), stream(), max_files=4, max_fields=16,
+                             max_part_size=limit)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(400, f"malformed multipart body ({e.message})") from None
+    try:
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            if len(files) != 1:
+                raise ApiError(422, "the multipart body has no file field 'image' (curl -F image=@digit.png)")
+            image = files[0]
+        return await image.read()
+    finally:
+        await form.close()
+
+
+def _json_array(body: bytes) -> Array:
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "malformed JSON (nested too deeply)") from None
+    except ValueError as e:  # bad syntax or encoding, or an integer of thousands of digits
+        raise ApiError(400, f"malformed JSON ({e})") from None
+    try:
+        parsed = ArrayIn.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(422, _validation_line(e.errors())) from None
+    return Array(np.asarray(parsed.image, dtype=np.float32), parsed.prepare)
+
+
+def _validation_line(errors: Sequence[Any]) -> str:
+    """Pydantic's first error as one line: `image.3: List should have at least 28 items ... (and 2 more)`."""
+    first = errors[0]
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path"):  # where FastAPI found it: the name says enough
+        loc = loc[1:]
+    where = ".".join(str(p) for p in loc)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    hint = "; expected {\"image\": 28 rows of 28 numbers 0..255}" if where.startswith("image") else ""
+    return f"{where or 'body'}: {first.get('msg', 'invalid')}{hint}{more}"
+
+
+# ---------------------------------------------------------------------------
+# The app
+
+@dataclass
+class ServerState:
+    models: dict[str, ServedModel]
+    default: str
+    workers: Workers
+    max_upload: int
+    body_timeout: float
+
+
+# Dependencies are coroutines: FastAPI runs plain functions in its thread pool, one hop per request each.
+async def get_state(request: Request) -> ServerState:
+    return request.app.state.mnistlab
+
+
+async def get_model(state: Annotated[ServerState, Depends(get_state)],
+              model: Annotated[str | None, Query(description="a name from /api/models "
+                                                 "(default: the first model)")] = None) -> ServedModel:
+    name = state.default if model is None else model
+    if name not in state.models:
+        raise ApiError(404, f"no model named {name!r}; the models are: {', '.join(state.models)}")
+    return state.models[name]
+
+
+State = Annotated[ServerState, Depends(get_state)]
+Model = Annotated[ServedModel, Depends(get_model)]
+
+
+def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, workers: int | None = None,
+               queue: int = QUEUE, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+    """The ASGI app: the page at `/`, the API under `/api/`, the OpenAPI document at `/openapi.json`."""
+    if not models:
+        raise UsageError("give at least one model to serve")
+    # No /docs or /redoc: their pages load scripts from a CDN, and this app works offline.
+    app = FastAPI(title="mnistlab", version=__version__, docs_url=None, redoc_url=None,
+                  description="Classify drawings and pictures of single characters with models trained "
+                  "by mnistlab. Every error is a 4xx or 503 with {\"error\": \"...\"}.")
+    app.state.mnistlab = ServerState(
+        models={m.name: m for m in models}, default=models[0].name,
+        workers=Workers(workers or default_workers(), queue), max_upload=max_upload, body_timeout=body_timeout)
+    _add_error_handlers(app)
+    app.add_middleware(SecurityHeaders)
+    @app.post("/api/predict", response_model=PredictionOut, openapi_extra={"requestBody": PREDICT_BODY},
+              responses=_errors(400, 404, 408, 413, 415, 422, 503), summary="classify one image")
+    async def predict(request: Request, state: State, served: Model,
+                      activations: Annotated[bool, Query(description="also return the hidden layers' "
+                                                         "outputs")] = False) -> Response:
+        body = await read_body(request, state.max_upload, state.body_timeout)
+        source = await parse_body(request.headers.get("content-type", ""), body, state.max_upload)
+        answer = await state.workers.run(lambda: classify(served, source, activations))
+        # Already a validated PredictionOut: serialised by pydantic-core, not validated again and
+        # passed through json.dumps by FastAPI (5x the time for an MLP's answer, more for a CNN's maps).
+        return Response(answer.model_dump_json(), media_type="application/json")
+
+    @app.get("/api/models", response_model=ModelList, summary="the models this server holds")
+    async def list_models(state: State) -> ModelList:
+        return ModelList(default=state.default, models=[
+            ModelSummary(name=m.name, dataset=m.info.dataset, model=m.info.architecture.model,
+                         classes=m.info.classes, test_accuracy=m.info.metrics.test_accuracy)
+            for m in state.models.values()])
+
+    @app.get("/api/models/{name}", response_model=ModelInfo, responses=_errors(404),
+             summary="one model: architecture, dataset, classes, metrics")
+    async def model_info(name: str, state: State) -> ModelInfo:
+        return (await get_model(state, name)).info
+
+    @app.get("/api/health", response_model=Health, summary="whether the server answers, and its load")
+    async def health(state: State) -> Health:
+        return Health(status="ok", version=__version__, models=len(state.models),
+                      workers=state.workers.workers, in_flight=state.workers.in_flight,
+                      max_upload_bytes=state.max_upload)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+class SecurityHeaders:
+    """ASGI middleware adding SECURITY_HEADERS to every response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answer is {"error": "one line"}, whoever raised it."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_line(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = {404: f"no such page or endpoint: {request.url.path}",
+                   405: f"{request.method} is not allowed here"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server goes on"},
+                            status_code=500)
+
+
+# ---------------------------------------------------------------------------
+# Running the server
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for host:port (port 0: any free port); UsageError when that is impossible."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        hint = "; choose another --port" if e.errno in (98, 48) else ""  # EADDRINUSE (Linux, macOS)
+        raise UsageError(f"cannot listen on {host} port {port} ({e.strerror}){hint}") from None
+    return sock
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
+def page_url(host: str, sock: socket.socket) -> str:
+    """The address to open on this machine."""
+    address, port = sock.getsockname()[:2]
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified:  # all interfaces: this machine reaches itself through loopback
+        shown = "127.0.0.1" if ip.version == 4 else "[::1]"
+    else:
+        shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def serve(paths: Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 8000,
+          max_upload: int = MAX_UPLOAD, log: Callable[[str], None] = print) -> None:
+    """Load the models, then serve the page and the API until interrupted (KeyboardInterrupt on Ctrl-C)."""
+    import uvicorn
+
+    models = load_models(paths)
+    sock = listen(host, port)
+    app = create_app(models, max_upload=max_upload)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=5))
+    if not is_loopback(sock):
+        log(f"warning: listening on {host}, reachable from other machines; the server has no authentication")
+    sock.listen(2048)  # from here connections wait in the kernel's queue until uvicorn takes them
+    names = ", ".join(f"{m.name} ({m.info.dataset}, {m.info.architecture.model})" for m in models)
+    log(f"serving {names}")
+    log(f"open {page_url(host, sock)}   (Ctrl-C to stop)")
+    with sock:
+        server.run(sockets=[sock])
