@@ -252,3 +252,8 @@ def test_cli_lang_fr_and_the_french_locale(tiny_idx_dir, capsys, monkeypatch):
 def test_an_unknown_language_is_a_usage_error(tiny):
     with pytest.raises(UsageError, match="unknown language 'de'"):
         format_report(tiny, "de")
+
+
+def test_a_trained_model_is_inspected_on_the_data_it_was_trained_from(tiny_run):
+    result = inspect_step(tiny_run, batch_size=8)  # no data_dir: the run's own folder, not a download
+    assert result["batch"]["shape"] == [8, 1, 28, 28] and sum(result["batch"]["label_counts"].values()) == 8

@@ -66,8 +66,11 @@ def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None
     if len(data_mod.get_spec(dataset).classes) != len(ckpt.classes):
         raise UsageError(f"{name} has {len(ckpt.classes)} classes but {dataset} has "
                            f"{len(data_mod.get_spec(dataset).classes)}")
+    recorded = ckpt.meta.get("data_dir") if dataset == ckpt.meta["dataset"] else None
     return ckpt.model, {"source": f"checkpoint {name}", "trained": True, "name": name, "dataset": dataset,
-                        "output": ckpt.output, "mean": ckpt.mean, "std": ckpt.std}
+                        "output": ckpt.output, "mean": ckpt.mean, "std": ckpt.std,
+                        # where the checkpoint was trained from, when that folder still exists
+                        "data_dir": recorded if recorded and Path(recorded).is_dir() else None}
 
 
 def random_batch(split: data_mod.Split, batch_size: int, seed: int, mean: float,
@@ -255,7 +258,7 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1 (got {batch_size})")
     net, origin = load_network(model, seed, dataset, hidden)
-    data = data_mod.load(origin["dataset"], data_dir)
+    data = data_mod.load(origin["dataset"], data_dir if data_dir is not None else origin.get("data_dir"))
     indices, x, y = random_batch(data.train, batch_size, seed, origin["mean"], origin["std"])
     loss_fn = loss_function(origin["output"])
 
