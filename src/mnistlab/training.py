@@ -193,7 +193,7 @@ class Splits:
 
 def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torch.device,
                 progress: bool = False) -> Splits:
-    """The dataset on `device`; the validation split is held out of training, chosen by the seed alone."""
+    """The dataset on `device`; the validation split is held out of training, chosen by the data seed alone."""
     dataset = data_mod.load(config.dataset, data_dir, progress=progress)
     train_split = dataset.train
     if config.train_size:
@@ -202,7 +202,7 @@ def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torc
     if config.val_size:
         if config.val_size >= len(train_split):
             raise RunError(f"--val-size {config.val_size} leaves no training data ({len(train_split)} examples)")
-        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.seed))
+        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.order_seed()))
         val_idx, train_idx = order[:config.val_size], order[config.val_size:]
         val_split = data_mod.Split(train_split.images[val_idx], train_split.labels[val_idx])
         train_split = data_mod.Split(train_split.images[train_idx], train_split.labels[train_idx])
@@ -253,7 +253,7 @@ def build(config: Config, splits: Splits, device: torch.device) -> Trainee:
         raise RunError(f"--batch-size {config.batch_size} with drop_last leaves no batch "
                        f"({len(splits.y)} training examples)")
     schedule = make_schedule(optimizer, config.schedule, config.warmup, config.epochs * len(batches))
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.order_seed())
     return Trainee(model, optimizer, schedule, loss_function(config.output, config.label_smoothing), batches,
                    generator, arch)
 
