@@ -23,7 +23,7 @@ def run_group(configs, data_dir, last=None):
     group = batched.build_group(configs, splits, CPU)
     commits = []
     batched.fit_group(group, splits, CPU, last or configs[0].epochs,
-                      lambda epoch, rows, diverged: commits.append((epoch, rows, diverged)), lambda line: None)
+                      lambda epoch, rows, diverged, together: commits.append((epoch, rows, diverged)), lambda line: None)
     return group, commits
 
 

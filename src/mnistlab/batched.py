@@ -347,16 +347,16 @@ def build_group(configs: list[Config], splits: Splits, device: torch.device) -> 
     return Group(configs, stack, batches, generator, arch, [0] * len(configs))
 
 
-Commit = Callable[[int, list["dict[str, Any] | None"], list[int]], None]
+# commit(epoch, rows, diverged, together): each member's metrics row (None for a member that did not
+# train this epoch), the members that diverged in it, and the accuracies of their mean probabilities.
+Commit = Callable[[int, list["dict[str, Any] | None"], list[int], dict[str, float | None]], None]
 
 
 def fit_group(group: Group, splits: Splits, device: torch.device, last: int, commit: Commit, log: Log,
               show_progress: bool = False, label: str = "") -> None:
     """Train every member that has not diverged up to epoch `last`, committing after each epoch.
 
-    `commit(epoch, rows, diverged)` gets each member's metrics row (None for a
-    member that did not train this epoch) and the members that diverged in it.
-    A member already ahead of the others (committed before an interruption)
+    `commit` (see Commit) is called after each epoch. A member already ahead of the others (committed before an interruption)
     waits, frozen, until they catch up.
     """
     stack, config = group.stack, group.configs[0]
@@ -384,9 +384,10 @@ def fit_group(group: Group, splits: Splits, device: torch.device, last: int, com
                 stack.diverged[k], stack.training[k] = True, False
                 diverged.append(k)
         trained = stack.training.tolist()
-        val = stack.accuracy(splits.x_val, splits.y_val)[0] if splits.x_val is not None else None
-        test = (stack.accuracy(splits.x_test, splits.y_test)[0] if config.eval_every_epoch or epoch == config.epochs
-                else None)
+        val, val_together = (stack.accuracy(splits.x_val, splits.y_val) if splits.x_val is not None
+                             else (None, None))
+        test, test_together = (stack.accuracy(splits.x_test, splits.y_test)
+                               if config.eval_every_epoch or epoch == config.epochs else (None, None))
         rows: list[dict[str, Any] | None] = []
         for k in range(stack.k):
             if not trained[k]:
@@ -399,7 +400,7 @@ def fit_group(group: Group, splits: Splits, device: torch.device, last: int, com
         done = [r for r in rows if r is not None]
         if done:
             log(f"{label}{summary_line(done, config.epochs, stack.k - len(done))}")
-        commit(epoch, rows, sorted(diverged))
+        commit(epoch, rows, sorted(diverged), {"val_accuracy": val_together, "test_accuracy": test_together})
 
 
 def summary_line(rows: list[dict[str, Any]], epochs: int, idle: int) -> str:
@@ -421,3 +422,75 @@ def summary_line(rows: list[dict[str, Any]], epochs: int, idle: int) -> str:
     if idle:
         parts.append(f"({idle} not training: diverged or waiting)")
     return "  ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# An ensemble: K members trained batched into one run, saved as one checkpoint
+
+def ensemble_members(config: Config) -> list[Config]:
+    """The members of `train --ensemble K`: seeds seed .. seed+K-1, all in the order of the first."""
+    return [config.replace(seed=config.seed + k, ensemble=1, data_seed=config.order_seed())
+            for k in range(config.ensemble)]
+
+
+def ensemble_state(group: Group) -> dict[str, Any]:
+    """The run's commit: member k's tensors under `members.<k>.` (as models.Ensemble's state dict), and
+    each member's optimizer and schedule state as a single run keeps them."""
+    states = [group.member_state(k) for k in range(group.stack.k)]
+    model = {f"members.{k}.{name}": t for k, s in enumerate(states) for name, t in s["model"].items()}
+    return {"model": model, "optimizer": {"members": [s["optimizer"] for s in states]},
+            "schedule": {"members": [s["schedule"] for s in states]}, "rng": states[0]["rng"]}
+
+
+def restore_ensemble(group: Group, state: dict[str, Any], epochs_done: int) -> None:
+    try:
+        optimizers = state["optimizer"]["members"]
+        if len(optimizers) != group.stack.k:
+            raise ValueError(f"{len(optimizers)} members saved, {group.stack.k} planned")
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"the resume state does not fit the run's config ({e})") from None
+    for k in range(group.stack.k):
+        prefix = f"members.{k}."
+        model = {name[len(prefix):]: t for name, t in state["model"].items() if name.startswith(prefix)}
+        group.restore(k, {"model": model, "optimizer": optimizers[k]}, epochs_done)
+    group.restore_order(state)
+
+
+def continue_ensemble(run, device: torch.device, data_dir, stop_after: int | None, log: Log, progress: bool):
+    """training._continue for `--ensemble K`: train the members batched, commit them as one run."""
+    from . import runs
+    from .errors import Interrupted
+    from .models import Ensemble
+    from .training import RunResult, checkpoint_meta, load_splits
+
+    config = run.config
+    try:
+        splits = load_splits(config, data_dir, device, progress)
+        log(f"data: {splits.dataset.spec.name} ({splits.dataset.source})")
+        group = build_group(ensemble_members(config), splits, device)
+        log(f"ensemble: {config.ensemble} networks (seeds {config.seed}-{config.seed + config.ensemble - 1}) "
+            "trained at once, one batch order")
+        meta = {**checkpoint_meta(config, group, splits.dataset, data_dir), "ensemble": config.ensemble}
+        if run.state:
+            restore_ensemble(group, run.state, run.epoch)
+        else:  # epoch 0, as a single run
+            run.commit(0, [], ensemble_state(group), meta, str(device))
+
+        def commit(epoch: int, rows: list, diverged: list[int], together: dict[str, float | None]) -> None:
+            if diverged:
+                k = diverged[0]
+                raise RunError(f"epoch {epoch}: member {k} (seed {config.seed + k}) diverged (its loss is not finite); "
+                               f"lower --lr (now {config.lr}). {run.kept().capitalize()}")
+            trained = [r for r in rows if r is not None]
+            row = {"epoch": epoch, "train_loss": sum(r["train_loss"] for r in trained) / len(trained), **together,
+                   "lr": trained[0]["lr"], "seconds": trained[0]["seconds"]}
+            log(f"ensemble: {epoch_line(row, config.epochs)}")
+            run.commit(epoch, [*run.rows, row], ensemble_state(group), meta, str(device))
+
+        last = config.epochs if stop_after is None else min(config.epochs, stop_after)
+        fit_group(group, splits, device, last, commit, log, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {run.kept()}") from None
+    model = Ensemble([build_model(group.architecture) for _ in range(config.ensemble)], config.output)
+    model.load_state_dict(run.state["model"])
+    return RunResult(run.path, runs.summary(config, run.state), model.to(device), run.rows)

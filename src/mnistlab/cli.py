@@ -268,6 +268,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{result.checkpoint} on {result.dataset} test split")
     print(f"accuracy: {100 * result.accuracy:.2f}% ({result.correct}/{result.total})")
+    if result.member_accuracy is not None:
+        print(f"ensemble of {len(result.member_accuracy)}: each member alone "
+              + ", ".join(f"{100 * a:.2f}%" for a in result.member_accuracy))
     print("per-class accuracy:")
     for name, acc in zip(result.classes, result.per_class_accuracy):
         print(f"  {name:>12}  {100 * acc:6.2f}%")

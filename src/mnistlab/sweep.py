@@ -351,7 +351,7 @@ def _train_unit(folder: Path, members: list[Planned], label: str, device_name: s
             log(f"{label}: {len(pending)} models ({_describe_group(c)}) on {describe(device)}, "
                 f"from epoch {at + 1} of {c.epochs}")
 
-            def commit(epoch: int, rows: list, diverged: list[int]) -> None:
+            def commit(epoch: int, rows: list, diverged: list[int], together: dict) -> None:
                 for k in diverged:
                     write_json(diverged_marker(folder, pending[k].name),
                                {"name": pending[k].name, "epoch": epoch, "kept_epochs": opened[k].epoch,

@@ -384,6 +384,11 @@ def _continue(run: runs.Run, device: torch.device, data_dir: str | os.PathLike |
               log: Log, progress: bool) -> RunResult:
     """Load the data, rebuild the trainee (restoring the last commit), and train to the end."""
     config = run.config
+    if config.ensemble > 1:  # K networks trained batched into one run
+        from .batched import continue_ensemble
+
+        log(f"device: {describe(device)}")
+        return continue_ensemble(run, device, data_dir, stop_after, log, progress)
     try:
         log(f"device: {describe(device)}")
         splits = load_splits(config, data_dir, device, progress)
