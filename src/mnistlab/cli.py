@@ -154,20 +154,31 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .training import resume, train
 
     log = print_err if args.json else print_flush
+    process = distributed.launched()  # under torchrun: one network across its processes (DDP)
     if args.resume:
         given = [_flag(name) for name in given_config_flags(args) if name != "epochs"]
         if given or args.recipe is not None:
             raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'} "
                              "(only --epochs and --data-dir go with --resume)")
-        result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, log=log, progress=True)
+        if process:
+            result = distributed.train(process, resume=args.resume, epochs=args.epochs, data_dir=args.data_dir,
+                                       log=log, progress=True)
+        else:
+            result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, log=log, progress=True)
     else:
         config = config_from_args(args)
         if args.verbose:
             log(f"config: {config.to_json()}")
-        result = train(config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
+        if process:
+            result = distributed.train(process, config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
+        else:
+            result = train(config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
+    if result is None:  # not rank 0: rank 0 reports for the job
+        return 0
     s = result.summary
     if not args.no_plots:
         from .figures import plot_run

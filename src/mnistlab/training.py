@@ -229,6 +229,13 @@ class Trainee:
                 "schedule": self.schedule.state_dict() if self.schedule else {},
                 "rng": rng_state(self.generator)}
 
+    def reduce(self, mean_loss: torch.Tensor) -> torch.Tensor:
+        """The epoch's mean loss over every process training this network (one here; see distributed.py)."""
+        return mean_loss
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return accuracy(self.model, x, y)
+
     def restore(self, state: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(state["model"])
@@ -301,7 +308,7 @@ def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, m
         with flush_denormals(device):
             mean_loss = train_epoch(trainee.model, trainee.optimizer, trainee.schedule, trainee.loss_fn,
                                     trainee.batches, trainee.generator, forward_loss, bar.update if bar else None)
-        train_loss = float(mean_loss)  # the one host sync per epoch
+        train_loss = float(trainee.reduce(mean_loss))  # the one host sync per epoch
         seconds = time.perf_counter() - t0
         if bar:
             bar.close()
@@ -313,9 +320,9 @@ def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, m
         row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": None, "test_accuracy": None,
                "lr": trainee.optimizer.param_groups[0]["lr"], "seconds": seconds}
         if splits.x_val is not None:
-            row["val_accuracy"] = accuracy(trainee.model, splits.x_val, splits.y_val)
+            row["val_accuracy"] = trainee.accuracy(splits.x_val, splits.y_val)
         if config.eval_every_epoch or epoch == config.epochs:
-            row["test_accuracy"] = accuracy(trainee.model, splits.x_test, splits.y_test)
+            row["test_accuracy"] = trainee.accuracy(splits.x_test, splits.y_test)
         rows.append(row)
         log(epoch_line(row, config.epochs))
         run.commit(epoch, rows, trainee.state(), meta, str(device))
