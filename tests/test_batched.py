@@ -74,7 +74,7 @@ def test_from_the_same_weights_twice_the_rate_moves_twice_as_far(tiny_idx_dir):
     torch.testing.assert_close(before["1.weight"][0], before["1.weight"][1])  # the same seed: the same start
     stack.zero_grad()
     losses = stack.loss(splits.x[:32], splits.y[:32])
-    losses.sum().backward()
+    stack.backward(losses)
     stack.step(losses, torch.tensor([0.01, 0.02]))
     for name, p in stack.params.items():
         moved = p.detach() - before[name]

@@ -97,7 +97,9 @@ class Stack:
 
         self.lr = per_member([x.lr for x in configs])
         self.momentum = per_member([x.momentum for x in configs])
-        self.nesterov = torch.tensor([x.nesterov and x.momentum > 0 for x in configs], device=device)
+        nesterov = [x.nesterov and x.momentum > 0 for x in configs]
+        self.nesterov = torch.tensor(nesterov, device=device)
+        self.nesterov_all, self.nesterov_any = all(nesterov), any(nesterov)
         self.weight_decay = per_member([x.weight_decay for x in configs])
         self.uses_momentum = any(x.momentum > 0 for x in configs)
         self.uses_weight_decay = any(x.weight_decay > 0 for x in configs)
@@ -106,6 +108,8 @@ class Stack:
             name: {key: torch.zeros_like(p) for key in self._moment_keys()} for name, p in self.params.items()}
         self.steps = torch.zeros(self.k, dtype=torch.int64, device=device)  # optimiser steps taken, per member
         self.training = torch.ones(self.k, dtype=torch.bool, device=device)  # updated this epoch
+        self.everyone = True  # every member trains this epoch (none waits)
+        self.grads: dict[str, torch.Tensor] = {}
         self.diverged = torch.zeros(self.k, dtype=torch.bool, device=device)
         self._loss = torch.vmap(self._member_loss, in_dims=(0, 0, None, None))
         self._forward = torch.vmap(self._member_forward, in_dims=(0, 0, None))
@@ -129,8 +133,16 @@ class Stack:
         self.base.train(mode)  # batch norm reads the mode from the module functional_call runs
 
     def zero_grad(self) -> None:
-        for p in self.params.values():
-            p.grad = None
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Each member's gradient of its own loss: the gradient of their sum.
+
+        Taken with autograd.grad rather than into `.grad`: the gradients of the
+        stacked weights come out transposed, and storing them as `.grad` would
+        copy each into the weights' layout, every step.
+        """
+        self.grads = dict(zip(self.params, torch.autograd.grad(losses.sum(), list(self.params.values()))))
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each member's loss on the same batch, shape (K,)."""
@@ -161,50 +173,69 @@ class Stack:
 
     # -- the step ----------------------------------------------------------
 
+    def begin_epoch(self, training: list[bool]) -> None:
+        """Which members train this epoch; the others (ahead of the group after an interruption) wait, frozen."""
+        self.training.copy_(torch.tensor(training, device=self.device))
+        self.everyone = all(training)
+
     @torch.no_grad()
     def step(self, losses: torch.Tensor, lr: torch.Tensor) -> None:
         """Update every member still training with its own hyper-parameters and rate `lr` (K,).
 
-        A member whose loss is not finite is not updated, now or later (diverged).
+        A member whose loss is not finite is not updated from then on (its rate
+        is 0; its weights are not kept beyond its last committed epoch). When
+        some members wait this epoch, every update is masked so that theirs stay
+        exactly as they are; otherwise the updates are in place, the fewest
+        passes over the weights (on a CPU, the step is bound by memory traffic).
         """
         finite = torch.isfinite(losses)
         self.diverged |= self.training & ~finite
         self.training &= finite
         self.steps += self.training
+        rate = lr * self.training
         for name, p in self.params.items():
             shape = (self.k,) + (1,) * (p.dim() - 1)
-            update = self._adamw if self.adamw else self._sgd
-            new = update(name, p, p.grad, lr.view(shape), shape)
-            p.copy_(torch.where(self.training.view(shape), new, p))
+            g = self.grads[name]
+            if self.everyone:
+                (self._adamw if self.adamw else self._sgd)(name, p, g, rate.view(shape), shape)
+            else:
+                new, old = p.clone(), {key: t.clone() for key, t in self.moments[name].items()}
+                (self._adamw if self.adamw else self._sgd)(name, new, g, rate.view(shape), shape)
+                active = self.training.view(shape)
+                p.copy_(torch.where(active, new, p))
+                for key, t in self.moments[name].items():
+                    t.copy_(torch.where(active, t, old[key]))
 
-    def _sgd(self, name: str, p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, shape: tuple) -> torch.Tensor:
+    def _sgd(self, name: str, p: torch.Tensor, g: torch.Tensor, rate: torch.Tensor, shape: tuple) -> None:
         # torch.optim.SGD with dampening 0: d = g + wd p; b = m b + d; d = d + m b (Nesterov) or b; p -= lr d.
-        # A first step's b = d, as torch's clone, since b starts at zero.
+        # A first step's b = d, as torch's clone, since b starts at zero. `g` is ours to change.
         if self.uses_weight_decay:
-            g = g + self.weight_decay.view(shape) * p
+            g = g.addcmul_(p, self.weight_decay.view(shape))
         if self.uses_momentum:
             buf = self.moments[name]["momentum_buffer"]
             m = self.momentum.view(shape)
-            new_buf = buf * m + g
-            buf.copy_(torch.where(self.training.view(shape), new_buf, buf))
-            g = torch.where(self.nesterov.view(shape), g + m * new_buf, new_buf)
-        return p - lr * g
+            buf.mul_(m).add_(g)
+            if self.nesterov_all:
+                g = g.addcmul_(buf, m)
+            elif self.nesterov_any:
+                g = torch.where(self.nesterov.view(shape), g.addcmul(buf, m), buf)
+            else:
+                g = buf
+        p.addcmul_(g, rate, value=-1)
 
-    def _adamw(self, name: str, p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, shape: tuple) -> torch.Tensor:
+    def _adamw(self, name: str, p: torch.Tensor, g: torch.Tensor, rate: torch.Tensor, shape: tuple) -> None:
         # torch.optim.AdamW: p *= 1 - lr wd; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
         # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
         beta1, beta2 = ADAMW_BETAS
-        state, active = self.moments[name], self.training.view(shape)
-        exp_avg = torch.where(active, state["exp_avg"].lerp(g, 1 - beta1), state["exp_avg"])
-        exp_avg_sq = torch.where(active, state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g, state["exp_avg_sq"])
-        state["exp_avg"].copy_(exp_avg)
-        state["exp_avg_sq"].copy_(exp_avg_sq)
+        exp_avg, exp_avg_sq = self.moments[name]["exp_avg"], self.moments[name]["exp_avg_sq"]
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         wide = count_dtype(self.device)  # the bias corrections in double, as torch computes them on the host
         t = self.steps.to(wide).clamp(min=1)  # a member that never stepped has no update to correct
-        step_size = (lr.view(-1).to(wide) / (1 - beta1 ** t)).to(p.dtype).view(shape)
+        step_size = (rate.view(-1).to(wide) / (1 - beta1 ** t)).to(p.dtype).view(shape)
         bias2_sqrt = (1 - beta2 ** t).sqrt().to(p.dtype).view(shape)
-        decayed = p * (1 - lr * self.weight_decay.view(shape))
-        return decayed - step_size * exp_avg / (exp_avg_sq.sqrt() / bias2_sqrt + ADAMW_EPS)
+        p.mul_(1 - rate * self.weight_decay.view(shape))
+        p.sub_(exp_avg / (exp_avg_sq.sqrt() / bias2_sqrt + ADAMW_EPS) * step_size)
 
     # -- the learning rate --------------------------------------------------
 
@@ -299,7 +330,7 @@ def train_epoch(stack: Stack, batches: Batches, generator: torch.Generator, lr: 
     for i, (xb, yb) in enumerate(batches.epoch(generator)):
         stack.zero_grad()
         losses = stack.loss(xb, yb)
-        losses.sum().backward()  # member k's parameters get the gradient of member k's loss
+        stack.backward(losses)  # member k's parameters get the gradient of member k's loss
         stack.step(losses, lr[i])
         total += losses.detach()
         if progress is not None:
@@ -366,7 +397,7 @@ def fit_group(group: Group, splits: Splits, device: torch.device, last: int, com
             return
         epoch = min(group.epochs_done[k] for k in waiting) + 1
         training = [k in waiting and group.epochs_done[k] == epoch - 1 for k in range(stack.k)]
-        stack.training.copy_(torch.tensor(training, device=device))
+        stack.begin_epoch(training)
         bar = progress_mod.for_epoch(epoch, config.epochs, len(group.batches), log) if show_progress else None
         lr = stack.lr_table(epoch)
         synchronize(device)

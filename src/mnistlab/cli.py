@@ -482,7 +482,12 @@ def add_bench(sub) -> None:
     device_flag(p)
     p.add_argument("--epochs", type=_positive(int, "epochs"), default=None,
                    help="epochs per run (default: 1 for seed, else the recipe's own)")
-    p.add_argument("--repeats", type=_positive(int, "repeats"), default=3, help="runs of each pipeline (default: 3)")
+    p.add_argument("--repeats", type=_positive(int, "repeats"), default=None,
+                   help="runs of each pipeline (default: 3; with --sweep: 1)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead: networks per second for K networks trained batched (K = 1, 8, 64, and 512 on "
+                   "a GPU) against one after another, one epoch each, same device")
+    p.add_argument("--members", metavar="LIST", help="with --sweep: the numbers of networks, e.g. 1,16")
     data_dir_flag(p)
     json_flag(p, "one document with every raw timing")
     p.set_defaults(func=cmd_bench)
@@ -491,8 +496,27 @@ def add_bench(sub) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench
 
+    if args.members and not args.sweep:
+        raise UsageError("--members goes with --sweep")
+    if args.sweep:
+        from .bench import format_sweep_bench, run_sweep_bench
+
+        if args.epochs is not None:
+            raise UsageError("--sweep times one epoch per network; drop --epochs")
+        members = None
+        if args.members:
+            try:
+                members = tuple(int(k) for k in args.members.split(","))
+            except ValueError:
+                members = (0,)
+            if min(members) < 1:
+                raise UsageError(f"--members {args.members}: expected a comma list of numbers >= 1, e.g. 1,16")
+        result = run_sweep_bench(args.recipe, device=args.device, members=members, repeats=args.repeats or 1,
+                                 data_dir=args.data_dir, log=print_err)
+        print(json.dumps(result, indent=2) if args.json else format_sweep_bench(result))
+        return 0
     # Progress goes to stderr so that stdout holds only the table or the JSON.
-    result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats,
+    result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats or 3,
                        data_dir=args.data_dir, log=print_err)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
