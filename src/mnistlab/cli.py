@@ -488,6 +488,9 @@ def add_bench(sub) -> None:
                    help="instead: networks per second for K networks trained batched (K = 1, 8, 64, and 512 on "
                    "a GPU) against one after another, one epoch each, same device")
     p.add_argument("--members", metavar="LIST", help="with --sweep: the numbers of networks, e.g. 1,16")
+    p.add_argument("--sequential", type=_positive(int, "sequential"), default=2, metavar="N",
+                   help="with --sweep: networks trained one after another per repeat (default: 2; their rate "
+                   "does not depend on K)")
     data_dir_flag(p)
     json_flag(p, "one document with every raw timing")
     p.set_defaults(func=cmd_bench)
@@ -511,7 +514,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 members = (0,)
             if min(members) < 1:
                 raise UsageError(f"--members {args.members}: expected a comma list of numbers >= 1, e.g. 1,16")
-        result = run_sweep_bench(args.recipe, device=args.device, members=members, repeats=args.repeats or 1,
+        result = run_sweep_bench(args.recipe, device=args.device, members=members, sequential=args.sequential,
+                                 repeats=args.repeats or 1,
                                  data_dir=args.data_dir, log=print_err)
         print(json.dumps(result, indent=2) if args.json else format_sweep_bench(result))
         return 0
