@@ -385,3 +385,111 @@ def format_bench(result: dict[str, Any]) -> str:
         lines.append(f"ours: {ours['train_seconds']['median']:.2f} s of training (median), test accuracy "
                      f"{100 * ours['test_accuracy']:.2f}%, {reach}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Many networks: batched against one after another (`mnistlab bench --sweep`)
+
+def sweep_members(device: torch.device) -> tuple[int, ...]:
+    """The numbers of networks timed batched: 1, 8, 64, and 512 on a GPU."""
+    return (1, 8, 64, 512) if device.type == "cuda" else (1, 8, 64)
+
+
+def _time_epoch(device: torch.device, epoch: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    from .devices import flush_denormals
+
+    synchronize(device)
+    t0 = time.perf_counter()
+    with flush_denormals(device):
+        loss = epoch()
+    synchronize(device)
+    return time.perf_counter() - t0, loss
+
+
+def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tuple[int, ...] | None = None,
+                    sequential: int = 2, repeats: int = 1, data_dir: str | os.PathLike | None = None,
+                    log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Seconds per epoch of K networks trained batched (batched.py) and of networks trained one after
+    another (training.train_epoch), on the same data, device and recipe, in one process.
+
+    One after another, each network costs the same whatever K, so `sequential`
+    networks are timed and their rate stands for any K. Each repeat times the
+    sequential networks, then every K, so that a change in load hits both.
+    """
+    from . import batched
+    from .training import build, load_splits
+    from .training import train_epoch as single_epoch
+
+    if repeats < 1 or sequential < 1 or (members is not None and (not members or min(members) < 1)):
+        raise ValueError("repeats, sequential and every member count must be at least 1")
+    torch_device = select_device(device)
+    members = tuple(members or sweep_members(torch_device))
+    base = recipe(recipe_name, device=device, epochs=1, val_size=0, cuda_graph=False)
+    splits = load_splits(base, data_dir, torch_device)
+    log(f"bench --sweep: recipe {recipe_name}, {splits.dataset.spec.name}, device {torch_device}, "
+        f"{torch.get_num_threads()} threads; K = {', '.join(map(str, members))}")
+
+    def one_after_another() -> float:
+        seconds = 0.0
+        for seed in range(sequential):
+            t = build(base.replace(seed=seed), splits, torch_device)
+            spent, _ = _time_epoch(torch_device, lambda: single_epoch(
+                t.model, t.optimizer, t.schedule, t.loss_fn, t.batches, t.generator))
+            seconds += spent
+        return seconds / sequential
+
+    def batched_epoch(k: int, limit: int | None = None) -> float:
+        configs = [base.replace(seed=seed, data_seed=0) for seed in range(k)]
+        group = batched.build_group(configs, splits, torch_device)
+        batches = group.batches
+        if limit is not None:  # a warm-up on the first batches only
+            batches = type(batches)(splits.x[:limit * base.batch_size], splits.y[:limit * base.batch_size],
+                                    base.batch_size, base.shift, base.drop_last)
+        lr = group.stack.lr_table(1)
+        spent, _ = _time_epoch(torch_device, lambda: batched.train_epoch(group.stack, batches, group.generator, lr))
+        return spent
+
+    for k in members:  # untimed: first-call costs (allocator, kernel selection, vmap's tracing)
+        batched_epoch(k, limit=WARMUP_BATCHES)
+    single_seconds, batched_seconds = [], {k: [] for k in members}
+    for r in range(1, repeats + 1):
+        single_seconds.append(one_after_another())
+        log(f"repeat {r}/{repeats}: one network {single_seconds[-1]:.3f} s/epoch")
+        for k in members:
+            batched_seconds[k].append(batched_epoch(k))
+            log(f"repeat {r}/{repeats}: {k} networks batched {batched_seconds[k][-1]:.3f} s/epoch")
+    single = statistics.median(single_seconds)
+    rows = []
+    for k in members:
+        seconds = statistics.median(batched_seconds[k])
+        rows.append({"networks": k, "batched_seconds_per_epoch": seconds, "batched_seconds": batched_seconds[k],
+                     "batched_networks_per_second": k / seconds,
+                     "one_after_another_seconds_per_epoch": k * single,
+                     "one_after_another_networks_per_second": 1 / single,
+                     "ratio": (k / seconds) / (1 / single)})
+    return {"recipe": recipe_name, "dataset": splits.dataset.spec.name, "repeats": repeats,
+            "sequential_networks": sequential, "single_seconds": single_seconds,
+            "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cpu": cpu_model(),
+                        "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None},
+            "rows": rows}
+
+
+def format_sweep_bench(result: dict[str, Any]) -> str:
+    """Networks per second (one epoch each), batched against one after another, per K."""
+    m = result["machine"]
+    gpu = f" ({m['gpu']})" if m["gpu"] else ""
+    lines = [f"mnistlab bench --sweep: recipe {result['recipe']} on {result['dataset']}, one epoch per network, "
+             f"median of {_plural(result['repeats'], 'repeat')}",
+             f"machine: device {m['device']}{gpu}, torch {m['torch']}, {_plural(m['threads'], 'thread')}, CPU {m['cpu']}",
+             f"one after another: {_plural(result['sequential_networks'], 'network')} timed per repeat; "
+             "the rate does not depend on K", ""]
+    table = [("networks", "batched s/epoch", "batched networks/s", "one after another networks/s",
+              "batched / one after another")]
+    for row in result["rows"]:
+        table.append((str(row["networks"]), f"{row['batched_seconds_per_epoch']:.3f}",
+                      f"{row['batched_networks_per_second']:.2f}", f"{row['one_after_another_networks_per_second']:.2f}",
+                      f"{row['ratio']:.2f}x"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
+    return "\n".join(lines)

@@ -1,7 +1,9 @@
 """Checkpoints: weights in safetensors, everything else in JSON beside them.
 
 A checkpoint is `model.safetensors` + `model.json` (architecture, dataset,
-class names, normalisation, metrics, config). Nothing is unpickled, so a
+class names, normalisation, metrics, config). It holds one network, or an
+ensemble of K (`"ensemble": K` in model.json, member k's tensors under
+`members.<k>.`), which loads as a `models.Ensemble`. Nothing is unpickled, so a
 hostile file cannot run code. In a run directory they are published from
 the run's committed state (runs.py) after every epoch.
 """
@@ -19,7 +21,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .files import write_bytes, write_json
-from .models import build_model
+from .models import Ensemble, build_model
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -113,7 +115,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     weights, meta_path = resolve(path)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        model = build_model(meta["architecture"])
+        members = int(meta.get("ensemble", 1))
+        if members > 1:  # K networks whose prediction averages their probabilities
+            model = Ensemble([build_model(meta["architecture"]) for _ in range(members)],
+                             meta["architecture"].get("output", "logits"))
+        else:
+            model = build_model(meta["architecture"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({e})") from None
     try:

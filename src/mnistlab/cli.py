@@ -155,20 +155,31 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .training import resume, train
 
     log = print_err if args.json else print_flush
+    process = distributed.launched()  # under torchrun: one network across its processes (DDP)
     if args.resume:
         given = [_flag(name) for name in given_config_flags(args) if name != "epochs"]
         if given or args.recipe is not None:
             raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'} "
                              "(only --epochs and --data-dir go with --resume)")
-        result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, log=log, progress=True)
+        if process:
+            result = distributed.train(process, resume=args.resume, epochs=args.epochs, data_dir=args.data_dir,
+                                       log=log, progress=True)
+        else:
+            result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, log=log, progress=True)
     else:
         config = config_from_args(args)
         if args.verbose:
             log(f"config: {config.to_json()}")
-        result = train(config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
+        if process:
+            result = distributed.train(process, config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
+        else:
+            result = train(config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
+    if result is None:  # not rank 0: rank 0 reports for the job
+        return 0
     s = result.summary
     if not args.no_plots:
         from .figures import plot_run
@@ -269,6 +280,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{result.checkpoint} on {result.dataset} test split")
     print(f"accuracy: {100 * result.accuracy:.2f}% ({result.correct}/{result.total})")
+    if result.member_accuracy is not None:
+        print(f"ensemble of {len(result.member_accuracy)}: each member alone "
+              + ", ".join(f"{100 * a:.2f}%" for a in result.member_accuracy))
     print("per-class accuracy:")
     for name, acc in zip(result.classes, result.per_class_accuracy):
         print(f"  {name:>12}  {100 * acc:6.2f}%")
@@ -469,7 +483,15 @@ def add_bench(sub) -> None:
     device_flag(p)
     p.add_argument("--epochs", type=_positive(int, "epochs"), default=None,
                    help="epochs per run (default: 1 for seed, else the recipe's own)")
-    p.add_argument("--repeats", type=_positive(int, "repeats"), default=3, help="runs of each pipeline (default: 3)")
+    p.add_argument("--repeats", type=_positive(int, "repeats"), default=None,
+                   help="runs of each pipeline (default: 3; with --sweep: 1)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead: networks per second for K networks trained batched (K = 1, 8, 64, and 512 on "
+                   "a GPU) against one after another, one epoch each, same device")
+    p.add_argument("--members", metavar="LIST", help="with --sweep: the numbers of networks, e.g. 1,16")
+    p.add_argument("--sequential", type=_positive(int, "sequential"), default=2, metavar="N",
+                   help="with --sweep: networks trained one after another per repeat (default: 2; their rate "
+                   "does not depend on K)")
     data_dir_flag(p)
     json_flag(p, "one document with every raw timing")
     p.set_defaults(func=cmd_bench)
@@ -478,8 +500,28 @@ def add_bench(sub) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench
 
+    if args.members and not args.sweep:
+        raise UsageError("--members goes with --sweep")
+    if args.sweep:
+        from .bench import format_sweep_bench, run_sweep_bench
+
+        if args.epochs is not None:
+            raise UsageError("--sweep times one epoch per network; drop --epochs")
+        members = None
+        if args.members:
+            try:
+                members = tuple(int(k) for k in args.members.split(","))
+            except ValueError:
+                members = (0,)
+            if min(members) < 1:
+                raise UsageError(f"--members {args.members}: expected a comma list of numbers >= 1, e.g. 1,16")
+        result = run_sweep_bench(args.recipe, device=args.device, members=members, sequential=args.sequential,
+                                 repeats=args.repeats or 1,
+                                 data_dir=args.data_dir, log=print_err)
+        print(json.dumps(result, indent=2) if args.json else format_sweep_bench(result))
+        return 0
     # Progress goes to stderr so that stdout holds only the table or the JSON.
-    result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats,
+    result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats or 3,
                        data_dir=args.data_dir, log=print_err)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
@@ -578,9 +620,137 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# sweep
+
+SWEEP_FIELDS = [f for f in dataclasses.fields(Config) if f.name not in ("recipe", "device", "ensemble")]
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="train a grid of configurations, batched where they share an architecture, and rank them",
+        description="Train every combination of the listed values (e.g. --lr 0.001,0.003,0.01 --hidden "
+        "128x64,256x128 --seeds 5), or those of a TOML file, one run directory each under OUT/runs/. "
+        "Configurations that differ only in seed, lr, momentum, nesterov, weight decay or schedule train at "
+        "once as one batched model, sharing one batch order (their first seed's). Prints the configurations "
+        "ranked by validation accuracy (mean and spread over seeds; --val-size defaults to 5000 here) and "
+        "writes OUT/results.csv, OUT/runs.csv and OUT/results.png. Ctrl-C keeps every finished epoch: "
+        "continue with --resume OUT. Under torchrun each process trains its share; --shard I/N does the same "
+        "for independent jobs, and --collect OUT builds the table when all are done.")
+    p.add_argument("config_file", nargs="?", type=Path, metavar="SWEEP.toml",
+                   help="a TOML file of Config fields, recipe and seeds; a list value is swept "
+                   "(hidden: a list of lists); flags override its values")
+    p.add_argument("--recipe", metavar="LIST", help="recipe(s) the values start from (default: default)")
+    p.add_argument("--seeds", type=_positive(int, "seeds"), metavar="N",
+                   help="train each configuration with N seeds, from --seed (default: 1 seed)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="sweep folder (default: runs/sweep[-N])")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR (its plan is kept there)")
+    p.add_argument("--collect", type=Path, metavar="DIR",
+                   help="only build DIR's table and figure from its run directories as they are now")
+    p.add_argument("--shard", metavar="I/N", help="train only share I (from 0) of N; the others are trained by "
+                   "other jobs into the same --out (e.g. a Slurm job array)")
+    data_dir_flag(p)
+    device_flag(p, default=None)
+    p.add_argument("--no-plots", action="store_true", help="do not write results.png")
+    json_flag(p, "the table (progress goes to stderr)")
+    group = p.add_argument_group("values (each a comma list; every combination is trained)")
+    for f in SWEEP_FIELDS:
+        group.add_argument(_flag(f.name), dest=f.name, metavar="LIST", help=f.metadata["help"])
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .sweep import (
+        collect,
+        make_plan,
+        parse_list,
+        parse_shard,
+        read_plan,
+        read_toml,
+        train_share,
+    )
+
+    log = print_err if args.json else print_flush
+    grid = {f.name: parse_list(f.name, getattr(args, f.name)) for f in SWEEP_FIELDS
+            if getattr(args, f.name) is not None}
+    given = [_flag(name) for name in grid] + [flag for flag, value in (("--recipe", args.recipe), ("--seeds", args.seeds),
+                                                                   ("SWEEP.toml", args.config_file)) if value]
+    if args.collect or args.resume:
+        if given or (args.collect and args.resume) or args.out:
+            raise UsageError(f"{'--collect' if args.collect else '--resume'} takes everything from the sweep's "
+                             f"folder; drop {', '.join(given) or '--out/--resume'}")
+    process = distributed.launched()
+    if args.collect:
+        return _print_sweep(args, collect(args.collect, plots=not args.no_plots), args.collect)
+    if process and args.shard:
+        raise UsageError("under torchrun the processes are the shards; drop --shard")
+    shard = parse_shard(args.shard) if args.shard else (process.rank, process.world_size) if process else (0, 1)
+    if args.shard and not (args.out or args.resume):
+        raise UsageError("--shard needs --out DIR, the folder every shard writes to")
+    if args.resume:
+        folder, plan = args.resume, read_plan(args.resume)
+    else:
+        values = read_toml(args.config_file) if args.config_file else {}
+        values.update(grid)
+        recipes = args.recipe.split(",") if args.recipe else values.pop("recipe", None)
+        plan = make_plan(values, recipes, args.seeds)
+        folder = args.out
+    if process:
+        distributed.join("gloo", distributed.SWEEP_TIMEOUT)
+    try:
+        if not args.resume:
+            folder = _sweep_folder(folder, plan, process)
+        train_share(folder, plan, shard, args.device, args.data_dir, log, progress=True, process=process)
+        if process:
+            distributed.barrier()
+    finally:
+        if process:
+            distributed.leave()
+    if process and not process.leader:
+        return 0
+    if shard[1] > 1 and not process:
+        log(f"shard {shard[0]}/{shard[1]} done; once every shard is, build the table with: "
+            f"mnistlab sweep --collect {folder}")
+        return 0
+    return _print_sweep(args, collect(folder, plots=not args.no_plots), folder)
+
+
+def _sweep_folder(out: Path | None, plan, process) -> Path:
+    """The sweep's folder with its plan written: --out, or the first free runs/sweep[-N] (rank 0's choice)."""
+    from . import distributed
+    from .sweep import write_plan
+
+    if process is None or process.leader:
+        folder = out
+        if folder is None:
+            folder, k = Path("runs") / "sweep", 1
+            while folder.exists():
+                k += 1
+                folder = Path("runs") / f"sweep-{k}"
+        write_plan(folder, plan)
+    if process is not None:
+        folder = distributed.broadcast(folder if process.leader else None)
+    return folder
+
+
+def _print_sweep(args: argparse.Namespace, results, folder: Path) -> int:
+    from .sweep import format_table
+
+    if args.json:
+        print(json.dumps({"folder": str(folder), "metric": results.metric, "swept": results.swept,
+                          "configurations": results.configurations, "runs": results.runs}, indent=2))
+        return 0
+    print(f"sweep {folder}: {len(results.runs)} runs, best first")
+    print(format_table(results))
+    for path in results.files:
+        print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 COMMANDS = (add_train, add_evaluate, add_runs, add_recipes, add_datasets, add_predict, add_plot, add_inspect,
-            add_bench, add_export, add_serve)
+            add_bench, add_export, add_serve, add_sweep)
 
 
 def build_parser() -> Parser:

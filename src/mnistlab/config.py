@@ -23,6 +23,7 @@ DATASET_NAMES = ("mnist", "fashion-mnist", "kmnist", "synthetic")
 DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 MAX_WIDTH = 65536  # units per hidden layer: far beyond what MNIST needs, far below running out of memory
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+MAX_ENSEMBLE = 1024  # networks in one ensemble checkpoint
 
 
 class ConfigError(UsageError):
@@ -61,6 +62,10 @@ class Config:
     val_size: int = _opt(0, "hold out this many training images for validation (0: none)")
     train_size: int = _opt(0, "train on the first N training images only (0: all)")
     seed: int = _opt(0, "seed of the initial weights, the batch order and the shifts")
+    data_seed: int = _opt(-1, "seed of the validation split, the batch order and the shifts instead of --seed "
+                          "(-1: --seed's); the members of a batched sweep group share their group's")
+    ensemble: int = _opt(1, "train this many networks at once (seeds --seed, --seed+1, ...) and save them as one "
+                         "model that averages their probabilities")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     cuda_graph: bool = _opt(True, "capture the training step as a CUDA graph on CUDA")
     eval_every_epoch: bool = _opt(True, "measure test accuracy after every epoch (else at the end only)")
@@ -112,6 +117,11 @@ class Config:
             raise ConfigError(f"shift must be at most 8 pixels of the 28 (got {self.shift})")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be in [0, 2**63-1] (got {self.seed})")
+        if not -1 <= self.data_seed <= MAX_SEED:
+            raise ConfigError(f"data_seed must be -1 (the seed's) or in [0, 2**63-1] (got {self.data_seed})")
+        if not 1 <= self.ensemble <= MAX_ENSEMBLE or self.seed + self.ensemble - 1 > MAX_SEED:
+            raise ConfigError(f"ensemble must be 1 to {MAX_ENSEMBLE} networks whose seeds stay below 2**63 "
+                              f"(got {self.ensemble} from seed {self.seed})")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0 (got {self.lr})")
         if not 0 < self.std <= 1000:
@@ -131,6 +141,10 @@ class Config:
         if self.output == "log_softmax" and self.label_smoothing:
             raise ConfigError("label_smoothing needs output=logits (NLLLoss has no smoothing)")
         return self
+
+    def order_seed(self) -> int:
+        """The seed of the validation split, the batch order and the shifts."""
+        return self.seed if self.data_seed < 0 else self.data_seed
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -12,6 +12,7 @@ from torch import nn
 from . import data as data_mod
 from .checkpoint import load_checkpoint
 from .devices import select_device
+from .models import Ensemble
 
 EVAL_BATCH = 4096  # images per forward pass; bounds memory, not results
 
@@ -49,6 +50,7 @@ class Evaluation:
     dataset: str = ""
     checkpoint: str = ""
     misclassified: list[int] = field(default_factory=list)
+    member_accuracy: list[float] | None = None  # an ensemble's members, each alone
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class Evaluation:
             "accuracy": self.accuracy, "correct": self.correct, "total": self.total,
             "per_class_accuracy": dict(zip(self.classes, self.per_class_accuracy)),
             "classes": self.classes, "confusion": self.confusion,
+            **({"member_accuracy": self.member_accuracy} if self.member_accuracy is not None else {}),
         }
 
     def confusion_text(self) -> str:
@@ -87,6 +90,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None =
     part = dataset.test if split == "test" else dataset.train
     x, y = data_mod.to_device(part, torch_device, ckpt.mean, ckpt.std)
     result = evaluate_model(ckpt.model, x, y, ckpt.classes)
+    if isinstance(ckpt.model, Ensemble):
+        result.member_accuracy = [accuracy(member, x, y) for member in ckpt.model.members]
     result.dataset = dataset.spec.name
     result.checkpoint = str(checkpoint)
     return result

@@ -281,3 +281,51 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         samples_figure(dataset.train.images, dataset.train.labels, ckpt.classes, name=dataset.spec.name),
     )
     return [save_png(fig, run_dir / "figures" / fname) for fig, fname in zip(figures, FIGURE_NAMES)]
+
+
+# ---------------------------------------------------------------------------
+# A sweep
+
+def _sort_key(text: str) -> tuple:
+    """Numbers in numeric order, sizes such as 128x64 by their numbers, anything else by its text."""
+    try:
+        return (0, tuple(float(part) for part in text.split("x")), text)
+    except ValueError:
+        return (1, (), text)
+
+
+def sweep_figure(runs: Sequence[dict[str, Any]], swept: Sequence[str], metric: str = "val_accuracy") -> "Figure":
+    """One panel per swept field: `metric` (%) against the field's values, one line per combination of
+    the other swept fields, each point the mean over seeds with an error bar of one standard deviation
+    and the single runs as dots. Runs that did not finish are left out."""
+    fields = list(swept) or ["(all)"]
+    fig = new_figure(4.5 * len(fields), 3.8)
+    axes = fig.subplots(1, len(fields), squeeze=False)[0]
+    done = [r for r in runs if r.get("state") == "finished" and r.get(metric) is not None]
+    label = "validation accuracy (%)" if metric == "val_accuracy" else "test accuracy (%)"
+    for ax, field in zip(axes, fields):
+        values = sorted({str(r.get(field, "all")) for r in done}, key=_sort_key)
+        others = [f for f in swept if f != field]
+        series: dict[tuple, list[dict[str, Any]]] = {}
+        for r in done:
+            series.setdefault(tuple(r[f] for f in others), []).append(r)
+        for key, members in sorted(series.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0])):
+            xs, means, stds = [], [], []
+            for i, v in enumerate(values):
+                ys = [100 * r[metric] for r in members if str(r.get(field, "all")) == v]
+                if not ys:
+                    continue
+                ax.plot([i] * len(ys), ys, ".", color="0.6", markersize=4)
+                xs.append(i)
+                means.append(float(np.mean(ys)))
+                stds.append(float(np.std(ys, ddof=1)) if len(ys) > 1 else 0.0)
+            name = ", ".join(f"{f}={v}" for f, v in zip(others, key)) or None
+            ax.errorbar(xs, means, yerr=stds, fmt="o-", capsize=3, label=name)
+        ax.set_xticks(range(len(values)), labels=values, rotation=30 if max(map(len, values), default=0) > 6 else 0)
+        ax.set(xlabel=field, ylabel=label, title=f"{label.split(' (')[0]} against {field}")
+        ax.grid(alpha=0.3)
+        if others and len(series) <= 8:
+            ax.legend(fontsize=8)
+    if not done:
+        fig.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", fontsize=14)
+    return fig

@@ -51,6 +51,32 @@ class CNN(nn.Sequential):
 MODELS = {"mlp": MLP, "cnn": CNN}
 
 
+def mean_log_probabilities(member_log_probabilities: torch.Tensor) -> torch.Tensor:
+    """log(mean_k p_k) from log p_k stacked on the first dimension, without leaving log space."""
+    return torch.logsumexp(member_log_probabilities, dim=0) - math.log(member_log_probabilities.shape[0])
+
+
+class Ensemble(nn.Module):
+    """K networks of one architecture whose prediction is the mean of their class probabilities.
+
+    `forward` returns the log of that mean: log-probabilities, so whatever takes
+    the argmax, the log_softmax or the exp of a model's output works unchanged.
+    Its state dict holds member k's tensors under `members.<k>.`.
+    """
+
+    def __init__(self, members: list[nn.Module], output: str = "logits"):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.output = output
+
+    def member_log_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's log-probabilities, shape (K, N, classes)."""
+        return torch.stack([log_probabilities(m, self.output, x) for m in self.members])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_log_probabilities(self.member_log_probabilities(x))
+
+
 def architecture(model: str, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (128, 64),
                  activation: str = "relu", output: str = "logits") -> dict[str, Any]:
     """The JSON description saved in every checkpoint, from which `build_model` rebuilds the network."""

@@ -193,7 +193,7 @@ class Splits:
 
 def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torch.device,
                 progress: bool = False) -> Splits:
-    """The dataset on `device`; the validation split is held out of training, chosen by the seed alone."""
+    """The dataset on `device`; the validation split is held out of training, chosen by the data seed alone."""
     dataset = data_mod.load(config.dataset, data_dir, progress=progress)
     train_split = dataset.train
     if config.train_size:
@@ -202,7 +202,7 @@ def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torc
     if config.val_size:
         if config.val_size >= len(train_split):
             raise RunError(f"--val-size {config.val_size} leaves no training data ({len(train_split)} examples)")
-        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.seed))
+        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(config.order_seed()))
         val_idx, train_idx = order[:config.val_size], order[config.val_size:]
         val_split = data_mod.Split(train_split.images[val_idx], train_split.labels[val_idx])
         train_split = data_mod.Split(train_split.images[train_idx], train_split.labels[train_idx])
@@ -229,6 +229,13 @@ class Trainee:
                 "schedule": self.schedule.state_dict() if self.schedule else {},
                 "rng": rng_state(self.generator)}
 
+    def reduce(self, mean_loss: torch.Tensor) -> torch.Tensor:
+        """The epoch's mean loss over every process training this network (one here; see distributed.py)."""
+        return mean_loss
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return accuracy(self.model, x, y)
+
     def restore(self, state: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(state["model"])
@@ -253,7 +260,7 @@ def build(config: Config, splits: Splits, device: torch.device) -> Trainee:
         raise RunError(f"--batch-size {config.batch_size} with drop_last leaves no batch "
                        f"({len(splits.y)} training examples)")
     schedule = make_schedule(optimizer, config.schedule, config.warmup, config.epochs * len(batches))
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.order_seed())
     return Trainee(model, optimizer, schedule, loss_function(config.output, config.label_smoothing), batches,
                    generator, arch)
 
@@ -301,7 +308,7 @@ def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, m
         with flush_denormals(device):
             mean_loss = train_epoch(trainee.model, trainee.optimizer, trainee.schedule, trainee.loss_fn,
                                     trainee.batches, trainee.generator, forward_loss, bar.update if bar else None)
-        train_loss = float(mean_loss)  # the one host sync per epoch
+        train_loss = float(trainee.reduce(mean_loss))  # the one host sync per epoch
         seconds = time.perf_counter() - t0
         if bar:
             bar.close()
@@ -313,9 +320,9 @@ def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, m
         row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": None, "test_accuracy": None,
                "lr": trainee.optimizer.param_groups[0]["lr"], "seconds": seconds}
         if splits.x_val is not None:
-            row["val_accuracy"] = accuracy(trainee.model, splits.x_val, splits.y_val)
+            row["val_accuracy"] = trainee.accuracy(splits.x_val, splits.y_val)
         if config.eval_every_epoch or epoch == config.epochs:
-            row["test_accuracy"] = accuracy(trainee.model, splits.x_test, splits.y_test)
+            row["test_accuracy"] = trainee.accuracy(splits.x_test, splits.y_test)
         rows.append(row)
         log(epoch_line(row, config.epochs))
         run.commit(epoch, rows, trainee.state(), meta, str(device))
@@ -384,6 +391,11 @@ def _continue(run: runs.Run, device: torch.device, data_dir: str | os.PathLike |
               log: Log, progress: bool) -> RunResult:
     """Load the data, rebuild the trainee (restoring the last commit), and train to the end."""
     config = run.config
+    if config.ensemble > 1:  # K networks trained batched into one run
+        from .batched import continue_ensemble
+
+        log(f"device: {describe(device)}")
+        return continue_ensemble(run, device, data_dir, stop_after, log, progress)
     try:
         log(f"device: {describe(device)}")
         splits = load_splits(config, data_dir, device, progress)

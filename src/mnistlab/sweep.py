@@ -1,0 +1,489 @@
+"""Sweeps: many configurations trained in batched groups, one run directory each, and a results table.
+
+A sweep folder holds:
+
+    sweep.json           the plan: every configuration, its run's name and its group (written once)
+    runs/<name>/         one run directory per configuration, exactly as `mnistlab train` writes one
+    diverged/<name>.json the runs whose loss stopped being finite (their last good epoch is kept)
+    results.csv          one row per configuration: mean and spread of its accuracies over the seeds
+    runs.csv             one row per run
+    results.png          validation accuracy against each swept value, with the spread over seeds
+
+Configurations that differ only in the per-member fields (`batched.MEMBER_FIELDS`:
+seed, lr, momentum, Nesterov, weight decay, schedule) form a group and train as
+one batched model on one device; groups train one after another. The members
+of a group share one batch order and one validation split, those of the
+group's first seed (recorded as each run's `data_seed`), so every run in the
+folder is exactly the single run of its own config.json.
+
+A sweep can be split into shards (`--shard I/N`, or the processes of
+torchrun): each trains its share of the groups into the same folder, and the
+table is built from the run directories once all are done (`--collect`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import os
+import statistics
+import typing
+from contextlib import ExitStack
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from . import runs
+from .config import RECIPES, Config, ConfigError
+from .errors import Interrupted, RunError, UsageError
+from .files import read_json, write_json, write_text
+
+Log = Callable[[str], None]
+
+PLAN = "sweep.json"
+RUNS = "runs"
+DIVERGED = "diverged"
+RESULTS = "results.csv"
+RUNS_TABLE = "runs.csv"
+FIGURE = "results.png"
+PLAN_FORMAT = 1
+DEFAULT_VAL_SIZE = 5000  # images held out of training to rank the configurations (not the test split)
+NOT_SWEPT = ("recipe", "device", "ensemble")  # fields a sweep does not take as lists
+
+
+# ---------------------------------------------------------------------------
+# The plan
+
+@dataclass
+class Planned:
+    name: str
+    config: Config
+    group: int
+
+
+@dataclass
+class Plan:
+    swept: list[str]  # the fields given several values (seed included when there are several)
+    runs: list[Planned]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "swept": self.swept,
+                "runs": [{"name": r.name, "group": r.group, "config": r.config.to_dict()} for r in self.runs]}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: Path) -> "Plan":
+        try:
+            if d.get("format") != PLAN_FORMAT:
+                raise ValueError(f"format {d.get('format')!r}, expected {PLAN_FORMAT}")
+            return cls(list(d["swept"]), [Planned(r["name"], Config.from_dict(r["config"]), int(r["group"]))
+                                          for r in d["runs"]])
+        except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as e:
+            raise RunError(f"{where}: not a sweep plan of this mnistlab version ({e})") from None
+
+    def groups(self) -> list[list[int]]:
+        """Run indices per group, in plan order."""
+        out: dict[int, list[int]] = {}
+        for i, r in enumerate(self.runs):
+            out.setdefault(r.group, []).append(i)
+        return list(out.values())
+
+
+def parse_list(name: str, text: str) -> list[Any]:
+    """A flag's comma list as values of the field's type (`--hidden 128x64,256x128`)."""
+    hints = typing.get_type_hints(Config)
+    kind = hints[name]
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise UsageError(f"--{name.replace('_', '-')} {text}: an empty value in the list")
+    try:
+        if typing.get_origin(kind) is tuple:
+            return [tuple(int(v) for v in item.lower().split("x")) for item in items]
+        if kind is bool:
+            truth = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+            return [truth[item.lower()] for item in items]
+        return [kind(item) for item in items]
+    except (KeyError, ValueError):
+        what = {bool: "true or false", int: "integers", float: "numbers"}.get(kind, "sizes such as 128x64")
+        raise UsageError(f"--{name.replace('_', '-')} {text}: expected a comma list of {what}") from None
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """A sweep file: `recipe`, `seeds` and Config fields; a list value (a list of lists for hidden) is swept."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such sweep file") from None
+    except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
+        raise UsageError(f"{path}: not a readable TOML file ({e})") from None
+    known = {f.name for f in fields(Config)} | {"seeds"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (use Config fields, recipe and seeds)")
+    values: dict[str, Any] = {}
+    for name, value in doc.items():
+        if name in ("seeds",) or name in NOT_SWEPT:
+            values[name] = value
+        elif name == "hidden":
+            values[name] = [tuple(v) for v in value] if value and isinstance(value[0], list) else [tuple(value)]
+        else:
+            values[name] = value if isinstance(value, list) else [value]
+    return values
+
+
+def make_plan(values: dict[str, Any], recipe: str | list[str] | None = None, seeds: int | None = None) -> Plan:
+    """The configurations of a grid: `values` maps Config fields to lists of values.
+
+    Every combination of the listed values is a configuration, for each seed
+    (`seeds` seeds from the first --seed, or the --seed list). The validation
+    split defaults to DEFAULT_VAL_SIZE images.
+    """
+    values = dict(values)
+    recipes = recipe if isinstance(recipe, list) else [recipe or values.pop("recipe", None) or "default"]
+    values.pop("recipe", None)
+    for name in recipes:
+        if name not in RECIPES:
+            raise UsageError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    for name in NOT_SWEPT:
+        if name in values and name != "device":
+            raise UsageError(f"a sweep trains single networks; {name} is not a sweep field"
+                             + (" (use mnistlab train --ensemble K)" if name == "ensemble" else ""))
+    device = values.pop("device", None)
+    seed_list = values.pop("seed", None)
+    count = values.pop("seeds", None) if seeds is None else seeds
+    if count is not None:
+        if not isinstance(count, int) or count < 1:
+            raise UsageError(f"--seeds must be a number of seeds >= 1 (got {count!r})")
+        if seed_list is not None and len(seed_list) > 1:
+            raise UsageError("give --seed as a list or --seeds N (from one --seed), not both")
+        first = seed_list[0] if seed_list else None
+        seed_list = None if first is None else [first + i for i in range(count)]
+    values.setdefault("val_size", [DEFAULT_VAL_SIZE])
+    order = [f.name for f in fields(Config)]
+    grid_fields = sorted((name for name in values if name != "seed"), key=order.index)  # names in a fixed order
+    swept = (["recipe"] if len(recipes) > 1 else []) + [name for name in grid_fields if len(values[name]) > 1]
+    planned: list[tuple[str, Config]] = []
+    for base_name in recipes:
+        base = RECIPES[base_name]
+        seeds_here = seed_list or ([base.seed + i for i in range(count)] if count else [base.seed])
+        for combo in itertools.product(*(values[name] for name in grid_fields)):
+            overrides = dict(zip(grid_fields, combo))
+            if device is not None:
+                overrides["device"] = device
+            for seed in seeds_here:
+                try:
+                    config = base.replace(**overrides, seed=seed)
+                except ConfigError as e:
+                    raise UsageError(f"{e}") from None
+                planned.append((run_name(config, swept, len(seeds_here) > 1 or "seed" in swept), config))
+    if len({seed for _, c in planned for seed in [c.seed]}) > 1:
+        swept.append("seed")
+    names = [n for n, _ in planned]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"two configurations of the sweep are the same ({duplicate}); list each value once")
+    return _grouped(swept, planned)
+
+
+def run_name(config: Config, swept: list[str], with_seed: bool) -> str:
+    """`lr0.003-hidden128x64-seed2`: the swept values, then the seed."""
+    parts = [f"{name.replace('_', '-')}{_value_text(getattr(config, name))}" for name in swept if name != "seed"]
+    if with_seed or not parts:
+        parts.append(f"seed{config.seed}")
+    return "-".join(parts)
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _grouped(swept: list[str], planned: list[tuple[str, Config]]) -> Plan:
+    """Group the configurations that can train batched; each group's members take its first seed's order."""
+    from .batched import group_key
+
+    keys: dict[Config, int] = {}
+    first_seed: dict[int, int] = {}
+    out = []
+    for name, config in planned:
+        group = keys.setdefault(group_key(config), len(keys))
+        first_seed.setdefault(group, config.order_seed())
+        if config.data_seed < 0:
+            config = config.replace(data_seed=first_seed[group])
+        out.append(Planned(name, config, group))
+    return Plan(swept, out)
+
+
+def write_plan(folder: Path, plan: Plan) -> None:
+    """Write the plan, or check that the folder's plan is this one (the shards of one sweep all write it)."""
+    path = folder / PLAN
+    if path.is_file():
+        if read_plan(folder).to_dict() != plan.to_dict():
+            raise RunError(f"{folder} holds another sweep; continue it with: mnistlab sweep --resume {folder} "
+                           "(or choose another --out)")
+        return
+    ours = {PLAN, RUNS, DIVERGED, RESULTS, RUNS_TABLE, FIGURE}
+    if folder.is_dir() and any(p.name not in ours and not p.name.startswith(f".{PLAN}.") for p in folder.iterdir()):
+        raise RunError(f"--out {folder}: the folder is not empty and holds no sweep; choose a new or empty folder")
+    write_json(path, plan.to_dict())
+
+
+def read_plan(folder: str | os.PathLike) -> Plan:
+    folder = Path(folder)
+    try:
+        return Plan.from_dict(read_json(folder / PLAN), folder / PLAN)
+    except FileNotFoundError:
+        raise RunError(f"{folder}: not a sweep folder ({PLAN} is missing)") from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"{folder / PLAN}: unreadable ({e})") from None
+
+
+# ---------------------------------------------------------------------------
+# Shards
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` (I from 0) as (I, N)."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text}: expected I/N, e.g. 0/4 (shards numbered from 0)") from None
+    if not 0 <= index < count:
+        raise UsageError(f"--shard {text}: I must be from 0 to N-1")
+    return index, count
+
+
+def shard_units(plan: Plan, index: int, count: int) -> list[list[int]]:
+    """The groups (or parts of groups) shard `index` of `count` trains, as lists of run indices.
+
+    Whole groups go to shards, largest first to the least loaded; when there are
+    fewer groups than shards, the largest are halved until every shard has one.
+    Every shard computes the same split from the same plan.
+    """
+    units = plan.groups()
+    while len(units) < count and max(len(u) for u in units) > 1:
+        units.sort(key=len, reverse=True)
+        big = units.pop(0)
+        units += [big[:len(big) // 2 + len(big) % 2], big[len(big) // 2 + len(big) % 2:]]
+    loads = [0] * count
+    mine = []
+    for unit in sorted(units, key=lambda u: (-len(u), u[0])):
+        target = loads.index(min(loads))
+        loads[target] += len(unit)
+        if target == index:
+            mine.append(unit)
+    return sorted(mine, key=lambda u: u[0])
+
+
+# ---------------------------------------------------------------------------
+# Training a share
+
+def run_dir(folder: Path, planned: Planned) -> Path:
+    return folder / RUNS / planned.name
+
+
+def diverged_marker(folder: Path, name: str) -> Path:
+    return folder / DIVERGED / f"{name}.json"
+
+
+def train_share(folder: str | os.PathLike, plan: Plan, shard: tuple[int, int] = (0, 1), device: str | None = None,
+                data_dir: str | os.PathLike | None = None, log: Log = lambda line: None, progress: bool = False,
+                process=None) -> None:
+    """Train this shard's groups of the sweep in `folder`, each batched, resuming whatever was kept."""
+    folder = Path(folder)
+    units = shard_units(plan, *shard)
+    for number, unit in enumerate(units, 1):
+        members = [plan.runs[i] for i in unit]
+        label = f"group {number}/{len(units)}" + (f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else "")
+        _train_unit(folder, members, label, device, data_dir, log, progress, process)
+
+
+def _pending(folder: Path, members: list[Planned]) -> list[Planned]:
+    out = []
+    for m in members:
+        if diverged_marker(folder, m.name).is_file():
+            continue
+        path = run_dir(folder, m)
+        if (path / runs.CONFIG).is_file() and runs.info(path).state == "finished":
+            continue
+        out.append(m)
+    return out
+
+
+def _train_unit(folder: Path, members: list[Planned], label: str, device_name: str | None,
+                data_dir: str | os.PathLike | None, log: Log, progress: bool, process) -> None:
+    from .batched import build_group, fit_group
+    from .devices import describe, select_device
+    from .distributed import local_device
+    from .training import checkpoint_meta, load_splits
+
+    pending = _pending(folder, members)
+    if not pending:
+        log(f"{label}: {len(members)} runs already finished")
+        return
+    configs = [m.config for m in pending]
+    device = select_device(device_name or configs[0].device)
+    if process is not None:
+        device = local_device(device, process)
+    with ExitStack() as stack:
+        opened = [stack.enter_context(_open(folder, m)) for m in pending]
+        try:
+            splits = load_splits(configs[0], data_dir, device)
+            group = build_group(configs, splits, device)
+            meta = [checkpoint_meta(c, group, splits.dataset, data_dir) for c in configs]
+            at = min(run.epoch for run in opened)
+            for k, run in enumerate(opened):
+                group.restore(k, run.state, run.epoch)
+                if run.state is None:  # epoch 0: a run stopped in its first epoch starts again as it began
+                    run.commit(0, [], group.member_state(k), meta[k], str(device))
+            leader = next(run for run in opened if run.epoch == at)
+            if at:
+                group.restore_order(leader.state)
+            c = configs[0]
+            log(f"{label}: {len(pending)} models ({_describe_group(c)}) on {describe(device)}, "
+                f"from epoch {at + 1} of {c.epochs}")
+
+            def commit(epoch: int, rows: list, diverged: list[int], together: dict) -> None:
+                for k in diverged:
+                    write_json(diverged_marker(folder, pending[k].name),
+                               {"name": pending[k].name, "epoch": epoch, "kept_epochs": opened[k].epoch,
+                                "lr": pending[k].config.lr})
+                    log(f"{label}: {pending[k].name} diverged in epoch {epoch} (loss not finite); "
+                        f"{opened[k].epoch} epochs kept, the others go on")
+                for k, row in enumerate(rows):
+                    if row is not None:
+                        opened[k].commit(epoch, [*opened[k].rows, row], group.member_state(k), meta[k], str(device))
+
+            fit_group(group, splits, device, c.epochs, commit, log, progress, label=f"{label}  ")
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; every finished epoch is kept in {folder}; continue with: "
+                              f"mnistlab sweep --resume {folder}") from None
+
+
+def _open(folder: Path, planned: Planned) -> runs.Run:
+    path = run_dir(folder, planned)
+    if (path / runs.CONFIG).is_file():
+        run = runs.open_run(path)
+        if run.config != planned.config:
+            run.close()
+            raise RunError(f"{path}: its config.json is not the sweep's configuration for it; move it away "
+                           f"or start a new sweep")
+        return run
+    return runs.create(path, planned.config)
+
+
+def _describe_group(c: Config) -> str:
+    shape = "x".join(map(str, c.hidden)) if c.model == "mlp" else c.model
+    return f"{c.model} {shape}, batch {c.batch_size}, {c.dataset}, {c.optimizer}"
+
+
+# ---------------------------------------------------------------------------
+# The table
+
+@dataclass
+class Results:
+    swept: list[str]
+    metric: str  # val_accuracy, or test_accuracy when the sweep held out no validation split
+    configurations: list[dict[str, Any]]  # one per configuration over seeds, best first
+    runs: list[dict[str, Any]]  # one per run, in plan order
+    files: list[Path]
+
+
+def collect(folder: str | os.PathLike, plots: bool = True) -> Results:
+    """Build results.csv, runs.csv and results.png from the sweep's run directories as they are now."""
+    folder = Path(folder)
+    plan = read_plan(folder)
+    rows = [_run_row(folder, p, plan.swept) for p in plan.runs]
+    metric = "val_accuracy" if any(p.config.val_size for p in plan.runs) else "test_accuracy"
+    configurations = _aggregate(rows, [s for s in plan.swept if s != "seed"], metric)
+    files = [folder / RESULTS, folder / RUNS_TABLE]
+    write_text(files[0], _csv(configurations))
+    write_text(files[1], _csv(rows))
+    if plots and any(r[metric] is not None for r in rows):
+        from .figures import save_png, sweep_figure
+
+        files.append(save_png(sweep_figure(rows, [s for s in plan.swept if s != "seed"], metric), folder / FIGURE))
+    return Results(plan.swept, metric, configurations, rows, files)
+
+
+def _run_row(folder: Path, planned: Planned, swept: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": planned.name}
+    for name in swept:
+        row[name] = _value_text(getattr(planned.config, name))
+    path = run_dir(folder, planned)
+    state, summary = "not started", None
+    if (path / runs.CONFIG).is_file():
+        info = runs.info(path)
+        state = info.state
+        try:
+            summary = read_json(path / runs.SUMMARY)
+        except (OSError, ValueError):
+            summary = None
+    if diverged_marker(folder, planned.name).is_file():
+        state = "diverged"
+    summary = summary or {}
+    losses = summary.get("train_loss") or []
+    row.update({"state": state, "epochs": summary.get("epochs", 0), "total_epochs": planned.config.epochs,
+                "train_loss": losses[-1] if losses else None, "val_accuracy": summary.get("val_accuracy"),
+                "test_accuracy": summary.get("test_accuracy"), "train_seconds": summary.get("train_seconds")})
+    return row
+
+
+def _aggregate(rows: list[dict[str, Any]], swept: list[str], metric: str) -> list[dict[str, Any]]:
+    by_config: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_config.setdefault(tuple(row[s] for s in swept), []).append(row)
+    out = []
+    for values, members in by_config.items():
+        finished = [r for r in members if r["state"] == "finished"]
+        entry: dict[str, Any] = dict(zip(swept, values))
+        entry.update({"seeds": len(members), "finished": len(finished),
+                      "diverged": sum(r["state"] == "diverged" for r in members)})
+        for key in ("val_accuracy", "test_accuracy", "train_loss"):
+            values_ = [r[key] for r in finished if r[key] is not None]
+            entry[f"{key}_mean"] = statistics.fmean(values_) if values_ else None
+            entry[f"{key}_std"] = statistics.stdev(values_) if len(values_) > 1 else (0.0 if values_ else None)
+            if key != "train_loss":
+                entry[f"{key}_min"] = min(values_) if values_ else None
+                entry[f"{key}_max"] = max(values_) if values_ else None
+        out.append(entry)
+    out.sort(key=lambda e: -e[f"{metric}_mean"] if e[f"{metric}_mean"] is not None else math.inf)
+    return out
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def format_table(results: Results) -> str:
+    """The configurations, best first: accuracy mean and spread over seeds, and how many finished."""
+    metric = results.metric
+    swept = [s for s in results.swept if s != "seed"]
+    name = "val acc" if metric == "val_accuracy" else "test acc (no validation split)"
+    head = [*swept, f"{name} mean", "spread (min-max, std)", "test acc mean", "runs"]
+    table = [head]
+    for e in results.configurations:
+        mean = e[f"{metric}_mean"]
+        spread = (f"{100 * e[f'{metric}_min']:.2f}-{100 * e[f'{metric}_max']:.2f}, "
+                  f"{100 * e[f'{metric}_std']:.2f}") if mean is not None else "-"
+        runs_text = f"{e['finished']}/{e['seeds']} finished" + (f", {e['diverged']} diverged" if e["diverged"] else "")
+        test = e["test_accuracy_mean"]
+        table.append([*(str(e[s]) for s in swept), f"{100 * mean:.2f}%" if mean is not None else "-", spread,
+                      f"{100 * test:.2f}%" if test is not None else "-", runs_text])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
