@@ -118,10 +118,16 @@ def expected_tensors(arch: dict[str, Any]) -> dict[str, tuple[list[int], torch.d
     return {k: (list(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
-def check_tensors(tensors: dict[str, tuple[list[int], str]], arch: dict[str, Any], where: str | os.PathLike) -> None:
-    """CheckpointError unless `tensors` (name -> (shape, safetensors dtype)) are exactly the network's."""
-    expected = {k: (shape, _SAFETENSORS_DTYPES.get(dtype, str(dtype))) for k, (shape, dtype) in
-                expected_tensors(arch).items()}
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    """safetensors' name of a dtype (F32, I64); safetensors names pass through."""
+    return _SAFETENSORS_DTYPES.get(dtype, str(dtype)) if isinstance(dtype, torch.dtype) else dtype
+
+
+def check_tensors(tensors: dict[str, tuple[list[int], torch.dtype | str]], arch: dict[str, Any],
+                  where: str | os.PathLike) -> None:
+    """CheckpointError unless `tensors` (name -> (shape, dtype)) are exactly the tensors of the network `arch`."""
+    expected = {k: (shape, _dtype_name(dtype)) for k, (shape, dtype) in expected_tensors(arch).items()}
+    tensors = {k: (shape, _dtype_name(dtype)) for k, (shape, dtype) in tensors.items()}
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{where}: the weights do not fit the network described in {META} ("

@@ -164,6 +164,16 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     return data
 
 
+def display_name(path: str | bytes | os.PathLike) -> str:
+    """A file name as text that prints on one line anywhere: bytes that are not UTF-8
+    (a name from another system) as \\xNN, control characters (a newline) escaped."""
+    try:
+        text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no byte stands behind
+        text = os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 # Documents mnistlab writes (configs, checkpoint metadata) are a few kilobytes.
 MAX_JSON_BYTES = 16 * 2**20
 
