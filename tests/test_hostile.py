@@ -837,7 +837,9 @@ HOSTILE = {
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_every_command_given_hostile_arguments_says_one_line_and_exits_1_or_2(case, hostile_world, tmp_path):
     argv = HOSTILE[case](hostile_world)
-    env = {**os.environ, "MNISTLAB_DATA": str(tmp_path / "cache")}
+    package = str(Path(mnistlab.files.__file__).resolve().parents[1])  # the mnistlab under test, from any folder
+    env = {**os.environ, "MNISTLAB_DATA": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "mnistlab", *argv], capture_output=True, text=True, timeout=300,
                           env=env, cwd=tmp_path)
     assert done.returncode in (1, 2), (done.returncode, done.stderr)
