@@ -4,14 +4,19 @@ A checkpoint is `model.safetensors` + `model.json` (architecture, dataset,
 class names, normalisation, metrics, config). It holds one network, or an
 ensemble of K (`"ensemble": K` in model.json, member k's tensors under
 `members.<k>.`), which loads as a `models.Ensemble`. Nothing is unpickled, so a
-hostile file cannot run code. In a run directory they are published from
-the run's committed state (runs.py) after every epoch.
+hostile file cannot run code, and everything is checked before it is used:
+the metadata field by field (`validate_meta`), then the tensors' names,
+shapes and types against the network the metadata describes (built on the
+`meta` device, which allocates nothing), before any weight is loaded. In a run
+directory they are published from the run's committed state (runs.py) after
+every epoch.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +24,132 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .files import write_bytes, write_json
-from .models import Ensemble, build_model
+from .config import ACTIVATIONS, DATASET_NAMES, MAX_WIDTH
+from .errors import CheckpointError, DataError
+from .files import file_kind, read_json, write_bytes, write_json
+from .models import MODELS, Ensemble, build_model
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "model.json"
+INPUT_SHAPE = [1, 28, 28]  # (channels, height, width) of every dataset mnistlab knows
+OUTPUTS = ("logits", "log_softmax")
+MAX_LAYERS = 16
+MAX_CLASS_NAME = 100  # characters
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _is_number(value: Any, lo: float, hi: float) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and lo <= value <= hi)
+
+
+def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
+    """`meta` (the content of model.json) if every field mnistlab uses is there and in range,
+    else CheckpointError naming `where`, the first bad field, its allowed values and what it held."""
+    from .data import DATASETS
+
+    def bad(name: str, allowed: str, value: Any) -> CheckpointError:
+        return CheckpointError(f"{where}: {name} must be {allowed} (got {_shown(value)}); "
+                               "the checkpoint is damaged or was not written by mnistlab")
+
+    if not isinstance(meta, dict):
+        raise bad("the metadata", "a JSON object", meta)
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise bad("format_version", f"{FORMAT_VERSION} (this mnistlab's format)", version)
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict):
+        raise bad("architecture", "a JSON object", arch)
+    if arch.get("model") not in MODELS:
+        raise bad("architecture.model", " or ".join(MODELS), arch.get("model"))
+    if arch.get("input_shape") != INPUT_SHAPE or not all(_is_int(v, 1, 28) for v in arch["input_shape"]):
+        raise bad("architecture.input_shape", str(INPUT_SHAPE), arch.get("input_shape"))
+    hidden = arch.get("hidden")
+    fewest = 0 if arch["model"] == "cnn" else 1  # the cnn ignores its hidden sizes
+    if not (isinstance(hidden, list) and fewest <= len(hidden) <= MAX_LAYERS
+            and all(_is_int(h, 1, MAX_WIDTH) for h in hidden)):
+        raise bad("architecture.hidden", f"a list of {fewest} to {MAX_LAYERS} integers from 1 to {MAX_WIDTH}", hidden)
+    if arch.get("activation", "relu") not in ACTIVATIONS:
+        raise bad("architecture.activation", "one of " + ", ".join(ACTIVATIONS), arch.get("activation"))
+    if arch.get("output", "logits") not in OUTPUTS:
+        raise bad("architecture.output", " or ".join(OUTPUTS), arch.get("output"))
+    if meta.get("dataset") not in DATASET_NAMES:
+        raise bad("dataset", "one of " + ", ".join(DATASET_NAMES), meta.get("dataset"))
+    n = len(DATASETS[meta["dataset"]].classes)
+    if arch.get("num_classes") != n or not _is_int(arch["num_classes"], n, n):
+        raise bad("architecture.num_classes", f"{n} (the classes of {meta['dataset']})", arch.get("num_classes"))
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and len(classes) == n
+            and all(isinstance(c, str) and 1 <= len(c) <= MAX_CLASS_NAME and c.isprintable() for c in classes)):
+        raise bad("classes", f"a list of {n} names (printable text of 1 to {MAX_CLASS_NAME} characters)", classes)
+    norm = meta.get("normalization")
+    if not isinstance(norm, dict):
+        raise bad("normalization", 'a JSON object {"mean": ..., "std": ...}', norm)
+    # The ranges of `mnistlab train --mean/--std`: std 0 would turn every pixel into NaN.
+    if not _is_number(norm.get("mean"), -1000, 1000):
+        raise bad("normalization.mean", "a finite number in [-1000, 1000]", norm.get("mean"))
+    if not (_is_number(norm.get("std"), 0, 1000) and norm["std"] > 0):
+        raise bad("normalization.std", "a finite number > 0 and at most 1000", norm.get("std"))
+    for name in ("config", "metrics"):
+        if meta.get(name) is not None and not isinstance(meta[name], dict):
+            raise bad(name, "a JSON object", meta[name])
+    if meta.get("data_dir") is not None and not isinstance(meta["data_dir"], str):
+        raise bad("data_dir", "a folder name", meta["data_dir"])
+    if not _is_int(meta.get("ensemble", 1), 1, MAX_MEMBERS):
+        raise bad("ensemble", f"the number of networks, 1 to {MAX_MEMBERS}", meta.get("ensemble"))
+    return meta
+
+
+MAX_MEMBERS = 4096  # networks in one ensemble checkpoint
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
+
+
+def expected_tensors(arch: dict[str, Any], members: int = 1) -> dict[str, tuple[list[int], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor of the network `arch` describes (validated first),
+    or of an ensemble of `members` such networks (`members.<k>.` before each name).
+
+    Built on the `meta` device: shapes without memory, so a hostile description costs nothing.
+    """
+    with torch.device("meta"):
+        model = build_model(arch)
+    one = {k: (list(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    if members == 1:
+        return one
+    return {f"members.{k}.{name}": v for k in range(members) for name, v in one.items()}
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    """safetensors' name of a dtype (F32, I64); safetensors names pass through."""
+    return _SAFETENSORS_DTYPES.get(dtype, str(dtype)) if isinstance(dtype, torch.dtype) else dtype
+
+
+def check_tensors(tensors: dict[str, tuple[list[int], torch.dtype | str]], arch: dict[str, Any],
+                  where: str | os.PathLike, members: int = 1) -> None:
+    """CheckpointError unless `tensors` (name -> (shape, dtype)) are exactly the tensors of the network `arch`
+    (or of an ensemble of `members` of them)."""
+    expected = {k: (shape, _dtype_name(dtype)) for k, (shape, dtype) in expected_tensors(arch, members).items()}
+    tensors = {k: (shape, _dtype_name(dtype)) for k, (shape, dtype) in tensors.items()}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: the weights do not fit the network described in {META} ("
+                              + "; ".join(part for part in (
+                                  f"missing {', '.join(missing[:4])}" if missing else "",
+                                  f"unexpected {', '.join(map(_shown, unexpected[:4]))}" if unexpected else "")
+                                  if part) + ")")
+    for name, (shape, dtype) in expected.items():
+        if list(tensors[name][0]) != shape or tensors[name][1] != dtype:
+            raise CheckpointError(f"{where}: {name} is {tensors[name][1]} {list(tensors[name][0])}, but the network "
+                                  f"described in {META} needs {dtype} {shape}")
 
 
 @dataclass
@@ -67,15 +191,31 @@ class Checkpoint:
         self.model.eval()
         return log_probabilities(self.model, self.output, x).exp()
 
-    def load_data(self, data_dir: str | os.PathLike | None = None):
+    def load_data(self, data_dir: str | os.PathLike | None = None, any_data: bool = False):
         """The dataset this model was trained on: from `data_dir`, else from the folder
-        it was trained from (if that still exists), else from the usual places."""
+        it was trained from (if that still exists), else from the usual places.
+
+        Files recognised as another dataset are a DataError naming both, unless `any_data`.
+        """
         from . import data
 
+        expected = self.meta["dataset"]
         if data_dir is None:
             recorded = self.meta.get("data_dir")
-            data_dir = recorded if recorded and Path(recorded).is_dir() else None
-        return data.load(self.meta["dataset"], data_dir)
+            data_dir = recorded if recorded and _is_dir(recorded) else None
+        dataset = data.load(expected, data_dir, any_data=True)
+        problem = None if any_data else data.mismatch(dataset, expected)
+        if problem:
+            raise DataError(f"{problem}, which the model was trained on; point --data-dir at the {expected} "
+                            "files, or pass --any-data to use these anyway")
+        return dataset
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
+        return False
 
 
 def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -93,42 +233,72 @@ def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor],
 def resolve(path: str | os.PathLike) -> tuple[Path, Path]:
     """(weights file, metadata file) for a run directory or a checkpoint path."""
     path = Path(path)
-    if path.is_dir():
+    mode = _mode(path)
+    if mode is None:
+        raise CheckpointError(f"{path}: no such run directory or checkpoint")
+    if stat.S_ISDIR(mode):
         weights, meta = path / WEIGHTS, path / META
     elif path.suffix == ".json":
         weights, meta = path.with_suffix(".safetensors"), path
     else:
         weights, meta = path, path.with_suffix(".json")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run directory or checkpoint")
     for p in (weights, meta):
-        if not p.is_file():
+        mode = _mode(p)
+        if mode is None:
             raise CheckpointError(f"{path}: not a checkpoint ({p.name} is missing)")
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{p}: is {file_kind(mode)}, not a regular file; not a checkpoint")
     return weights, meta
+
+
+def _mode(path: Path) -> int | None:
+    """`st_mode` of `path`, None if there is nothing there; CheckpointError if it cannot be looked at."""
+    try:
+        return os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:  # a NUL byte in the name
+        raise CheckpointError(f"{path!r}: not a file name ({e})") from None
+
+
+def read_meta(meta_path: Path) -> dict[str, Any]:
+    """model.json, parsed and validated."""
+    try:
+        meta = read_json(meta_path)
+    except OSError as e:
+        raise CheckpointError(f"{meta_path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({str(e).splitlines()[0]}); the checkpoint "
+                              "metadata is damaged") from None
+    return validate_meta(meta, meta_path)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the network from its metadata and load its weights, in eval mode."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     weights, meta_path = resolve(path)
+    meta = read_meta(meta_path)
+    members = meta.get("ensemble", 1)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        members = int(meta.get("ensemble", 1))
-        if members > 1:  # K networks whose prediction averages their probabilities
-            model = Ensemble([build_model(meta["architecture"]) for _ in range(members)],
-                             meta["architecture"].get("output", "logits"))
-        else:
-            model = build_model(meta["architecture"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({e})") from None
-    try:
+        with safe_open(str(weights), framework="pt") as f:  # reads the header only
+            header = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+        check_tensors(header, meta["architecture"], weights, members)
         state = load_file(str(weights))
-        model.load_state_dict(state)
-    except (SafetensorError, RuntimeError, OSError) as e:
+    except (SafetensorError, RuntimeError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{weights}: corrupt or mismatched weights ({first})") from None
+        raise CheckpointError(f"{weights}: corrupt weights ({first})") from None
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{weights}: {bad} holds NaN or infinite values; the model cannot give probabilities")
+    arch = meta["architecture"]
+    # K networks whose prediction averages their probabilities, or one network
+    model = (Ensemble([build_model(arch) for _ in range(members)], arch.get("output", "logits")) if members > 1
+             else build_model(arch))
+    model.load_state_dict(state)
     model.to(device).eval()
     return Checkpoint(model, meta, weights)
 

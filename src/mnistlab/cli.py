@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ from typing import Any, Sequence
 from . import __version__
 from .config import DEVICE_NAME, MEASURED, RECIPES, Config
 from .errors import Interrupted, MnistlabError, UsageError
+from .files import json_text
 
 EXIT_USAGE = 2
 
@@ -78,6 +78,17 @@ def device_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> Non
 
 def json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def any_data_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--any-data", action="store_true",
+                   help=f"{what} even when the files are recognised as another dataset than the model was "
+                   "trained on (MNIST, Fashion-MNIST and KMNIST share file names; their test labels tell them apart)")
+
+
+def print_json(obj: Any, indent: int | None = 2) -> None:
+    """`obj` as valid JSON on stdout: NaN or infinite numbers become null."""
+    print(json_text(obj, indent=indent))
 
 
 def print_flush(line: str) -> None:
@@ -187,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for path in plot_run(result.run_dir, data_dir=args.data_dir):
             log(f"figure: {path}")
     if args.json:
-        print(json.dumps({"run_dir": str(result.run_dir), **s}, indent=2))
+        print_json({"run_dir": str(result.run_dir), **s})
     elif s["test_accuracy"] is not None:
         print(f"test accuracy {100 * s['test_accuracy']:.2f}%  train time {s['train_seconds']:.2f}s  "
               f"run: {result.run_dir}")
@@ -215,7 +226,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     found = list_runs(args.dir)
     if args.json:
-        print(json.dumps([r.to_dict() for r in found], indent=2))
+        print_json([r.to_dict() for r in found])
         return 0
     if not found:
         print(f"no runs in {args.dir}")
@@ -241,8 +252,7 @@ def add_recipes(sub) -> None:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps({name: {"config": c.to_dict(), "measured": MEASURED[name]} for name, c in RECIPES.items()},
-                         indent=2))
+        print_json({name: {"config": c.to_dict(), "measured": MEASURED[name]} for name, c in RECIPES.items()})
         return 0
     names = list(RECIPES)
     rows = [(_flag(f.name), [_shown(getattr(RECIPES[n], f.name)) for n in names])
@@ -266,6 +276,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
                    help="a run directory, or a model.safetensors / model.json checkpoint")
     data_dir_flag(p, "the folder the model was trained from, else the usual places")
+    any_data_flag(p, "evaluate")
     device_flag(p)
     json_flag(p)
     p.set_defaults(func=cmd_evaluate)
@@ -274,9 +285,9 @@ def add_evaluate(sub) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
-    result = evaluate(args.checkpoint, data_dir=args.data_dir, device=args.device)
+    result = evaluate(args.checkpoint, data_dir=args.data_dir, device=args.device, any_data=args.any_data)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
         return 0
     print(f"{result.checkpoint} on {result.dataset} test split")
     print(f"accuracy: {100 * result.accuracy:.2f}% ({result.correct}/{result.total})")
@@ -314,14 +325,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             raise UsageError("--clear-cache removes the parsed cache only; drop --data-dir")
         freed = clear_cache()
         if args.json:
-            print(json.dumps(freed, indent=2))
+            print_json(freed)
         else:
             print(f"parsed cache {freed['folder']}: removed {freed['files']} files, freed "
                   f"{_megabytes(freed['bytes'])} (downloaded IDX files are kept)")
         return 0
     rows = describe(args.data_dir)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     indent = " " * 15
     if args.data_dir is not None:
@@ -336,7 +347,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         else:
             print(f"{indent}not found; would be downloaded to {row['location']}")
             print(f"{indent}(looked in {', '.join(row['searched'])})")
+        for problem in row.get("problems", []):
+            print(f"{indent}passed over: {problem}")
     usage = cache_usage()
+    if "problem" in usage:
+        print(f"{'parsed cache':<14} {usage['problem']}")
+        return 0
     print(f"{'parsed cache':<14} {usage['folder']}: {usage['files']} files, {_megabytes(usage['bytes'])}"
           + (" (mnistlab datasets --clear-cache removes them)" if usage["files"] else ""))
     return 0
@@ -373,6 +389,7 @@ def add_predict(sub) -> None:
     p.add_argument("--test-index", type=_parse_type(int, "test-index"), metavar="N",
                    help="also classify item N of the model's test split (shows its true label)")
     data_dir_flag(p, "for --test-index: the folder the model was trained from, else the usual places")
+    any_data_flag(p, "with --test-index: classify the item")
     p.set_defaults(func=cmd_predict)
 
 
@@ -400,14 +417,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         name = f"test-{args.test_index}"
         figure = figure_path(args.figure, name, many=bool(args.images)) if args.figure else None
         results.append(predict_test_index(checkpoint, args.test_index, args.data_dir, args.top_k,
-                                          args.save_prepared, figure))
+                                          args.save_prepared, figure, any_data=args.any_data))
     results += predict_files(checkpoint, args.images, top_k=args.top_k, invert=args.invert,
                              save_prepared=args.save_prepared, figure=args.figure)
     for r in results:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
         if args.json:
-            print(json.dumps(r))
+            print_json(r, indent=None)
         elif "error" not in r:
             print(_prediction_line(r))
             for key in ("figure", "prepared"):
@@ -425,13 +442,14 @@ def add_plot(sub) -> None:
                        "confusion.png, misclassified.png (test images) and samples.png (training images).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by mnistlab train")
     data_dir_flag(p, "the folder the run was trained from, else the usual places")
+    any_data_flag(p, "draw the figures")
     p.set_defaults(func=cmd_plot)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from .figures import plot_run
 
-    for path in plot_run(args.run_dir, data_dir=args.data_dir):
+    for path in plot_run(args.run_dir, data_dir=args.data_dir, any_data=args.any_data):
         print(path)
     return 0
 
@@ -467,7 +485,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           dataset=args.dataset, data_dir=args.data_dir)
     lang = args.lang or language_from_environment()
-    print(json.dumps(result, indent=2) if args.json else format_report(result, lang))
+    print(json_text(result) if args.json else format_report(result, lang))
     return 0
 
 
@@ -518,12 +536,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_sweep_bench(args.recipe, device=args.device, members=members, sequential=args.sequential,
                                  repeats=args.repeats or 1,
                                  data_dir=args.data_dir, log=print_err)
-        print(json.dumps(result, indent=2) if args.json else format_sweep_bench(result))
+        print(json_text(result) if args.json else format_sweep_bench(result))
         return 0
     # Progress goes to stderr so that stdout holds only the table or the JSON.
     result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats or 3,
                        data_dir=args.data_dir, log=print_err)
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    print(json_text(result) if args.json else format_bench(result))
     return 0
 
 
@@ -555,7 +573,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     info = export(args.run, args.format, out=args.out, input_kind=args.input_kind)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print_json(info)
         return 0
     i, o, check = info["input"], info["output"], info["check"]
     print(f"wrote {info['path']} ({args.format}"
@@ -737,7 +755,7 @@ def _print_sweep(args: argparse.Namespace, results, folder: Path) -> int:
     from .sweep import format_table
 
     if args.json:
-        print(json.dumps({"folder": str(folder), "metric": results.metric, "swept": results.swept,
+        print(json_text({"folder": str(folder), "metric": results.metric, "swept": results.swept,
                           "configurations": results.configurations, "runs": results.runs}, indent=2))
         return 0
     print(f"sweep {folder}: {len(results.runs)} runs, best first")
@@ -770,6 +788,10 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        # Names from the command line that are not UTF-8 (kept by Python as surrogates) print as \xNN
+        # instead of stopping the output with a UnicodeEncodeError; stderr does so already.
+        sys.stdout.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)

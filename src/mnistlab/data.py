@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import math
 import os
+import stat
 import struct
 import sys
 import urllib.error
@@ -37,11 +39,9 @@ import torch
 
 from . import __version__
 from .errors import DataError, WriteError
-from .files import atomic_path
+from .files import NotRegularFile, atomic_path, file_kind, open_regular, read_regular
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
-
-
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,8 @@ class Dataset:
     train: Split
     test: Split
     source: str  # where the data came from, for people
+    # What the files were recognised as (`identify`): (dataset name, how), or None when unknown.
+    identity: tuple[str, str] | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -169,7 +171,7 @@ def get_spec(name: str) -> DatasetSpec:
 
 def _read_raw(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return read_regular(path)  # a FIFO or a device named like an IDX file is refused, never opened
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
@@ -203,7 +205,9 @@ def parse_idx(data: bytes, where: str = "IDX data") -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{where}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape, dtype=np.int64))
+    # In Python integers: sizes up to (2^32-1)^3 cannot wrap around (numpy's int64 product of
+    # 2^31 x 2^31 x 4 is 0), so a hostile header is refused before anything is allocated.
+    expected = math.prod(shape)
     if len(data) - header != expected:
         raise DataError(f"{where}: header says {'x'.join(map(str, shape))} = {expected} "
                         f"bytes of data but the file holds {len(data) - header}")
@@ -254,6 +258,58 @@ def validate_split(images: np.ndarray, labels: np.ndarray, num_classes: int,
 
 
 # ---------------------------------------------------------------------------
+# Which dataset a folder holds
+#
+# MNIST, Fashion-MNIST and KMNIST share their file names, sizes and format, so the
+# files of one pass every check made for another. Their test labels tell them
+# apart: the SHA-256 of the 10,000 labels as bytes (uint8, in file order: the same
+# whatever the compression) was computed from MNIST and from Debian's
+# dataset-fashion-mnist. KMNIST's files were not available to compute its own, so
+# it is recognised by the MD5 of its official labels file (what a download gets),
+# or else by its label distribution.
+
+TEST_LABELS_SHA256 = {
+    "mnist": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+    "fashion-mnist": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+}
+# Fashion-MNIST and KMNIST have 1,000 test images of each of their 10 classes;
+# MNIST's classes have from 892 (5) to 1,135 (1).
+BALANCED_PER_CLASS = 1000
+
+
+def identify(test_labels: np.ndarray, labels_md5: str | None = None) -> tuple[str, str] | None:
+    """(dataset name, how it was recognised) for a test split's labels, or None when they are unknown.
+
+    `labels_md5` is the MD5 of the test-labels file as stored, compared with the
+    official downloads' checksums.
+    """
+    labels = np.ascontiguousarray(test_labels, dtype=np.uint8)
+    digest = hashlib.sha256(labels.tobytes()).hexdigest()
+    for name, known in TEST_LABELS_SHA256.items():
+        if digest == known:
+            return name, "the SHA-256 of its test labels"
+    for spec in DATASETS.values():
+        if labels_md5 is not None and spec.files and labels_md5 == spec.files["test_labels"][1]:
+            return spec.name, "the MD5 of its official test-labels file"
+    counts = np.bincount(labels, minlength=10)
+    if len(counts) == 10 and (counts == BALANCED_PER_CLASS).all():
+        return "kmnist", (f"its test labels: {BALANCED_PER_CLASS} of each class, as in KMNIST, and not "
+                          "Fashion-MNIST's")
+    return None
+
+
+def mismatch(dataset: Dataset, expected: str) -> str | None:
+    """What is wrong when `dataset`'s files are recognised as another dataset than `expected`, else None.
+
+    Files that are not recognised (your own, or a subset) are never a mismatch.
+    """
+    if dataset.identity is None or dataset.identity[0] == expected:
+        return None
+    found, how = dataset.identity
+    return f"{dataset.source} holds {found} (recognised by {how}), not {expected}"
+
+
+# ---------------------------------------------------------------------------
 # Where files live
 
 def cache_root() -> Path:
@@ -285,25 +341,55 @@ def candidate_dirs(spec: DatasetSpec) -> list[Path]:
 
 
 def _find_file(folder: Path, filename: str) -> Path | None:
+    """The file `filename` (or its uncompressed name) in `folder`, or None.
+
+    A FIFO, device or folder of that name is a DataError naming it (never opened);
+    so is a folder that cannot be read (a PermissionError from the OS).
+    """
     for name in (filename, filename.removesuffix(".gz")):
-        if (folder / name).is_file():
-            return folder / name
+        path = folder / name
+        try:
+            mode = os.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise DataError(f"{folder}: cannot read ({e.strerror or e})") from None
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: is {file_kind(mode)}, not a regular file; put the IDX file itself there")
+        return path
     return None
 
 
 def find_files(spec: DatasetSpec, folder: Path) -> dict[str, Path] | None:
-    """The four files in `folder` (gz or raw), or None if any is missing."""
+    """The four files in `folder` (gz or raw), or None if any is missing; DataError if unreadable."""
     found = {role: _find_file(folder, fname) for role, (fname, _) in spec.files.items()}
     if all(found.values()):
         return found  # type: ignore[return-value]
     return None
 
 
+def _data_dir(data_dir: str | os.PathLike) -> Path:
+    """`--data-dir` as a Path, if it is a folder; else DataError saying what it is."""
+    folder = Path(data_dir).expanduser()
+    try:
+        mode = os.stat(folder).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"--data-dir {folder}: no such folder") from None
+    except OSError as e:
+        raise DataError(f"--data-dir {folder}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISDIR(mode):
+        raise DataError(f"--data-dir {folder}: is {file_kind(mode)}, not a folder")
+    return folder
+
+
 def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> dict[str, Path] | None:
+    """The four files: in `data_dir` only when given, else in the first usual place that has them all.
+
+    A usual place that cannot be read is passed over (it is not the user's choice);
+    `data_dir` that cannot be read is a DataError.
+    """
     if data_dir is not None:
-        folder = Path(data_dir).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"--data-dir {folder}: no such folder")
+        folder = _data_dir(data_dir)
         found = find_files(spec, folder)
         if found is None:
             missing = [fname for fname, _ in spec.files.values() if not _find_file(folder, fname)]
@@ -311,7 +397,10 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> dict
                             "(the .gz or uncompressed IDX files are both accepted)")
         return found
     for folder in candidate_dirs(spec):
-        found = find_files(spec, folder)
+        try:
+            found = find_files(spec, folder)
+        except DataError:
+            continue
         if found is not None:
             return found
     return None
@@ -385,7 +474,7 @@ def download(spec: DatasetSpec, dest_dir: Path | None = None, mirrors: tuple[str
     paths: dict[str, Path] = {}
     for role, (fname, md5) in spec.files.items():
         dest = dest_dir / fname
-        if dest.is_file() and _md5(dest) == md5:
+        if _downloaded(dest, md5):
             paths[role] = dest
             continue
         attempts = []
@@ -410,9 +499,20 @@ def download(spec: DatasetSpec, dest_dir: Path | None = None, mirrors: tuple[str
     return paths
 
 
+def _downloaded(dest: Path, md5: str) -> bool:
+    """True if `dest` is already the official file; DataError if the download folder cannot be read."""
+    try:
+        return _md5(dest) == md5
+    except (FileNotFoundError, NotRegularFile):
+        return False  # not there yet, or something else in the way: the download replaces it
+    except OSError as e:
+        raise DataError(f"cannot read the download folder {dest.parent} ({e.strerror or e}); "
+                        "set MNISTLAB_DATA to a readable folder or pass --data-dir DIR") from None
+
+
 def _md5(path: Path) -> str:
     digest = hashlib.md5()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -457,10 +557,8 @@ def _validate_arrays(spec: DatasetSpec, arrays: dict[str, np.ndarray], names: di
 def _load_cached(key: str, spec: DatasetSpec) -> dict[str, np.ndarray] | None:
     """The cached arrays for `key` if the entry exists and passes validation, else None."""
     path = parsed_cache_dir() / f"{key}.npz"
-    if not path.is_file():
-        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
             arrays = {role: z[role] for role in ROLES}
         _validate_arrays(spec, arrays, {role: f"{path} [{role}]" for role in ROLES})
     except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile, MemoryError, DataError):
@@ -480,17 +578,30 @@ def _store_cached(key: str, arrays: dict[str, np.ndarray]) -> None:
 def _cache_files() -> list[Path]:
     """The entries and the leftovers of interrupted writes (`.<name>.npz.*.tmp`) in the parsed cache."""
     folder = parsed_cache_dir()
-    if not folder.is_dir():
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and (p.suffix == ".npz" or (p.name.startswith(".") and p.suffix == ".tmp")))
+    except OSError as e:
+        raise DataError(f"parsed cache {folder}: cannot read ({e.strerror or e})") from None
+    return sorted(Path(e.path) for e in entries
+                  if e.is_file(follow_symlinks=False)
+                  and (e.name.endswith(".npz") or (e.name.startswith(".") and e.name.endswith(".tmp"))))
 
 
 def cache_usage() -> dict[str, Any]:
-    """Where the parsed cache is, how many entries it holds and their total size in bytes."""
-    files = _cache_files()
-    return {"folder": str(parsed_cache_dir()), "files": len(files),
-            "bytes": sum(p.stat().st_size for p in files)}
+    """Where the parsed cache is, how many entries it holds and their total size in bytes
+    (and "problem", when the folder cannot be read)."""
+    usage: dict[str, Any] = {"folder": str(parsed_cache_dir()), "files": 0, "bytes": 0}
+    try:
+        files = _cache_files()
+    except DataError as e:
+        return usage | {"problem": str(e)}
+    sizes = []
+    for path in files:
+        with contextlib.suppress(OSError):  # removed meanwhile by another process
+            sizes.append(path.stat().st_size)
+    return usage | {"files": len(sizes), "bytes": sum(sizes)}
 
 
 def clear_cache() -> dict[str, Any]:
@@ -533,8 +644,11 @@ def _to_dataset(spec: DatasetSpec, arrays: dict[str, np.ndarray], source: str) -
 
 
 def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, download_missing: bool = True,
-         progress: bool = True) -> Dataset:
-    """The dataset `name` as uint8 tensors, from disk, the cache, or a download."""
+         progress: bool = True, any_data: bool = False) -> Dataset:
+    """The dataset `name` as uint8 tensors, from disk, the cache, or a download.
+
+    Files recognised as another dataset (`identify`) are a DataError, unless `any_data`.
+    """
     spec = get_spec(name)
     if name == "synthetic":
         if data_dir is not None:
@@ -556,7 +670,17 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
             raise DataError(f"{name} not found in {', '.join(map(str, candidate_dirs(spec)))}")
         paths = download(spec, progress=progress)
     arrays = read_files(spec, paths)
-    return _to_dataset(spec, arrays, str(paths["train_images"].parent))
+    dataset = _to_dataset(spec, arrays, str(paths["train_images"].parent))
+    try:
+        labels_md5 = _md5(paths["test_labels"])
+    except OSError as e:
+        raise DataError(f"{paths['test_labels']}: cannot read ({e.strerror or e})") from None
+    dataset.identity = identify(arrays["test_labels"], labels_md5)
+    problem = mismatch(dataset, name)
+    if problem and not any_data:
+        raise DataError(f"{problem}; use --dataset {dataset.identity[0]} for these files, "
+                        f"or point --data-dir at the {name} files")
+    return dataset
 
 
 def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -568,13 +692,23 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
         if spec.name == "synthetic":
             rows.append(row | {"found": True, "location": "built in (rendered on the fly)", "searched": []})
             continue
-        searched = ([Path(data_dir).expanduser()] if data_dir is not None else []) + candidate_dirs(spec)
-        paths = next(filter(None, (find_files(spec, folder) for folder in searched)), None)
+        searched = ([_data_dir(data_dir)] if data_dir is not None else []) + candidate_dirs(spec)
+        paths, problems = None, []
+        for folder in searched:
+            try:
+                paths = find_files(spec, folder)
+            except DataError as e:
+                if data_dir is not None and folder == searched[0]:
+                    raise  # the folder the user named: its problem is the answer
+                problems.append(str(e))  # a usual place that cannot be used: said, and passed over
+                continue
+            if paths is not None:
+                break
         rows.append(row | {
             "found": paths is not None,
             "location": str(paths["train_images"].parent) if paths else str(download_dir(spec)),
             "searched": [str(folder) for folder in searched],
-        })
+        } | ({"problems": problems} if problems else {}))
     return rows
 
 

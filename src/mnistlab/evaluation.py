@@ -82,11 +82,14 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: 
 
 
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-             device: str = "auto", split: str = "test") -> Evaluation:
-    """Evaluate a run directory or checkpoint on its dataset's test split."""
+             device: str = "auto", split: str = "test", any_data: bool = False) -> Evaluation:
+    """Evaluate a run directory or checkpoint on its dataset's test split.
+
+    Data recognised as another dataset than the model's is a DataError, unless `any_data`.
+    """
     torch_device = select_device(device)
     ckpt = load_checkpoint(checkpoint, torch_device)
-    dataset = ckpt.load_data(data_dir)
+    dataset = ckpt.load_data(data_dir, any_data)
     part = dataset.test if split == "test" else dataset.train
     x, y = data_mod.to_device(part, torch_device, ckpt.mean, ckpt.std)
     result = evaluate_model(ckpt.model, x, y, ckpt.classes)

@@ -21,6 +21,7 @@ torch.jit.load) and its probabilities compared with PyTorch's on a fixed batch.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -33,7 +34,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import load_checkpoint, resolve
 from .errors import CheckpointError, MnistlabError, UsageError
-from .files import atomic_path, write_json
+from .files import write_bytes, write_json
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUTS = ("uint8", "float")
@@ -99,39 +100,46 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_onnx(wrapper: nn.Module, example: torch.Tensor, tmp: Path, metadata: dict[str, str]) -> None:
+# The exported file is made and checked in memory, then written in one atomic write: a full disk or a
+# read-only folder is then a WriteError naming the file (torch's and onnx's own writers fail with their own
+# errors halfway through), and an earlier export at that path is left as it was.
+
+def _onnx_bytes(wrapper: nn.Module, example: torch.Tensor, metadata: dict[str, str]) -> bytes:
     onnx, _ = _require_onnx()
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript-based exporter (dynamo=False) works offline with torch alone; torch marks it
         # deprecated in favour of the torch.export-based one, which needs the onnxscript package.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapper, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+        torch.onnx.export(wrapper, (example,), buf, dynamo=False, opset_version=ONNX_OPSET,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
-    proto = onnx.load(str(tmp))
+    proto = onnx.load_from_string(buf.getvalue())
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(tmp))
+    return proto.SerializeToString()
 
 
-def _run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
+def _run_onnx(model: bytes, images: torch.Tensor) -> torch.Tensor:
     _, onnxruntime = _require_onnx()
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0])
 
 
-def _write_torchscript(wrapper: nn.Module, example: torch.Tensor, tmp: Path) -> None:
+def _torchscript_bytes(wrapper: nn.Module, example: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 marks torch.jit deprecated
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)  # checked below, loaded back
-        torch.jit.save(traced, str(tmp))
+        torch.jit.save(traced, buf)
+    return buf.getvalue()
 
 
-def _run_torchscript(path: Path, images: torch.Tensor) -> torch.Tensor:
+def _run_torchscript(model: bytes, images: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        loaded = torch.jit.load(str(path), map_location="cpu")
+        loaded = torch.jit.load(io.BytesIO(model), map_location="cpu")
     with torch.no_grad():
         return loaded(images)
 
@@ -192,25 +200,22 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     }
     if fmt == "onnx":
         info["opset"] = ONNX_OPSET
-    try:
-        with atomic_path(path) as tmp:
-            if fmt == "onnx":
-                _write_onnx(wrapper, images[:2], tmp, {
-                    "classes": json.dumps(list(ckpt.classes)), "producer": "mnistlab",
-                    "input": f"{info['input']['dtype']} N x {' x '.join(map(str, image_shape))}, "
-                    f"range {info['input']['range']}", "output": "class probabilities"})
-                got = _run_onnx(tmp, images)
-            else:
-                _write_torchscript(wrapper, images[:2], tmp)
-                got = _run_torchscript(tmp, images)
-            difference = float((got - expected).abs().max())
-            if got.shape != expected.shape or not difference <= TOLERANCE:
-                raise MnistlabError(f"the exported {fmt} model disagrees with PyTorch (largest difference "
-                                    f"{difference:.2g} > {TOLERANCE:g}); nothing was written")
-            info["check"] = {"images": len(images), "max_abs_difference": difference, "tolerance": TOLERANCE,
-                             "against": "the PyTorch model, on blank, saturated and random images"}
-            info["sha256"] = _file_sha256(tmp)
-        write_json(sidecar, info)
-    except OSError as e:
-        raise MnistlabError(f"cannot write {path} ({e.strerror or e})") from None
+    if fmt == "onnx":
+        model = _onnx_bytes(wrapper, images[:2], {
+            "classes": json.dumps(list(ckpt.classes)), "producer": "mnistlab",
+            "input": f"{info['input']['dtype']} N x {' x '.join(map(str, image_shape))}, "
+            f"range {info['input']['range']}", "output": "class probabilities"})
+        got = _run_onnx(model, images)
+    else:
+        model = _torchscript_bytes(wrapper, images[:2])
+        got = _run_torchscript(model, images)
+    difference = float((got - expected).abs().max())
+    if got.shape != expected.shape or not difference <= TOLERANCE:
+        raise MnistlabError(f"the exported {fmt} model disagrees with PyTorch (largest difference "
+                            f"{difference:.2g} > {TOLERANCE:g}); nothing was written")
+    info["check"] = {"images": len(images), "max_abs_difference": difference, "tolerance": TOLERANCE,
+                     "against": "the PyTorch model, on blank, saturated and random images"}
+    info["sha256"] = hashlib.sha256(model).hexdigest()
+    write_bytes(path, model)  # WriteError names the path and the cause
+    write_json(sidecar, info)
     return info | {"path": str(path), "sidecar": str(sidecar)}

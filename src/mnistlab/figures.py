@@ -247,11 +247,13 @@ def samples_figure(images: Any, labels: Any, classes: Sequence[str], per_class: 
     return image_grid(cells, titles, ncols=len(classes), title=f"Training samples{': ' + name if name else ''}")
 
 
-def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[Path]:
+def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+             any_data: bool = False) -> list[Path]:
     """Write curves, confusion, misclassified and samples PNGs into `run_dir/figures/`.
 
     The test split is evaluated with the run's checkpoint; without `data_dir` the
     data is looked for where the run was trained from, then in the usual places.
+    Data recognised as another dataset than the run's is a DataError, unless `any_data`.
     """
     import torch
 
@@ -265,7 +267,7 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     ckpt = load_checkpoint(run_dir)
     if not (run_dir / "metrics.csv").is_file():
         raise RunError(f"{run_dir}: not a run directory (metrics.csv is missing)")
-    dataset = ckpt.load_data(data_dir)
+    dataset = ckpt.load_data(data_dir, any_data)
     x, y = data_mod.to_device(dataset.test, torch.device("cpu"), ckpt.mean, ckpt.std)
     result = evaluate_model(ckpt.model, x, y, ckpt.classes)
     wrong = result.misclassified[:MAX_MISCLASSIFIED]

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from .errors import PredictionError
+from .files import NotRegularFile, display_name, open_regular
 
 SIZE = 28  # MNIST images are 28x28 ...
 BOX = 20  # ... with the digit fitted into a 20x20 box
@@ -64,31 +65,49 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # ---------------------------------------------------------------------------
 # Reading images
 
-def load_image(source: str | os.PathLike | IO[bytes], name: str | None = None):
+def load_image(source: str | bytes | os.PathLike | IO[bytes], name: str | None = None):
     """Open and decode an image file (or binary file object) fully; PredictionError if unusable.
 
+    Only a regular file is opened: a FIFO, a device or a folder named like an
+    image is refused by name (opening a FIFO would wait for a writer forever).
     A JPEG is decoded as preparation needs it (see `_draft`): in grey, and a big
     one at a reduced scale. PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
     is kept, checked on the picture's full size, and crossing it is an error rather
     than a warning.
     """
-    name = name or str(getattr(source, "name", source))
+    if isinstance(source, (str, bytes, os.PathLike)):
+        name = name or display_name(source)
+        with _opened(source, name) as f:
+            return _decode(f, name)
+    return _decode(source, name or display_name(str(getattr(source, "name", "image"))))
+
+
+def _opened(path: str | bytes | os.PathLike, name: str) -> IO[bytes]:
+    try:
+        return open_regular(path)
+    except FileNotFoundError:
+        raise PredictionError("no such file", name) from None
+    except NotRegularFile as e:
+        raise PredictionError(f"{e.strerror}, not an image", name) from None
+    except PermissionError:
+        raise PredictionError("permission denied", name) from None
+    except OSError as e:
+        raise PredictionError(f"cannot read ({e.strerror or e})", name) from None
+    except ValueError as e:  # a NUL byte in the name
+        raise PredictionError(f"not a file name ({e})", name) from None
+
+
+def _decode(f: IO[bytes], name: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:  # closes the file; the decoded pixels stay
+            with Image.open(f) as image:
                 _draft(image)
-                image.load()  # decoding is lazy: a truncated file only fails here
-    except FileNotFoundError:
-        raise PredictionError("no such file", name) from None
-    except IsADirectoryError:
-        raise PredictionError("is a directory, not an image", name) from None
+                image.load()  # decoding is lazy: a truncated file only fails here; the pixels stay
     except UnidentifiedImageError:
         raise PredictionError("not an image (or a format Pillow cannot read)", name) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise PredictionError(f"refused as a possible decompression bomb ({e})", name) from None
-    except PermissionError:
-        raise PredictionError("permission denied", name) from None
     except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
         raise PredictionError(f"truncated or corrupt image ({str(e) or type(e).__name__})", name) from None
     return image

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import math
 import os
@@ -32,12 +33,14 @@ from typing import Any
 
 import torch
 
-from .checkpoint import META, WEIGHTS, save_checkpoint
+from .checkpoint import META, WEIGHTS, check_tensors, save_checkpoint, validate_meta
 from .config import Config, ConfigError
-from .errors import RunError, WriteError
+from .errors import CheckpointError, RunError, WriteError
 from .files import (
     make_dirs,
+    open_regular,
     read_json,
+    read_regular,
     remove_stale_temps,
     write_bytes,
     write_json,
@@ -114,20 +117,87 @@ def read_config(run_dir: Path) -> Config:
 
 
 def read_state(run_dir: Path) -> dict[str, Any] | None:
-    """The last commit, or None when the run has none yet."""
+    """The last commit, or None when the run has none yet; RunError if it is damaged (`check_state`)."""
     path = run_dir / STATE
-    if not path.exists():
-        return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_regular(path)  # a FIFO named state.pt is refused, never waited on
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever the unpickler says, the file is unusable
         raise RunError(f"{path}: damaged resume state ({type(e).__name__}); the run cannot continue "
                        "from it") from None
-    if not (isinstance(state, dict) and state.get("format") == STATE_FORMAT and isinstance(state.get("epoch"), int)
-            and isinstance(state.get("rows"), list) and len(state["rows"]) == state["epoch"]
-            and isinstance(state.get("model"), dict) and isinstance(state.get("meta"), dict)):
+    if not (isinstance(state, dict) and state.get("format") == STATE_FORMAT):
         raise RunError(f"{path}: not a resume state of this mnistlab version; the run cannot continue from it")
+    try:
+        check_state(state)
+    except (ValueError, CheckpointError) as e:
+        raise RunError(f"{path}: damaged resume state ({e}); the run cannot continue from it") from None
     return state
+
+
+def _finite(value: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and lo <= value <= hi)
+
+
+def check_row(row: Any, epoch: int) -> None:
+    """ValueError unless `row` is metric row `epoch`: every field, finite numbers, accuracies in [0, 1]."""
+    if not (isinstance(row, dict) and set(METRIC_FIELDS) <= set(row)):
+        raise ValueError(f"metric row {epoch} is not a row of {', '.join(METRIC_FIELDS)}")
+    if row["epoch"] != epoch or isinstance(row["epoch"], bool):
+        raise ValueError(f"metric row {epoch} says epoch {row['epoch']!r}")
+    for name, lo, hi, optional in (("train_loss", -math.inf, math.inf, False), ("lr", 0, math.inf, False),
+                                   ("seconds", 0, math.inf, False), ("val_accuracy", 0, 1, True),
+                                   ("test_accuracy", 0, 1, True)):
+        if not (_finite(row[name], lo, hi) or (optional and row[name] is None)):
+            raise ValueError(f"metric row {epoch}: {name} is {row[name]!r}")
+
+
+def check_state(state: dict[str, Any]) -> None:
+    """ValueError (or CheckpointError) unless a commit holds what resuming and publishing read.
+
+    Checked here: the epoch and its metric rows, the checkpoint metadata (as in
+    model.json), the weights' names, shapes, dtypes and values against the network
+    that metadata describes, and the types of the optimiser, schedule and RNG
+    entries. Whether these fit the run's own optimiser and schedule is checked when
+    they are loaded into it (`training.Trainee.restore`).
+    """
+    epoch, rows = state.get("epoch"), state.get("rows")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise ValueError(f"epoch is {epoch!r}")
+    if not (isinstance(rows, list) and len(rows) == epoch):
+        raise ValueError(f"{epoch} epochs but {len(rows) if isinstance(rows, list) else 'no'} metric rows")
+    for k, row in enumerate(rows, 1):
+        check_row(row, k)
+    meta = validate_meta(state.get("meta"), "its checkpoint metadata")
+    model = state.get("model")
+    if not (isinstance(model, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items())):
+        raise ValueError("the weights are not a dictionary of named tensors")
+    check_tensors({k: (list(v.shape), v.dtype) for k, v in model.items()}, meta["architecture"], "its weights",
+                  meta.get("ensemble", 1))
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in model.values()):
+        raise ValueError("the weights hold NaN or infinite values")
+    optimizer = state.get("optimizer")
+    members = meta.get("ensemble", 1)
+    # An ensemble keeps one optimiser state per member: {"members": [...]}.
+    optimizers = optimizer.get("members") if members > 1 and isinstance(optimizer, dict) else [optimizer]
+    if not (isinstance(optimizers, list) and len(optimizers) == members and all(
+            isinstance(o, dict) and isinstance(o.get("state"), dict) and isinstance(o.get("param_groups"), list)
+            and all(isinstance(g, dict) for g in o["param_groups"]) for o in optimizers)):
+        raise ValueError("the optimiser state is not a dictionary of state and param_groups")
+    if not isinstance(state.get("schedule"), dict):
+        raise ValueError("the schedule state is not a dictionary")
+    rng = state.get("rng")
+    if not (isinstance(rng, dict) and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+                                          and rng[k].dim() == 1 for k in ("torch", "generator"))):
+        raise ValueError("the random number generators' states are not byte tensors")
+    if not (isinstance(state.get("device"), str) and isinstance(state.get("torch"), str)
+            and _finite(state.get("world_size", 1), 1) and isinstance(state.get("world_size", 1), int)):
+        raise ValueError("device, world_size or torch is of the wrong type")
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
@@ -152,7 +222,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         return value
 
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.TextIOWrapper(open_regular(path), newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if tuple(reader.fieldnames or ()) != METRIC_FIELDS:
                 raise ValueError("unexpected columns")
@@ -225,9 +295,12 @@ def info(run_dir: str | os.PathLike) -> RunInfo:
 def list_runs(root: str | os.PathLike = "runs") -> list[RunInfo]:
     """Every run directory in `root` (and `root` itself if it is one), sorted by name."""
     root = Path(root)
-    if not root.is_dir():
-        raise RunError(f"{root}: no such folder")
-    folders = [root] if (root / CONFIG).is_file() else sorted(p for p in root.iterdir() if (p / CONFIG).is_file())
+    try:
+        if not root.is_dir():
+            raise RunError(f"{root}: no such folder")
+        folders = [root] if (root / CONFIG).is_file() else sorted(p for p in root.iterdir() if (p / CONFIG).is_file())
+    except OSError as e:
+        raise RunError(f"{e.filename or root}: cannot read ({e.strerror or e})") from None
     return [info(p) for p in folders]
 
 
@@ -320,7 +393,8 @@ class Run:
     def discard(self) -> None:
         """Remove a run that never committed an epoch 0 (failed before training), with the folders made for it."""
         for name in (CONFIG, LOCK):
-            (self.path / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: the error that got us here is the one to show
+                (self.path / name).unlink(missing_ok=True)
         for folder in self.created:
             with contextlib.suppress(OSError):  # not empty: someone else's now
                 folder.rmdir()
@@ -334,8 +408,14 @@ def _lock(path: Path) -> int:
     if fd is None:
         raise RunError(f"{path} is being written by {_holder(path)}; wait for it to finish or choose another --out")
     # Who holds it, for the refusal above; written after locking, read by others.
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                 .encode())
+    except OSError as e:  # a full disk: the lock is held all the same, only its note is missing
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            os.close(fd)
+            raise RunError(f"cannot write {path / LOCK}: {e.strerror or e}") from None
     return fd
 
 

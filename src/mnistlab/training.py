@@ -237,14 +237,71 @@ class Trainee:
         return accuracy(self.model, x, y)
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Load a commit (checked by runs.check_state); RunError unless it fits this trainee exactly."""
+        fresh_groups = self.optimizer.state_dict()["param_groups"]
         try:
+            _check_fits(state["schedule"], self.schedule.state_dict() if self.schedule else {}, "schedule")
+            fresh_rng = rng_state(self.generator)
+            _check_fits({k: state["rng"][k] for k in ("torch", "generator")},
+                        {k: fresh_rng[k] for k in ("torch", "generator")}, "rng")
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            _check_optimizer(self.optimizer, fresh_groups)
             if self.schedule is not None:
                 self.schedule.load_state_dict(state["schedule"])
             set_rng_state(state["rng"], self.generator)
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise RunError(f"the resume state does not fit the run's config ({str(e).splitlines()[0]})") from None
+
+
+# What the optimiser's groups may differ in from a fresh optimiser's: the rate the
+# schedule moves, and how the update is computed (which depends on the device).
+_GROUP_FREE = {"lr", "params", "foreach", "fused", "capturable", "differentiable"}
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, fresh_groups: list[dict[str, Any]]) -> None:
+    """ValueError unless the loaded optimiser has the config's hyperparameters, a finite rate >= 0,
+    and per-parameter state (momentum, moments) of each parameter's shape, finite."""
+    groups = optimizer.param_groups
+    for group, fresh in zip(groups, fresh_groups):
+        for key, value in fresh.items():
+            if key not in _GROUP_FREE and group.get(key) != value:
+                raise ValueError(f"optimizer {key} is {group.get(key)!r}, the config gives {value!r}")
+        lr = group.get("lr")
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"optimizer lr is {lr!r}")
+    for param, entries in optimizer.state.items():
+        for key, value in entries.items():
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or (value.dim() and value.shape != param.shape):
+                raise ValueError(f"optimizer {key} does not fit a parameter of shape {list(param.shape)}")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise ValueError(f"optimizer {key} holds NaN or infinite values")
+
+
+def _check_fits(loaded: Any, fresh: Any, where: str) -> None:
+    """ValueError unless `loaded` has `fresh`'s structure: the same keys and lengths, tensors of the
+    same shape and dtype, finite numbers >= 0 where `fresh` has numbers, the same type elsewhere."""
+    if isinstance(fresh, dict):
+        if not (isinstance(loaded, dict) and set(loaded) == set(fresh)):
+            raise ValueError(f"{where} does not have the entries {', '.join(map(str, fresh))}")
+        for key in fresh:
+            _check_fits(loaded[key], fresh[key], f"{where}.{key}")
+    elif isinstance(fresh, (list, tuple)):
+        if not (isinstance(loaded, (list, tuple)) and len(loaded) == len(fresh)):
+            raise ValueError(f"{where} is not a list of {len(fresh)}")
+        for k, (a, b) in enumerate(zip(loaded, fresh)):
+            _check_fits(a, b, f"{where}[{k}]")
+    elif isinstance(fresh, torch.Tensor):
+        if not (isinstance(loaded, torch.Tensor) and loaded.shape == fresh.shape and loaded.dtype == fresh.dtype):
+            raise ValueError(f"{where} is not a {fresh.dtype} tensor of shape {list(fresh.shape)}")
+    elif isinstance(fresh, (int, float)) and not isinstance(fresh, bool):
+        if not (isinstance(loaded, (int, float)) and not isinstance(loaded, bool) and math.isfinite(loaded)
+                and loaded >= 0):
+            raise ValueError(f"{where} is {loaded!r}, not a finite number >= 0")
+    elif type(loaded) is not type(fresh):
+        raise ValueError(f"{where} is {type(loaded).__name__}, not {type(fresh).__name__}")
 
 
 def build(config: Config, splits: Splits, device: torch.device) -> Trainee:
