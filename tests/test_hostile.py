@@ -23,6 +23,7 @@ import signal
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,18 @@ def test_an_idx_header_whose_sizes_overflow_is_refused_before_anything_is_alloca
     with pytest.raises(DataError, match=r"header says 2147483648x2147483648x4 = 18446744073709551616 bytes "
                                         r"of data but the file holds 0"):
         data.parse_idx(header, "evil")
+
+
+def test_a_gzip_bomb_is_refused_after_the_size_its_header_declares():
+    # 200 MB of zeros behind a header that declares 784,000 bytes: compressed, under 1 MB.
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 1000, 28, 28)
+    bomb = packer.compress(header) + b"".join(packer.compress(bytes(2**20)) for _ in range(200)) + packer.flush()
+    with pytest.raises(DataError, match="header says 1000x28x28 = 784000 bytes of data but the file holds more"):
+        data._decompress(bomb, Path("bomb.gz"))
+    huge = gzip.compress(struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2**31, 2**31, 4))
+    with pytest.raises(DataError, match="declares 18446744073709551616 bytes of data, more than the 1073741824"):
+        data._decompress(huge, Path("huge.gz"))
 
 
 @fifo_needed
@@ -395,6 +408,25 @@ def test_a_damaged_state_pt_is_one_line_when_resuming(tmp_path, tiny_run, change
         runs.read_state(run)
 
 
+class Planted:
+    """Unpickling this runs `touch PATH`: what a crafted state.pt would do if it were unpickled freely."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_a_crafted_state_pt_never_runs_its_code(tmp_path, tiny_run):
+    run = run_copy(tiny_run, tmp_path)
+    torch.save({"format": 2, "epoch": 0, "rows": [], "planted": Planted(tmp_path / "owned")}, run / "state.pt")
+    with pytest.raises(RunError, match=r"state.pt: damaged resume state \(UnpicklingError\); the run cannot "
+                                       "continue from it"):
+        runs.read_state(run)
+    assert not (tmp_path / "owned").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s: s["optimizer"]["param_groups"][0].update(momentum=0.5), "optimizer momentum is 0.5, the config"),
     (lambda s: s["optimizer"]["param_groups"][0].update(lr=float("nan")), "optimizer lr is nan"),
@@ -598,7 +630,7 @@ def test_any_idx_header_and_body_parse_or_are_named(parts, compress):
     zero, dtype, ndim, dims, body = parts
     raw = struct.pack(">HBB", zero, dtype, ndim) + struct.pack(f">{len(dims)}I", *dims) + body
     raw = gzip.compress(raw) if compress else raw
-    array = own_error_or_result(data.parse_idx, data._decompress(raw, Path("fuzz")), "fuzz")
+    array = own_error_or_result(lambda: data.parse_idx(data._decompress(raw, Path("fuzz")), "fuzz"))
     if array is not None:
         assert array.dtype == np.uint8 and array.size == len(body) and list(array.shape) == dims[:ndim]
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .config import ACTIVATIONS, DATASET_NAMES, MAX_WIDTH
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, shown
 from .files import file_kind, read_json, write_bytes, write_json
 from .models import MODELS, Ensemble, build_model
 
@@ -38,13 +38,12 @@ MAX_LAYERS = 16
 MAX_CLASS_NAME = 100  # characters
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _is_int(value: Any, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _is_one_of(value: Any, names: tuple[str, ...]) -> bool:
+    return isinstance(value, str) and value in names
 
 
 def _is_number(value: Any, lo: float, hi: float) -> bool:
@@ -58,34 +57,37 @@ def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
     from .data import DATASETS
 
     def bad(name: str, allowed: str, value: Any) -> CheckpointError:
-        return CheckpointError(f"{where}: {name} must be {allowed} (got {_shown(value)}); "
+        return CheckpointError(f"{where}: {name} must be {allowed} (got {shown(value)}); "
                                "the checkpoint is damaged or was not written by mnistlab")
 
     if not isinstance(meta, dict):
         raise bad("the metadata", "a JSON object", meta)
+    # Every value is tested for its type before it is compared: a hostile document may hold
+    # anything JSON (or, in state.pt, torch) can express, and a tensor compared with == has no truth value.
     version = meta.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    if not _is_int(version, FORMAT_VERSION, FORMAT_VERSION):
         raise bad("format_version", f"{FORMAT_VERSION} (this mnistlab's format)", version)
     arch = meta.get("architecture")
     if not isinstance(arch, dict):
         raise bad("architecture", "a JSON object", arch)
-    if arch.get("model") not in MODELS:
+    if not (isinstance(arch.get("model"), str) and arch["model"] in MODELS):
         raise bad("architecture.model", " or ".join(MODELS), arch.get("model"))
-    if arch.get("input_shape") != INPUT_SHAPE or not all(_is_int(v, 1, 28) for v in arch["input_shape"]):
-        raise bad("architecture.input_shape", str(INPUT_SHAPE), arch.get("input_shape"))
+    shape = arch.get("input_shape")
+    if not (isinstance(shape, list) and all(_is_int(v, 1, 28) for v in shape) and shape == INPUT_SHAPE):
+        raise bad("architecture.input_shape", str(INPUT_SHAPE), shape)
     hidden = arch.get("hidden")
     fewest = 0 if arch["model"] == "cnn" else 1  # the cnn ignores its hidden sizes
     if not (isinstance(hidden, list) and fewest <= len(hidden) <= MAX_LAYERS
             and all(_is_int(h, 1, MAX_WIDTH) for h in hidden)):
         raise bad("architecture.hidden", f"a list of {fewest} to {MAX_LAYERS} integers from 1 to {MAX_WIDTH}", hidden)
-    if arch.get("activation", "relu") not in ACTIVATIONS:
+    if not _is_one_of(arch.get("activation", "relu"), ACTIVATIONS):
         raise bad("architecture.activation", "one of " + ", ".join(ACTIVATIONS), arch.get("activation"))
-    if arch.get("output", "logits") not in OUTPUTS:
+    if not _is_one_of(arch.get("output", "logits"), OUTPUTS):
         raise bad("architecture.output", " or ".join(OUTPUTS), arch.get("output"))
-    if meta.get("dataset") not in DATASET_NAMES:
+    if not _is_one_of(meta.get("dataset"), DATASET_NAMES):
         raise bad("dataset", "one of " + ", ".join(DATASET_NAMES), meta.get("dataset"))
     n = len(DATASETS[meta["dataset"]].classes)
-    if arch.get("num_classes") != n or not _is_int(arch["num_classes"], n, n):
+    if not _is_int(arch.get("num_classes"), n, n):
         raise bad("architecture.num_classes", f"{n} (the classes of {meta['dataset']})", arch.get("num_classes"))
     classes = meta.get("classes")
     if not (isinstance(classes, list) and len(classes) == n
@@ -144,7 +146,7 @@ def check_tensors(tensors: dict[str, tuple[list[int], torch.dtype | str]], arch:
         raise CheckpointError(f"{where}: the weights do not fit the network described in {META} ("
                               + "; ".join(part for part in (
                                   f"missing {', '.join(missing[:4])}" if missing else "",
-                                  f"unexpected {', '.join(map(_shown, unexpected[:4]))}" if unexpected else "")
+                                  f"unexpected {', '.join(map(shown, unexpected[:4]))}" if unexpected else "")
                                   if part) + ")")
     for name, (shape, dtype) in expected.items():
         if list(tensors[name][0]) != shape or tensors[name][1] != dtype:

@@ -80,9 +80,11 @@ class Config:
         """A config from its JSON form, checked key by key (ConfigError names the first bad one)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object of fields, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)}, key=str)
         if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(map(str, unknown))}")
+            # repr for a key with a newline in it: the message stays one line
+            shown = (k if isinstance(k, str) and k.isprintable() else repr(k) for k in unknown)
+            raise ConfigError(f"unknown config keys: {', '.join(shown)}")
         hints = typing.get_type_hints(cls)
         values = {}
         for name, value in d.items():

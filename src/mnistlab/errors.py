@@ -9,6 +9,13 @@ directory, image), so that callers that care can tell them apart.
 from __future__ import annotations
 
 
+def shown(value: object, width: int = 60) -> str:
+    """`value` as it may appear inside a one-line message: its repr, whitespace (a tensor's
+    rows, a newline in a string) folded into single spaces, cut to about `width` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 class MnistlabError(Exception):
     """A problem the user can fix: the message says what was wrong and what to do."""
 

@@ -35,7 +35,7 @@ import torch
 
 from .checkpoint import META, WEIGHTS, check_tensors, save_checkpoint, validate_meta
 from .config import Config, ConfigError
-from .errors import CheckpointError, RunError, WriteError
+from .errors import CheckpointError, RunError, WriteError, shown
 from .files import (
     make_dirs,
     open_regular,
@@ -130,7 +130,8 @@ def read_state(run_dir: Path) -> dict[str, Any] | None:
     except Exception as e:  # noqa: BLE001 - whatever the unpickler says, the file is unusable
         raise RunError(f"{path}: damaged resume state ({type(e).__name__}); the run cannot continue "
                        "from it") from None
-    if not (isinstance(state, dict) and state.get("format") == STATE_FORMAT):
+    version = state.get("format") if isinstance(state, dict) else None
+    if not (isinstance(version, int) and version == STATE_FORMAT):
         raise RunError(f"{path}: not a resume state of this mnistlab version; the run cannot continue from it")
     try:
         check_state(state)
@@ -148,13 +149,13 @@ def check_row(row: Any, epoch: int) -> None:
     """ValueError unless `row` is metric row `epoch`: every field, finite numbers, accuracies in [0, 1]."""
     if not (isinstance(row, dict) and set(METRIC_FIELDS) <= set(row)):
         raise ValueError(f"metric row {epoch} is not a row of {', '.join(METRIC_FIELDS)}")
-    if row["epoch"] != epoch or isinstance(row["epoch"], bool):
-        raise ValueError(f"metric row {epoch} says epoch {row['epoch']!r}")
+    if not (isinstance(row["epoch"], int) and not isinstance(row["epoch"], bool) and row["epoch"] == epoch):
+        raise ValueError(f"metric row {epoch} says epoch {shown(row['epoch'])}")
     for name, lo, hi, optional in (("train_loss", -math.inf, math.inf, False), ("lr", 0, math.inf, False),
                                    ("seconds", 0, math.inf, False), ("val_accuracy", 0, 1, True),
                                    ("test_accuracy", 0, 1, True)):
         if not (_finite(row[name], lo, hi) or (optional and row[name] is None)):
-            raise ValueError(f"metric row {epoch}: {name} is {row[name]!r}")
+            raise ValueError(f"metric row {epoch}: {name} is {shown(row[name])}")
 
 
 def check_state(state: dict[str, Any]) -> None:
@@ -168,7 +169,7 @@ def check_state(state: dict[str, Any]) -> None:
     """
     epoch, rows = state.get("epoch"), state.get("rows")
     if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
-        raise ValueError(f"epoch is {epoch!r}")
+        raise ValueError(f"epoch is {shown(epoch)}")
     if not (isinstance(rows, list) and len(rows) == epoch):
         raise ValueError(f"{epoch} epochs but {len(rows) if isinstance(rows, list) else 'no'} metric rows")
     for k, row in enumerate(rows, 1):

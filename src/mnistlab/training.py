@@ -25,7 +25,7 @@ from . import progress as progress_mod
 from . import runs
 from .config import RECIPES, Config
 from .devices import describe, flush_denormals, select_device, synchronize
-from .errors import Interrupted, RunError
+from .errors import Interrupted, RunError, shown
 from .evaluation import accuracy
 from .models import architecture, build_model, loss_function
 
@@ -265,11 +265,11 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, fresh_groups: list[dict[s
     groups = optimizer.param_groups
     for group, fresh in zip(groups, fresh_groups):
         for key, value in fresh.items():
-            if key not in _GROUP_FREE and group.get(key) != value:
-                raise ValueError(f"optimizer {key} is {group.get(key)!r}, the config gives {value!r}")
+            if key not in _GROUP_FREE and not _same(group.get(key), value):
+                raise ValueError(f"optimizer {key} is {shown(group.get(key))}, the config gives {value!r}")
         lr = group.get("lr")
         if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"optimizer lr is {lr!r}")
+            raise ValueError(f"optimizer lr is {shown(lr)}")
     for param, entries in optimizer.state.items():
         for key, value in entries.items():
             if value is None:
@@ -278,6 +278,15 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, fresh_groups: list[dict[s
                 raise ValueError(f"optimizer {key} does not fit a parameter of shape {list(param.shape)}")
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise ValueError(f"optimizer {key} holds NaN or infinite values")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """a == b for plain values (numbers, bools, None, tuples of them), False for anything of another type."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _check_fits(loaded: Any, fresh: Any, where: str) -> None:
@@ -299,7 +308,7 @@ def _check_fits(loaded: Any, fresh: Any, where: str) -> None:
     elif isinstance(fresh, (int, float)) and not isinstance(fresh, bool):
         if not (isinstance(loaded, (int, float)) and not isinstance(loaded, bool) and math.isfinite(loaded)
                 and loaded >= 0):
-            raise ValueError(f"{where} is {loaded!r}, not a finite number >= 0")
+            raise ValueError(f"{where} is {shown(loaded)}, not a finite number >= 0")
     elif type(loaded) is not type(fresh):
         raise ValueError(f"{where} is {type(loaded).__name__}, not {type(fresh).__name__}")
 
