@@ -124,9 +124,13 @@ def test_killing_one_rank_ends_the_job_with_a_line_naming_it_and_the_run_resumes
     finally:
         job.kill()
     assert job.returncode != 0
-    ours = [line for line in err.splitlines() if line.startswith("mnistlab train: error: rank 0 of 2")]
+    # Rank 0 either notices the lost peer itself, or torchrun's agent stops it first (SIGTERM), which
+    # is an interruption: which one wins is a race. Either way it says one true line and how to go on.
+    ours = [line for line in err.splitlines() if line.startswith("mnistlab train: ") and "rank 0 of 2" in line]
     assert len(ours) == 1, err[-3000:]
-    assert f"the job lost rank 1 (pid {victim}), which ended" in ours[0] and "--resume" in ours[0]
+    assert (f"the job lost rank 1 (pid {victim}), which ended" in ours[0]
+            or f"local_rank: 1 (pid: {victim})" in err and ": interrupted; epochs 1-" in ours[0]), err[-3000:]
+    assert "--resume" in ours[0]
     kept = json.loads((out / "summary.json").read_text())["epochs"]
     assert kept >= 2
     done = torchrun("train", "--resume", str(out), "--epochs", str(kept + 2), "--no-plots", cwd=tmp_path)
