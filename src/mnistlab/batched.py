@@ -133,7 +133,7 @@ class Stack:
         self.base.train(mode)  # batch norm reads the mode from the module functional_call runs
 
     def zero_grad(self) -> None:
-        self.grads: dict[str, torch.Tensor] = {}
+        self.grads = {}
 
     def backward(self, losses: torch.Tensor) -> None:
         """Each member's gradient of its own loss: the gradient of their sum.
