@@ -32,6 +32,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from mnistlab.bench import cpu_model
 from mnistlab.errors import PredictionError
 from mnistlab.prepare import load_image, prepare_image
 
@@ -113,17 +114,6 @@ def summarise(kind: str, timings: list[tuple[float, float]], failed: int) -> str
     return (f"{kind:<12} {len(wall):5d} {statistics.median(wall):9.2f} {np.percentile(wall, 90):9.2f} "
             f"{wall.min():9.2f} {wall.max():9.2f} {statistics.median(cpu):9.2f}"
             + (f"   ({failed} refused: no ink)" if failed else ""))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:
