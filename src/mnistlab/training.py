@@ -240,7 +240,10 @@ class Trainee:
         """Load a commit (checked by runs.check_state); RunError unless it fits this trainee exactly."""
         fresh_groups = self.optimizer.state_dict()["param_groups"]
         try:
-            _check_fits(state["schedule"], self.schedule.state_dict() if self.schedule else {}, "schedule")
+            # A schedule saved by another torch version may lack entries; it may never add any
+            # (LambdaLR.load_state_dict sets whatever attributes it is given).
+            _check_fits(state["schedule"], self.schedule.state_dict() if self.schedule else {}, "schedule",
+                        partial=True)
             fresh_rng = rng_state(self.generator)
             _check_fits({k: state["rng"][k] for k in ("torch", "generator")},
                         {k: fresh_rng[k] for k in ("torch", "generator")}, "rng")
@@ -289,13 +292,14 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _check_fits(loaded: Any, fresh: Any, where: str) -> None:
-    """ValueError unless `loaded` has `fresh`'s structure: the same keys and lengths, tensors of the
-    same shape and dtype, finite numbers >= 0 where `fresh` has numbers, the same type elsewhere."""
+def _check_fits(loaded: Any, fresh: Any, where: str, partial: bool = False) -> None:
+    """ValueError unless `loaded` has `fresh`'s structure: the same keys (with `partial`, some of
+    them) and lengths, tensors of the same shape and dtype, finite numbers >= 0 where `fresh` has
+    numbers, the same type elsewhere."""
     if isinstance(fresh, dict):
-        if not (isinstance(loaded, dict) and set(loaded) == set(fresh)):
+        if not (isinstance(loaded, dict) and (set(loaded) <= set(fresh) if partial else set(loaded) == set(fresh))):
             raise ValueError(f"{where} does not have the entries {', '.join(map(str, fresh))}")
-        for key in fresh:
+        for key in loaded:
             _check_fits(loaded[key], fresh[key], f"{where}.{key}")
     elif isinstance(fresh, (list, tuple)):
         if not (isinstance(loaded, (list, tuple)) and len(loaded) == len(fresh)):
