@@ -364,6 +364,13 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
+def diverged(run: runs.Run, epoch: int, loss: float) -> str:
+    """What a non-finite loss means for the user: what was kept, and how to start again."""
+    kept = (f"{runs.epochs_text(run.epoch).capitalize()} kept in {run.path}" if run.epoch else
+            f"Nothing was kept; start again with: mnistlab train --out {run.path} --lr {run.config.lr / 10:g} ...")
+    return f"epoch {epoch}: the training loss is {loss}; the run diverged, so lower --lr (now {run.config.lr}). {kept}"
+
+
 def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, meta: dict[str, Any],
         last: int, log: Log, show_progress: bool = False) -> list[dict[str, Any]]:
     """Train epochs run.epoch+1 .. last, committing each to the run; return all metric rows."""
@@ -383,10 +390,7 @@ def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, m
         if bar:
             bar.close()
         if not math.isfinite(train_loss):
-            raise RunError(f"epoch {epoch}: the training loss is {train_loss}; the run diverged, so lower --lr "
-                           f"(now {config.lr}). " + (f"{runs.epochs_text(run.epoch).capitalize()} kept in {run.path}" if run.epoch else
-                                                   f"Nothing was kept; start again with: mnistlab train --out "
-                                                   f"{run.path} --lr {config.lr / 10:g} ..."))
+            raise RunError(diverged(run, epoch, train_loss))
         row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": None, "test_accuracy": None,
                "lr": trainee.optimizer.param_groups[0]["lr"], "seconds": seconds}
         if splits.x_val is not None:
