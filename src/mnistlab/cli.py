@@ -677,16 +677,7 @@ def add_sweep(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .sweep import (
-        collect,
-        make_plan,
-        parse_list,
-        parse_shard,
-        read_plan,
-        read_toml,
-        train_share,
-    )
+    from .sweep import collect, make_plan, parse_list, read_toml, run_sweep
 
     log = print_err if args.json else print_flush
     grid = {f.name: parse_list(f.name, getattr(args, f.name)) for f in SWEEP_FIELDS
@@ -697,58 +688,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if given or (args.collect and args.resume) or args.out:
             raise UsageError(f"{'--collect' if args.collect else '--resume'} takes everything from the sweep's "
                              f"folder; drop {', '.join(given) or '--out/--resume'}")
-    process = distributed.launched()
     if args.collect:
         return _print_sweep(args, collect(args.collect, plots=not args.no_plots), args.collect)
-    if process and args.shard:
-        raise UsageError("under torchrun the processes are the shards; drop --shard")
-    shard = parse_shard(args.shard) if args.shard else (process.rank, process.world_size) if process else (0, 1)
-    if args.shard and not (args.out or args.resume):
-        raise UsageError("--shard needs --out DIR, the folder every shard writes to")
-    if args.resume:
-        folder, plan = args.resume, read_plan(args.resume)
-    else:
+    plan = None
+    if not args.resume:
         values = read_toml(args.config_file) if args.config_file else {}
         values.update(grid)
         recipes = args.recipe.split(",") if args.recipe else values.pop("recipe", None)
         plan = make_plan(values, recipes, args.seeds)
-        folder = args.out
-    if process:
-        distributed.join("gloo", distributed.SWEEP_TIMEOUT)
-    try:
-        if not args.resume:
-            folder = _sweep_folder(folder, plan, process)
-        train_share(folder, plan, shard, args.device, args.data_dir, log, progress=True, process=process)
-        if process:
-            distributed.barrier()
-    finally:
-        if process:
-            distributed.leave()
-    if process and not process.leader:
-        return 0
-    if shard[1] > 1 and not process:
-        log(f"shard {shard[0]}/{shard[1]} done; once every shard is, build the table with: "
-            f"mnistlab sweep --collect {folder}")
-        return 0
-    return _print_sweep(args, collect(folder, plots=not args.no_plots), folder)
-
-
-def _sweep_folder(out: Path | None, plan, process) -> Path:
-    """The sweep's folder with its plan written: --out, or the first free runs/sweep[-N] (rank 0's choice)."""
-    from . import distributed
-    from .sweep import write_plan
-
-    if process is None or process.leader:
-        folder = out
-        if folder is None:
-            folder, k = Path("runs") / "sweep", 1
-            while folder.exists():
-                k += 1
-                folder = Path("runs") / f"sweep-{k}"
-        write_plan(folder, plan)
-    if process is not None:
-        folder = distributed.broadcast(folder if process.leader else None)
-    return folder
+    folder, results = run_sweep(plan, out=args.out, resume=args.resume, shard=args.shard, device=args.device,
+                                data_dir=args.data_dir, log=log, plots=not args.no_plots)
+    return _print_sweep(args, results, folder) if results is not None else 0
 
 
 def _print_sweep(args: argparse.Namespace, results, folder: Path) -> int:

@@ -286,6 +286,62 @@ def shard_units(plan: Plan, index: int, count: int) -> list[list[int]]:
 # ---------------------------------------------------------------------------
 # Training a share
 
+def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+              shard: str | None = None, device: str | None = None, data_dir: str | os.PathLike | None = None,
+              log: Callable[[str], None] = print, plots: bool = True) -> tuple[Path, Results | None]:
+    """Train this process's share of a sweep, `plan` into `out` (default runs/sweep[-N]) or the plan kept in
+    `resume`, then build the table where this process is the one to.
+
+    The share: `shard` "I/N" for independent jobs, or the torchrun process's rank, or everything.
+    Returns the sweep's folder and its results, or None when another process or job builds the table.
+    """
+    from . import distributed
+
+    process = distributed.launched()
+    if process and shard:
+        raise UsageError("under torchrun the processes are the shards; drop --shard")
+    if shard and not (out or resume):
+        raise UsageError("--shard needs --out DIR, the folder every shard writes to")
+    share = parse_shard(shard) if shard else (process.rank, process.world_size) if process else (0, 1)
+    if resume:
+        plan = read_plan(resume)
+    if process:
+        distributed.join("gloo", distributed.SWEEP_TIMEOUT)
+    try:
+        folder = Path(resume) if resume else _new_folder(out, plan, process)
+        train_share(folder, plan, share, device, data_dir, log, progress=True, process=process)
+        if process:
+            distributed.barrier()
+    finally:
+        if process:
+            distributed.leave()
+    if process and not process.leader:
+        return folder, None
+    if share[1] > 1 and not process:
+        log(f"shard {share[0]}/{share[1]} done; once every shard is, build the table with: "
+            f"mnistlab sweep --collect {folder}")
+        return folder, None
+    return folder, collect(folder, plots=plots)
+
+
+def _new_folder(out: str | os.PathLike | None, plan: Plan, process) -> Path:
+    """The sweep's folder with its plan written: `out`, or the first free runs/sweep[-N] (rank 0's choice)."""
+    from . import distributed
+
+    folder = None
+    if process is None or process.leader:
+        folder = Path(out) if out is not None else None
+        if folder is None:
+            folder, k = Path("runs") / "sweep", 1
+            while folder.exists():
+                k += 1
+                folder = Path("runs") / f"sweep-{k}"
+        write_plan(folder, plan)
+    if process is not None:
+        folder = distributed.broadcast(folder if process.leader else None)
+    return folder
+
+
 def run_dir(folder: Path, planned: Planned) -> Path:
     return folder / RUNS / planned.name
 
