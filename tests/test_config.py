@@ -35,6 +35,7 @@ def test_round_trip_through_dict():
     ({"hidden": ()}, "hidden"), ({"val_size": -1}, "val_size"),
     ({"weight_decay": -1}, "weight_decay"), ({"weight_decay": float("nan")}, "weight_decay"),
     ({"seed": 2**70}, "seed"), ({"hidden": (100_000_000,)}, "hidden"), ({"std": float("inf")}, "std"),
+    ({"hidden": (65536,) * 16}, "weights; at most"),
     ({"data_seed": -2}, "data_seed"), ({"ensemble": 0}, "ensemble"), ({"seed": 2**63 - 1, "ensemble": 2}, "ensemble"),
     ({"mean": float("nan")}, "mean"), ({"std": 0}, "std"), ({"lr": "0.1"}, "lr"), ({"epochs": 2.5}, "epochs"),
 ])

@@ -22,6 +22,7 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid")
 DATASET_NAMES = ("mnist", "fashion-mnist", "kmnist", "synthetic")
 DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 MAX_WIDTH = 65536  # units per hidden layer: far beyond what MNIST needs, far below running out of memory
+MAX_WEIGHTS = 100_000_000  # an MLP's weights: 400 MB of float32, and as much again for gradients and momentum
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_ENSEMBLE = 1024  # networks in one ensemble checkpoint
 
@@ -140,6 +141,11 @@ class Config:
             raise ConfigError(f"warmup must be in [0, 1) (got {self.warmup})")
         if not self.hidden or any(not 1 <= h <= MAX_WIDTH for h in self.hidden) or len(self.hidden) > 16:
             raise ConfigError(f"hidden sizes must be 1 to 16 integers from 1 to {MAX_WIDTH} (got {list(self.hidden)})")
+        sizes = [28 * 28, *self.hidden, 10]
+        weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+        if self.model == "mlp" and weights > MAX_WEIGHTS:
+            raise ConfigError(f"hidden sizes {list(self.hidden)} make {weights:,} weights; at most {MAX_WEIGHTS:,} "
+                              "fit in memory comfortably (the notebook's network has 109,184)")
         if self.output == "log_softmax" and self.label_smoothing:
             raise ConfigError("label_smoothing needs output=logits (NLLLoss has no smoothing)")
         return self
