@@ -658,20 +658,20 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+def all_paths(node, path=()):
+    """Every place in nested dicts, lists and tuples, as a tuple of keys and indices (the root is ())."""
+    if isinstance(node, dict):
+        children = node.items()
+    elif isinstance(node, (list, tuple)):
+        children = enumerate(node)
+    else:
+        children = ()
+    return [path, *(p for k, v in children for p in all_paths(v, (*path, k)))]
+
+
 def mutations(document):
     """A strategy of `document` (a JSON value) with one place replaced by any JSON value, or removed."""
-    paths = []
-
-    def walk(node, path):
-        paths.append(path)
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, (*path, k))
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, (*path, i))
-
-    walk(document, ())
+    paths = all_paths(document)
 
     def apply(choice):
         path, value, remove = choice
@@ -738,18 +738,7 @@ state_leaves = tensors | json_values
 
 def state_mutations(state):
     """`state` with one entry (at any depth of dicts and lists) replaced by a random tensor or JSON value."""
-    paths = []
-
-    def walk(node, path):
-        paths.append(path)
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, (*path, k))
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                walk(v, (*path, i))
-
-    walk(state, ())
+    paths = all_paths(state)
 
     def apply(choice):
         path, value = choice
