@@ -14,7 +14,7 @@ Kinds of picture:
                and a slight blur; a quarter stored sideways with an EXIF rotation
                tag, as phones do
 
-Only numpy, Pillow and `mnistlab.prepare` are used, so the script also runs
+Only numpy, Pillow and `mnistlab.base.prepare` are used, so the script also runs
 against an older checkout for a before/after comparison:
   PYTHONPATH=src python benchmarks/prepare_speed.py
   PYTHONPATH=/tmp/prep-before/src python benchmarks/prepare_speed.py
@@ -32,9 +32,9 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mnistlab.bench import cpu_model
-from mnistlab.errors import PredictionError
-from mnistlab.prepare import load_image, prepare_image
+from mnistlab.commands.bench import cpu_model
+from mnistlab.base.errors import PredictionError
+from mnistlab.base.prepare import load_image, prepare_image
 
 
 def stroke_mask(size: tuple[int, int], rng: np.random.Generator, height: float, pen: float) -> Image.Image:
@@ -133,14 +133,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import mnistlab.prepare
+    import mnistlab.base.prepare
 
     rng = np.random.default_rng(args.seed)
     pictures = {
         "canvas-png": [canvas_png(rng, transparent=i % 2 == 0) for i in range(args.canvases)],
         "photo-jpeg": [photo_jpeg(rng) for _ in range(args.photos)],
     }
-    print(f"code: {os.path.dirname(mnistlab.prepare.__file__)}")
+    print(f"code: {os.path.dirname(mnistlab.base.prepare.__file__)}")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"numpy {np.__version__}, Pillow {Image.__version__}")
     print(f"load average before: {load_average()} (other processes slow every timing down)")

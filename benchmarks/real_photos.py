@@ -1,7 +1,7 @@
 """How well does a model read digits as people make them? A benchmark, not a test.
 
 Writes realistic pictures of digits to a folder, classifies them with
-`mnistlab.prediction.predict_files` (the same path as `mnistlab predict`) and
+`mnistlab.commands.prediction.predict_files` (the same path as `mnistlab predict`) and
 prints the accuracy per kind of picture beside the MNIST test accuracy.
 
 Kinds of picture (dark ink on light paper unless said otherwise):
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mnistlab.checkpoint import load_checkpoint
-from mnistlab.data import load, to_device
-from mnistlab.evaluation import predictions
-from mnistlab.prediction import predict_array, predict_files
-from mnistlab.prepare import prepare_image
+from mnistlab.core.checkpoint import load_checkpoint
+from mnistlab.base.data import load, to_device
+from mnistlab.core.evaluation import predictions
+from mnistlab.commands.prediction import predict_array, predict_files
+from mnistlab.base.prepare import prepare_image
 
 # Pen paths per digit in a unit box (x right, y down); several ways of writing some digits.
 _ELLIPSE = [(0.5 + 0.45 * np.sin(t), 0.5 - 0.5 * np.cos(t)) for t in np.linspace(0, 2 * np.pi, 17)]

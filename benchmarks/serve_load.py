@@ -104,7 +104,7 @@ def start_server(model: str) -> tuple[subprocess.Popen, str]:
 
 def as_arrays(images: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """The same drawings as JSON 28x28 arrays, already prepared (--body array: no preparation on the server)."""
-    from mnistlab.prepare import load_image, prepare_image
+    from mnistlab.base.prepare import load_image, prepare_image
 
     return [(digit, json.dumps({"image": prepare_image(load_image(io.BytesIO(png))).tolist()}).encode())
             for digit, png in images]

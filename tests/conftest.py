@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistlab.config import recipe
-from mnistlab.data import write_idx
+from mnistlab.base.config import recipe
+from mnistlab.base.data import write_idx
 
 # Real MNIST (the four IDX files) for the slow tests: $MNISTLAB_TEST_DATA, else ../shared/data/mnist
 # beside the checkout (where the project's machines keep it).
@@ -59,7 +59,7 @@ def tiny_idx_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_idx_dir) -> Path:
     """A run directory: the default recipe for 2 epochs on the tiny dataset."""
-    from mnistlab.training import train
+    from mnistlab.core.training import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     with pytest.MonkeyPatch.context() as mp:  # session fixtures run outside `isolated_cache`

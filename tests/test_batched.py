@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnistlab import batched, training
-from mnistlab.config import recipe
+from mnistlab.core import batched, training
+from mnistlab.base.config import recipe
 
 CPU = torch.device("cpu")
 TOL = dict(rtol=1e-4, atol=1e-4)  # float rounding differs between batched and single kernels

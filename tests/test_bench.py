@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mnistlab import data
-from mnistlab.bench import (
+from mnistlab.base import data
+from mnistlab.commands.bench import (
     PILMNIST,
     format_bench,
     normalize,
@@ -24,8 +24,8 @@ from mnistlab.bench import (
     unsteady,
 )
 from mnistlab.cli import main
-from mnistlab.config import recipe
-from mnistlab.training import train
+from mnistlab.base.config import recipe
+from mnistlab.core.training import train
 
 CPU = torch.device("cpu")
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mnistlab.bench import format_sweep_bench, run_sweep_bench
+from mnistlab.commands.bench import format_sweep_bench, run_sweep_bench
 from mnistlab.cli import main
 
 

@@ -49,8 +49,8 @@ def test_default_out_is_under_runs_and_never_overwrites(tmp_path, tiny_idx_dir):
 
 
 def test_resume_continues_a_run(tmp_path, tiny_idx_dir, capsys):
-    from mnistlab.config import recipe
-    from mnistlab.training import train
+    from mnistlab.base.config import recipe
+    from mnistlab.core.training import train
 
     train(recipe("seed", epochs=2, device="cpu"), out=tmp_path / "r", data_dir=tiny_idx_dir, stop_after=1)
     assert main(["train", "--resume", str(tmp_path / "r"), "--no-plots"]) == 0
@@ -136,7 +136,7 @@ def test_recipes_shows_every_recipe_side_by_side_with_measured_accuracy(capsys):
 def test_the_readme_table_and_the_recipes_measurements_agree():
     from pathlib import Path
 
-    from mnistlab.config import MEASURED
+    from mnistlab.base.config import MEASURED
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| test accuracy"))

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from mnistlab.config import RECIPES, Config, ConfigError, recipe
+from mnistlab.base.config import RECIPES, Config, ConfigError, recipe
 
 
 def test_seed_recipe_is_the_notebook():

@@ -7,8 +7,8 @@ These tests need a CUDA device and are skipped, with the reason shown, elsewhere
 import pytest
 import torch
 
-from mnistlab.config import recipe
-from mnistlab.training import train
+from mnistlab.base.config import recipe
+from mnistlab.core.training import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
 
@@ -33,7 +33,7 @@ def test_cuda_runs_are_deterministic(tmp_path, tiny_idx_dir):
 
 
 def _batched(configs, data_dir):
-    from mnistlab import batched, training
+    from mnistlab.core import batched, training
 
     device = torch.device("cuda")
     splits = training.load_splits(configs[0], data_dir, device)
@@ -70,8 +70,8 @@ def test_batched_training_on_cuda_is_deterministic(tiny_idx_dir):
 
 
 def test_an_ensemble_trains_and_loads_on_cuda(tmp_path, tiny_idx_dir):
-    from mnistlab.checkpoint import load_checkpoint
-    from mnistlab.evaluation import evaluate
+    from mnistlab.core.checkpoint import load_checkpoint
+    from mnistlab.core.evaluation import evaluate
 
     config = recipe("seed", epochs=1, batch_size=32, device="cuda", ensemble=4)
     train(config, out=tmp_path / "e", data_dir=tiny_idx_dir)

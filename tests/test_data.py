@@ -1,4 +1,4 @@
-"""mnistlab.data: IDX files, validation, discovery, safe downloads, the parsed cache, normalisation."""
+"""mnistlab.base.data: IDX files, validation, discovery, safe downloads, the parsed cache, normalisation."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import pytest
 import torch
 from conftest import fake_digits, write_fake_dataset
 
-from mnistlab import cli, data
-from mnistlab.data import DATASETS, DataError
+from mnistlab import cli
+
+from mnistlab.base import data
+from mnistlab.base.data import DATASETS, DataError
 
 MNIST = DATASETS["mnist"]
 FILE_NAMES = [fname for fname, _ in MNIST.files.values()]
@@ -230,8 +232,8 @@ def test_a_poisoned_cache_entry_is_ignored_and_rewritten(tmp_path, case):
 
 
 def test_a_poisoned_cache_never_reaches_training(tmp_path):
-    from mnistlab.config import recipe
-    from mnistlab.training import train
+    from mnistlab.base.config import recipe
+    from mnistlab.core.training import train
 
     folder = write_fake_dataset(tmp_path / "idx", n_train=64, n_test=16)
     data.load("mnist", folder)

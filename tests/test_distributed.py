@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnistlab.distributed import Process, Shard, check_split, launched
-from mnistlab.errors import UsageError
-from mnistlab.training import Batches
+from mnistlab.core.distributed import Process, Shard, check_split, launched
+from mnistlab.base.errors import UsageError
+from mnistlab.core.training import Batches
 
 
 def test_torchruns_variables_say_which_process_this_is(monkeypatch):

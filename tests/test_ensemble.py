@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnistlab.checkpoint import load_checkpoint, save_checkpoint
+from mnistlab.core.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.cli import main
-from mnistlab.config import recipe
-from mnistlab.models import Ensemble, architecture, build_model
-from mnistlab.training import resume, train
+from mnistlab.base.config import recipe
+from mnistlab.base.models import Ensemble, architecture, build_model
+from mnistlab.core.training import resume, train
 
 
 def small(**overrides):

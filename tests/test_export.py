@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from mnistlab import cli, data
-from mnistlab.checkpoint import load_checkpoint, save_checkpoint
-from mnistlab.errors import MnistlabError, UsageError
-from mnistlab.export import TOLERANCE, export
-from mnistlab.models import build_model, log_probabilities
+from mnistlab import cli
+
+from mnistlab.base import data
+from mnistlab.core.checkpoint import load_checkpoint, save_checkpoint
+from mnistlab.base.errors import MnistlabError, UsageError
+from mnistlab.commands.export import TOLERANCE, export
+from mnistlab.base.models import build_model, log_probabilities
 
 
 def pytorch_probabilities(run: Path, images: torch.Tensor) -> torch.Tensor:
@@ -160,8 +162,8 @@ def test_cli_export_prints_the_contract_and_the_files(run_copy, capsys):
 @pytest.mark.slow
 def test_onnx_equals_pytorch_on_real_mnist_test_images(real_mnist, tmp_path):
     pytest.importorskip("onnxruntime")
-    from mnistlab.config import recipe
-    from mnistlab.training import train
+    from mnistlab.base.config import recipe
+    from mnistlab.core.training import train
 
     config = recipe("fast", epochs=1, device="cpu")  # confident outputs: probabilities near 0 and 1 too
     run = train(config, out=tmp_path / "fast", data_dir=real_mnist).run_dir

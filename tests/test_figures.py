@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnistlab import figures
+from mnistlab.commands import figures
 from mnistlab.cli import main
-from mnistlab.figures import (
+from mnistlab.commands.figures import (
     DPI,
     FASHION,
     confusion_figure,

@@ -35,21 +35,22 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageDraw
 
-import mnistlab.files
-from mnistlab import data, runs
-from mnistlab.checkpoint import load_checkpoint
+import mnistlab.base.files
+from mnistlab.base import data
+from mnistlab.core import runs
+from mnistlab.core.checkpoint import load_checkpoint
 from mnistlab.cli import main
-from mnistlab.config import Config, recipe
-from mnistlab.errors import (
+from mnistlab.base.config import Config, recipe
+from mnistlab.base.errors import (
     CheckpointError,
     DataError,
     MnistlabError,
     PredictionError,
     RunError,
 )
-from mnistlab.files import json_text, open_regular
-from mnistlab.prediction import predict_array, predict_files, predict_test_index
-from mnistlab.prepare import load_image, prepare_image
+from mnistlab.base.files import json_text, open_regular
+from mnistlab.commands.prediction import predict_array, predict_files, predict_test_index
+from mnistlab.base.prepare import load_image, prepare_image
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 
@@ -154,7 +155,7 @@ def enospc_once(monkeypatch, after: int = 0):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
 
-    monkeypatch.setattr(mnistlab.files.os, "fsync", fsync)
+    monkeypatch.setattr(mnistlab.base.files.os, "fsync", fsync)
 
 
 # ---------------------------------------------------------------------------
@@ -438,7 +439,7 @@ def test_a_crafted_state_pt_never_runs_its_code(tmp_path, tiny_run):
 ])
 def test_a_state_that_does_not_fit_the_run_is_refused_before_training(tmp_path, tiny_run, tiny_idx_dir, change,
                                                                       message):
-    from mnistlab.training import resume
+    from mnistlab.core.training import resume
 
     run = run_copy(tiny_run, tmp_path)
     damage_state(run, change)
@@ -767,7 +768,7 @@ def copy_state(node):
 @pytest.fixture(scope="module")
 def trainee_parts(tiny_run, tiny_idx_dir):
     """What restoring needs: the run's config and splits, and a good commit to mutate."""
-    from mnistlab.training import load_splits
+    from mnistlab.core.training import load_splits
 
     config = runs.read_config(tiny_run)
     with pytest.MonkeyPatch.context() as mp:
@@ -778,7 +779,7 @@ def trainee_parts(tiny_run, tiny_idx_dir):
 
 @given(data=st.data())
 def test_any_state_pt_is_restored_or_is_named(model_folder, trainee_parts, data):
-    from mnistlab.training import build
+    from mnistlab.core.training import build
 
     config, splits, good = trainee_parts
     state = data.draw(state_mutations(good) | st.dictionaries(st.text(max_size=8), state_leaves, max_size=5))
@@ -903,7 +904,7 @@ HOSTILE = {
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_every_command_given_hostile_arguments_says_one_line_and_exits_1_or_2(case, hostile_world, tmp_path):
     argv = HOSTILE[case](hostile_world)
-    package = str(Path(mnistlab.files.__file__).resolve().parents[1])  # the mnistlab under test, from any folder
+    package = str(Path(mnistlab.base.files.__file__).resolve().parents[1])  # the mnistlab under test, from any folder
     env = {**os.environ, "MNISTLAB_DATA": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "mnistlab", *argv], capture_output=True, text=True, timeout=300,

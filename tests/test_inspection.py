@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mnistlab.cli import main
-from mnistlab.data import load
-from mnistlab.errors import CheckpointError, UsageError
-from mnistlab.inspection import format_report, inspect_step, language_from_environment
-from mnistlab.models import architecture, build_model
+from mnistlab.base.data import load
+from mnistlab.base.errors import CheckpointError, UsageError
+from mnistlab.commands.inspection import format_report, inspect_step, language_from_environment
+from mnistlab.base.models import architecture, build_model
 
 HIDDEN = (3, 2)  # a 784-3-2-10 network: small enough to backpropagate by hand
 SEED, BATCH, LR = 3, 16, 0.05

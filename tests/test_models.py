@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab.models import architecture, build_model, log_probabilities, loss_function
+from mnistlab.base.models import architecture, build_model, log_probabilities, loss_function
 
 
 def notebook_mlp(output="logits"):
@@ -92,7 +92,7 @@ def test_bad_architecture_is_a_clear_error():
 
 
 def test_every_activation_a_config_accepts_has_a_module():
-    from mnistlab.config import ACTIVATIONS
-    from mnistlab.models import ACTIVATION_MODULES
+    from mnistlab.base.config import ACTIVATIONS
+    from mnistlab.base.models import ACTIVATION_MODULES
 
     assert set(ACTIVATIONS) == set(ACTIVATION_MODULES)

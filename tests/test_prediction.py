@@ -8,17 +8,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnistlab.checkpoint import Checkpoint, load_checkpoint
+from mnistlab.core.checkpoint import Checkpoint, load_checkpoint
 from mnistlab.cli import main
-from mnistlab.errors import PredictionError
-from mnistlab.models import build_model
-from mnistlab.prediction import (
+from mnistlab.base.errors import PredictionError
+from mnistlab.base.models import build_model
+from mnistlab.commands.prediction import (
     predict,
     predict_array,
     predict_files,
     predict_test_index,
 )
-from mnistlab.prepare import load_image, prepare_image, stroke_width
+from mnistlab.base.prepare import load_image, prepare_image, stroke_width
 
 # ---------------------------------------------------------------------------
 # Helpers: pictures with known answers
@@ -154,7 +154,7 @@ def test_thin_pen_strokes_are_thickened_to_mnist_widths(monkeypatch):
     image = Image.new("L", (1200, 1200), 255)
     ImageDraw.Draw(image).line([(400, 200), (800, 200), (550, 1000)], fill=0, width=6)  # 0.75% of the height
     assert stroke_width(prepare_image(image)) >= 1.0  # MNIST: 1.3 to 3.1 pixels, median 2.0
-    monkeypatch.setattr("mnistlab.prepare.MIN_STROKE", 0.0)
+    monkeypatch.setattr("mnistlab.base.prepare.MIN_STROKE", 0.0)
     assert stroke_width(prepare_image(image)) < 0.5  # else the strokes fade to grey at 20x20
 
 
@@ -327,7 +327,7 @@ def test_cli_usage_errors_and_a_bad_model(tmp_path, capsys, tiny_run):
 
 
 def test_predict_proba_gives_probabilities_for_either_output_kind(tiny_run, tiny_idx_dir):
-    from mnistlab.data import load
+    from mnistlab.base.data import load
 
     ckpt = load_checkpoint(tiny_run)
     images = load("mnist", tiny_idx_dir).test.images[:5]
@@ -343,10 +343,10 @@ def test_predict_proba_gives_probabilities_for_either_output_kind(tiny_run, tiny
 
 
 def test_the_test_index_figure_title_shows_the_true_label(tiny_run, tiny_idx_dir, tmp_path, monkeypatch):
-    import mnistlab.figures
+    import mnistlab.commands.figures
 
     titles = []
-    monkeypatch.setattr(mnistlab.figures, "save_prediction_figure",
+    monkeypatch.setattr(mnistlab.commands.figures, "save_prediction_figure",
                         lambda image, probs, classes, path, title=None: titles.append(title) or path)
     item = predict_test_index(tiny_run, 3, tiny_idx_dir, figure=tmp_path / "f.png")
     assert titles == [f"test[3] (true: {item['true_label']})"]

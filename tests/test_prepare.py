@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnistlab import prepare
-from mnistlab.errors import PredictionError
-from mnistlab.prepare import load_image, paper_level, prepare_image, writing
+from mnistlab.base import prepare
+from mnistlab.base.errors import PredictionError
+from mnistlab.base.prepare import load_image, paper_level, prepare_image, writing
 
 
 def mean_difference(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,15 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import mnistlab.data
-import mnistlab.errors
-import mnistlab.files
-from mnistlab import runs
+import mnistlab.base.data
+import mnistlab.base.errors
+import mnistlab.base.files
+from mnistlab.core import runs
 from mnistlab.cli import main
-from mnistlab.config import recipe
-from mnistlab.errors import Interrupted, RunError
-from mnistlab.runs import read_metrics
-from mnistlab.training import resume, train
+from mnistlab.base.config import recipe
+from mnistlab.base.errors import Interrupted, RunError
+from mnistlab.core.runs import read_metrics
+from mnistlab.core.training import resume, train
 
 
 def quick(**overrides):
@@ -116,13 +116,13 @@ def kill_at(monkeypatch, run_dir, n):
             count["n"] += 1
         return real(src, dst)
 
-    monkeypatch.setattr(mnistlab.files.os, "replace", replace)
+    monkeypatch.setattr(mnistlab.base.files.os, "replace", replace)
 
 
 def test_a_commit_writes_the_state_first_then_the_four_derived_files(tmp_path, tiny_idx_dir, monkeypatch):
     written = []
     real = os.replace
-    monkeypatch.setattr(mnistlab.files.os, "replace", lambda s, d: (written.append(os.path.relpath(d, tmp_path)),
+    monkeypatch.setattr(mnistlab.base.files.os, "replace", lambda s, d: (written.append(os.path.relpath(d, tmp_path)),
                                                                     real(s, d)))
     train(quick(epochs=1), out=tmp_path / "r", data_dir=tiny_idx_dir)
     written = [os.path.basename(w) for w in written if w.startswith("r/")]
@@ -189,12 +189,12 @@ def test_every_file_of_a_run_gets_the_same_permissions(tmp_path, tiny_idx_dir):
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_kept_and_resume_starts_from_the_beginning(
         tmp_path, tiny_idx_dir, monkeypatch, whole):
-    import mnistlab.training
+    import mnistlab.core.training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mnistlab.training, "train_epoch", interrupted)
+    monkeypatch.setattr(mnistlab.core.training, "train_epoch", interrupted)
     with pytest.raises(Interrupted, match="no epoch was completed, so nothing was kept; start it again with: "
                                           rf"mnistlab train --resume {tmp_path / 'r'}"):
         train(quick(), out=tmp_path / "r", data_dir=tiny_idx_dir)
@@ -204,9 +204,9 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_kept_and_resume_starts_from_
 
 
 def test_ctrl_c_later_says_which_epochs_are_kept(tmp_path, tiny_idx_dir, monkeypatch, capsys):
-    import mnistlab.training
+    import mnistlab.core.training
 
-    real, calls = mnistlab.training.train_epoch, []
+    real, calls = mnistlab.core.training.train_epoch, []
 
     def second_interrupted(*args, **kwargs):
         calls.append(1)
@@ -214,7 +214,7 @@ def test_ctrl_c_later_says_which_epochs_are_kept(tmp_path, tiny_idx_dir, monkeyp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mnistlab.training, "train_epoch", second_interrupted)
+    monkeypatch.setattr(mnistlab.core.training, "train_epoch", second_interrupted)
     code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_idx_dir), "--no-plots",
                  "--epochs", "3", "--device", "cpu"])
     assert code == 130
@@ -231,7 +231,7 @@ def test_a_diverging_first_epoch_points_at_a_fresh_start_that_works(tmp_path, ti
 
 def test_a_full_disk_in_the_first_epoch_is_one_line_and_the_run_continues_once_there_is_space(
         tmp_path, tiny_idx_dir, monkeypatch, whole):
-    mnistlab.data.load("mnist", tiny_idx_dir)  # the parsed cache is written now, not during the run
+    mnistlab.base.data.load("mnist", tiny_idx_dir)  # the parsed cache is written now, not during the run
     real, calls = os.fsync, []
 
     def fsync(fd):
@@ -240,7 +240,7 @@ def test_a_full_disk_in_the_first_epoch_is_one_line_and_the_run_continues_once_t
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
 
-    monkeypatch.setattr(mnistlab.files.os, "fsync", fsync)
+    monkeypatch.setattr(mnistlab.base.files.os, "fsync", fsync)
     with pytest.raises(RunError) as err:
         train(quick(), out=tmp_path / "r", data_dir=tiny_idx_dir)
     message = str(err.value)
@@ -267,7 +267,7 @@ def test_out_into_a_folder_that_is_not_a_run_is_refused_and_nothing_in_it_change
 
 
 def test_a_run_that_fails_before_training_starts_leaves_nothing_behind(tmp_path):
-    with pytest.raises(mnistlab.errors.DataError, match="--data-dir"):
+    with pytest.raises(mnistlab.base.errors.DataError, match="--data-dir"):
         train(quick(), out=tmp_path / "new" / "r", data_dir=tmp_path / "no-data")
     assert not (tmp_path / "new" / "r").exists()
 

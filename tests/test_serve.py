@@ -27,12 +27,12 @@ anyio = pytest.importorskip("anyio")
 from conftest import fake_digits  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from mnistlab.checkpoint import save_checkpoint  # noqa: E402
+from mnistlab.core.checkpoint import save_checkpoint  # noqa: E402
 from mnistlab.cli import main  # noqa: E402
-from mnistlab.models import architecture, build_model  # noqa: E402
-from mnistlab.prediction import predict_array  # noqa: E402
-from mnistlab.prepare import load_image, prepare_image  # noqa: E402
-from mnistlab.serve import (  # noqa: E402
+from mnistlab.base.models import architecture, build_model  # noqa: E402
+from mnistlab.commands.prediction import predict_array  # noqa: E402
+from mnistlab.base.prepare import load_image, prepare_image  # noqa: E402
+from mnistlab.commands.serve import (  # noqa: E402
     create_app,
     is_loopback,
     listen,

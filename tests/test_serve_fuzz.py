@@ -13,7 +13,7 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from mnistlab.serve import create_app, load_models  # noqa: E402
+from mnistlab.commands.serve import create_app, load_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from mnistlab import runs
+from mnistlab.core import runs
 from mnistlab.cli import main
-from mnistlab.errors import UsageError
-from mnistlab.sweep import make_plan, parse_list, read_toml, shard_units
+from mnistlab.base.errors import UsageError
+from mnistlab.commands.sweep import make_plan, parse_list, read_toml, shard_units
 
 
 def sweep_args(data_dir, out, *extra):

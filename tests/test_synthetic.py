@@ -7,8 +7,8 @@ import functools
 import numpy as np
 import pytest
 
-from mnistlab import data, synthetic
-from mnistlab.synthetic import generate
+from mnistlab.base import data, synthetic
+from mnistlab.base.synthetic import generate
 
 N_TRAIN, N_TEST = 500, 100
 

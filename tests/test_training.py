@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnistlab.config import recipe
-from mnistlab.devices import flush_denormals
-from mnistlab.errors import RunError
-from mnistlab.models import MLP
-from mnistlab.runs import read_metrics
-from mnistlab.training import Batches, make_optimizer, resume, train
+from mnistlab.base.config import recipe
+from mnistlab.base.devices import flush_denormals
+from mnistlab.base.errors import RunError
+from mnistlab.base.models import MLP
+from mnistlab.core.runs import read_metrics
+from mnistlab.core.training import Batches, make_optimizer, resume, train
 
 
 def quick(**overrides):

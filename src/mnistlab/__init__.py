@@ -6,14 +6,14 @@ The public API is loaded lazily so that `import mnistlab` stays instant.
 __version__ = "0.1.0"
 
 _API = {
-    "Config": "config", "recipe": "config", "RECIPES": "config",
-    "load": "data", "DATASETS": "data",
-    "build_model": "models",
-    "train": "training", "resume": "training",
-    "evaluate": "evaluation", "load_checkpoint": "checkpoint",
-    "predict": "prediction", "prepare_image": "prepare",
-    "view_classify": "figures",
-    "inspect_step": "inspection",
+    "Config": "base.config", "recipe": "base.config", "RECIPES": "base.config",
+    "load": "base.data", "DATASETS": "base.data",
+    "build_model": "base.models",
+    "train": "core.training", "resume": "core.training",
+    "evaluate": "core.evaluation", "load_checkpoint": "core.checkpoint",
+    "predict": "commands.prediction", "prepare_image": "base.prepare",
+    "view_classify": "commands.figures",
+    "inspect_step": "commands.inspection",
 }
 
 __all__ = ["__version__", *_API]

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import DEVICE_NAME, MEASURED, RECIPES, Config
-from .errors import Interrupted, MnistlabError, UsageError
-from .files import json_text
+from .base.config import DEVICE_NAME, MEASURED, RECIPES, Config
+from .base.errors import Interrupted, MnistlabError, UsageError
+from .base.files import json_text
 
 EXIT_USAGE = 2
 
@@ -166,8 +166,8 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .training import resume, train
+    from .core import distributed
+    from .core.training import resume, train
 
     log = print_err if args.json else print_flush
     process = distributed.launched()  # under torchrun: one network across its processes (DDP)
@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     s = result.summary
     if not args.no_plots:
-        from .figures import plot_run
+        from .commands.figures import plot_run
 
         for path in plot_run(result.run_dir, data_dir=args.data_dir):
             log(f"figure: {path}")
@@ -222,7 +222,7 @@ def add_runs(sub) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .runs import list_runs
+    from .core.runs import list_runs
 
     found = list_runs(args.dir)
     if args.json:
@@ -283,7 +283,7 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from .core.evaluation import evaluate
 
     result = evaluate(args.checkpoint, data_dir=args.data_dir, device=args.device, any_data=args.any_data)
     if args.json:
@@ -318,7 +318,7 @@ def _megabytes(n: int) -> str:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import cache_usage, clear_cache, describe
+    from .base.data import cache_usage, clear_cache, describe
 
     if args.clear_cache:
         if args.data_dir is not None:
@@ -403,8 +403,8 @@ def _prediction_line(r: dict[str, Any]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .prediction import figure_path, predict_files, predict_test_index
+    from .core.checkpoint import load_checkpoint
+    from .commands.prediction import figure_path, predict_files, predict_test_index
 
     if not args.images and args.test_index is None:
         raise UsageError("give at least one IMAGE, or --test-index N")
@@ -447,7 +447,7 @@ def add_plot(sub) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .figures import plot_run
+    from .commands.figures import plot_run
 
     for path in plot_run(args.run_dir, data_dir=args.data_dir, any_data=args.any_data):
         print(path)
@@ -480,7 +480,7 @@ def add_inspect(sub) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import format_report, inspect_step, language_from_environment
+    from .commands.inspection import format_report, inspect_step, language_from_environment
 
     result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           dataset=args.dataset, data_dir=args.data_dir)
@@ -516,12 +516,12 @@ def add_bench(sub) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_bench, run_bench
+    from .commands.bench import format_bench, run_bench
 
     if args.members and not args.sweep:
         raise UsageError("--members goes with --sweep")
     if args.sweep:
-        from .bench import format_sweep_bench, run_sweep_bench
+        from .commands.bench import format_sweep_bench, run_sweep_bench
 
         if args.epochs is not None:
             raise UsageError("--sweep times one epoch per network; drop --epochs")
@@ -569,7 +569,7 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .commands.export import export
 
     info = export(args.run, args.format, out=args.out, input_kind=args.input_kind)
     if args.json:
@@ -625,7 +625,7 @@ def add_serve(sub) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .serve import serve
+        from .commands.serve import serve
     except ModuleNotFoundError as e:
         if e.name not in ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart", "anyio"):
             raise
@@ -677,7 +677,7 @@ def add_sweep(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import collect, make_plan, parse_list, read_toml, run_sweep
+    from .commands.sweep import collect, make_plan, parse_list, read_toml, run_sweep
 
     log = print_err if args.json else print_flush
     grid = {f.name: parse_list(f.name, getattr(args, f.name)) for f in SWEEP_FIELDS
@@ -702,7 +702,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_sweep(args: argparse.Namespace, results, folder: Path) -> int:
-    from .sweep import format_table
+    from .commands.sweep import format_table
 
     if args.json:
         print(json_text({"folder": str(folder), "metric": results.metric, "swept": results.swept,

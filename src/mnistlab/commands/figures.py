@@ -55,7 +55,7 @@ def new_figure(width: float, height: float, managed: bool = False) -> "Figure":
 
 def save_png(fig: "Figure", path: str | os.PathLike) -> Path:
     """Write `fig` as a PNG of exactly its size x DPI pixels; readers never see half a file."""
-    from .files import atomic_path
+    from ..base.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -257,11 +257,11 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     """
     import torch
 
-    from . import data as data_mod
-    from .checkpoint import load_checkpoint
-    from .errors import RunError
-    from .evaluation import evaluate_model, predictions
-    from .runs import read_metrics
+    from ..base import data as data_mod
+    from ..core.checkpoint import load_checkpoint
+    from ..base.errors import RunError
+    from ..core.evaluation import evaluate_model, predictions
+    from ..core.runs import read_metrics
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)

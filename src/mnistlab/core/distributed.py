@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MnistlabError, RunError, UsageError
+from ..base.errors import MnistlabError, RunError, UsageError
 
 # A sweep's processes wait for each other only at the end, after training whole shares, so the
 # wait can be as long as a whole sweep; gloo's default of 30 minutes would end a long one.
@@ -270,9 +270,9 @@ def _train(process, payload, run, data_dir, log, progress):
     from torch.nn.parallel import DistributedDataParallel
 
     from . import runs
-    from .config import Config
-    from .devices import describe, select_device
-    from .errors import Interrupted
+    from ..base.config import Config
+    from ..base.devices import describe, select_device
+    from ..base.errors import Interrupted
     from .training import RunResult, build, checkpoint_meta, fit, load_splits
 
     path, config_dict, state, recorded = payload

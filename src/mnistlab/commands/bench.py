@@ -36,11 +36,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from . import data as data_mod
-from .config import RECIPES, recipe
-from .devices import select_device, synchronize
-from .evaluation import accuracy
-from .training import train
+from ..base import data as data_mod
+from ..base.config import RECIPES, recipe
+from ..base.devices import select_device, synchronize
+from ..core.evaluation import accuracy
+from ..core.training import train
 
 NOTEBOOK = RECIPES["seed"]  # the notebook's hyper-parameters: batch 64, SGD lr 0.003, NLLLoss
 TARGET_ACCURACY = 0.98  # "time to 98%": training seconds until the first epoch at or above this
@@ -396,7 +396,7 @@ def sweep_members(device: torch.device) -> tuple[int, ...]:
 
 
 def _time_epoch(device: torch.device, epoch: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    from .devices import flush_denormals
+    from ..base.devices import flush_denormals
 
     synchronize(device)
     t0 = time.perf_counter()
@@ -416,9 +416,9 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
     networks are timed and their rate stands for any K. Each repeat times the
     sequential networks, then every K, so that a change in load hits both.
     """
-    from . import batched
-    from .training import build, load_splits
-    from .training import train_epoch as single_epoch
+    from ..core import batched
+    from ..core.training import build, load_splits
+    from ..core.training import train_epoch as single_epoch
 
     if repeats < 1 or sequential < 1 or (members is not None and (not members or min(members) < 1)):
         raise ValueError("repeats, sequential and every member count must be at least 1")

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 
 from .checkpoint import META, WEIGHTS, check_tensors, save_checkpoint, validate_meta
-from .config import Config, ConfigError
-from .errors import CheckpointError, RunError, WriteError, shown
-from .files import (
+from ..base.config import Config, ConfigError
+from ..base.errors import CheckpointError, RunError, WriteError, shown
+from ..base.files import (
     make_dirs,
     open_regular,
     read_json,

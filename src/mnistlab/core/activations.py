@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 import numpy as np
 from torch import nn
 
-from .models import ACTIVATION_MODULES, CNN
+from ..base.models import ACTIVATION_MODULES, CNN
 
 T = TypeVar("T")
 

@@ -35,12 +35,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import progress as progress_mod
-from .config import Config
-from .devices import count_dtype, flush_denormals, synchronize
-from .errors import RunError
+from ..commands import progress as progress_mod
+from ..base.config import Config
+from ..base.devices import count_dtype, flush_denormals, synchronize
+from ..base.errors import RunError
 from .evaluation import EVAL_BATCH
-from .models import architecture, build_model, loss_function, mean_log_probabilities
+from ..base.models import architecture, build_model, loss_function, mean_log_probabilities
 from .training import (
     Batches,
     Splits,
@@ -490,8 +490,8 @@ def restore_ensemble(group: Group, state: dict[str, Any], epochs_done: int) -> N
 def continue_ensemble(run, device: torch.device, data_dir, stop_after: int | None, log: Log, progress: bool):
     """training._continue for `--ensemble K`: train the members batched, commit them as one run."""
     from . import runs
-    from .errors import Interrupted
-    from .models import Ensemble
+    from ..base.errors import Interrupted
+    from ..base.models import Ensemble
     from .training import RunResult, checkpoint_meta, load_splits
 
     config = run.config

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ACTIVATIONS, DATASET_NAMES, MAX_WIDTH
-from .errors import CheckpointError, DataError, shown
-from .files import file_kind, read_json, write_bytes, write_json
-from .models import MODELS, Ensemble, build_model
+from ..base.config import ACTIVATIONS, DATASET_NAMES, MAX_WIDTH
+from ..base.errors import CheckpointError, DataError, shown
+from ..base.files import file_kind, read_json, write_bytes, write_json
+from ..base.models import MODELS, Ensemble, build_model
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -54,7 +54,7 @@ def _is_number(value: Any, lo: float, hi: float) -> bool:
 def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
     """`meta` (the content of model.json) if every field mnistlab uses is there and in range,
     else CheckpointError naming `where`, the first bad field, its allowed values and what it held."""
-    from .data import DATASETS
+    from ..base.data import DATASETS
 
     def bad(name: str, allowed: str, value: Any) -> CheckpointError:
         return CheckpointError(f"{where}: {name} must be {allowed} (got {shown(value)}); "
@@ -184,7 +184,7 @@ class Checkpoint:
         shaped (H, W) or (N, H, W) (or (N, C, H, W)), uint8 or float; e.g.
         `mnistlab.load("mnist").test.images[:5]`. They are normalised as in training.
         """
-        from .models import log_probabilities
+        from ..base.models import log_probabilities
 
         shape = tuple(self.meta["architecture"]["input_shape"])
         device = next(self.model.parameters()).device
@@ -199,7 +199,7 @@ class Checkpoint:
 
         Files recognised as another dataset are a DataError naming both, unless `any_data`.
         """
-        from . import data
+        from ..base import data
 
         expected = self.meta["dataset"]
         if data_dir is None:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .errors import PredictionError, WriteError
-from .files import atomic_path, display_name
-from .models import log_probabilities
-from .prepare import load_image, prepare_image
+from ..core.checkpoint import Checkpoint, load_checkpoint
+from ..base.errors import PredictionError, WriteError
+from ..base.files import atomic_path, display_name
+from ..base.models import log_probabilities
+from ..base.prepare import load_image, prepare_image
 
 # ---------------------------------------------------------------------------
 # Classifying

@@ -35,10 +35,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from . import runs
-from .config import RECIPES, Config, ConfigError
-from .errors import Interrupted, RunError, UsageError
-from .files import read_json, write_json, write_text
+from ..core import runs
+from ..base.config import RECIPES, Config, ConfigError
+from ..base.errors import Interrupted, RunError, UsageError
+from ..base.files import read_json, write_json, write_text
 
 Log = Callable[[str], None]
 
@@ -209,7 +209,7 @@ def _value_text(value: Any) -> str:
 
 def _grouped(swept: list[str], planned: list[tuple[str, Config]]) -> Plan:
     """Group the configurations that can train batched; each group's members take its first seed's order."""
-    from .batched import group_key
+    from ..core.batched import group_key
 
     keys: dict[Config, int] = {}
     first_seed: dict[int, int] = {}
@@ -295,7 +295,7 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
     The share: `shard` "I/N" for independent jobs, or the torchrun process's rank, or everything.
     Returns the sweep's folder and its results, or None when another process or job builds the table.
     """
-    from . import distributed
+    from ..core import distributed
 
     process = distributed.launched()
     if process and shard:
@@ -326,7 +326,7 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
 
 def _new_folder(out: str | os.PathLike | None, plan: Plan, process) -> Path:
     """The sweep's folder with its plan written: `out`, or the first free runs/sweep[-N] (rank 0's choice)."""
-    from . import distributed
+    from ..core import distributed
 
     folder = None
     if process is None or process.leader:
@@ -376,10 +376,10 @@ def _pending(folder: Path, members: list[Planned]) -> list[Planned]:
 
 def _train_unit(folder: Path, members: list[Planned], label: str, device_name: str | None,
                 data_dir: str | os.PathLike | None, log: Log, progress: bool, process) -> None:
-    from .batched import build_group, fit_group
-    from .devices import describe, select_device
-    from .distributed import local_device
-    from .training import checkpoint_meta, load_splits
+    from ..core.batched import build_group, fit_group
+    from ..base.devices import describe, select_device
+    from ..core.distributed import local_device
+    from ..core.training import checkpoint_meta, load_splits
 
     pending = _pending(folder, members)
     if not pending:

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .checkpoint import load_checkpoint, resolve
-from .errors import CheckpointError, MnistlabError, UsageError
-from .files import write_bytes, write_json
+from .. import __version__
+from ..core.checkpoint import load_checkpoint, resolve
+from ..base.errors import CheckpointError, MnistlabError, UsageError
+from ..base.files import write_bytes, write_json
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUTS = ("uint8", "float")

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
 from .errors import DataError, WriteError
 from .files import NotRegularFile, atomic_path, file_kind, open_regular, read_regular
 

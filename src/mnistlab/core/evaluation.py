@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import data as data_mod
+from ..base import data as data_mod
 from .checkpoint import load_checkpoint
-from .devices import select_device
-from .models import Ensemble
+from ..base.devices import select_device
+from ..base.models import Ensemble
 
 EVAL_BATCH = 4096  # images per forward pass; bounds memory, not results
 

@@ -20,14 +20,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import data as data_mod
-from . import progress as progress_mod
+from ..base import data as data_mod
+from ..commands import progress as progress_mod
 from . import runs
-from .config import RECIPES, Config
-from .devices import describe, flush_denormals, select_device, synchronize
-from .errors import Interrupted, RunError, shown
+from ..base.config import RECIPES, Config
+from ..base.devices import describe, flush_denormals, select_device, synchronize
+from ..base.errors import Interrupted, RunError, shown
 from .evaluation import accuracy
-from .models import architecture, build_model, loss_function
+from ..base.models import architecture, build_model, loss_function
 
 Log = Callable[[str], None]
 

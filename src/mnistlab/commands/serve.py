@@ -40,17 +40,17 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from . import __version__
-from .activations import ActivationTap
-from .checkpoint import Checkpoint, load_checkpoint
-from .errors import CheckpointError, PredictionError, UsageError
+from .. import __version__
+from ..core.activations import ActivationTap
+from ..core.checkpoint import Checkpoint, load_checkpoint
+from ..base.errors import CheckpointError, PredictionError, UsageError
 from .prediction import predict_array, result
-from .prepare import SIZE, load_image, prepare_image
+from ..base.prepare import SIZE, load_image, prepare_image
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes: a request body larger than this is refused (413)
 BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive; slower ones get 408
 QUEUE = 32  # requests that may wait for a busy worker; more at once get 503
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent.parent / "static"
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 # The page loads nothing from elsewhere; the browser is told to refuse it too.
 SECURITY_HEADERS = [

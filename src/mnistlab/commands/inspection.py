@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import data as data_mod
-from .checkpoint import load_checkpoint
-from .config import RECIPES
-from .errors import CheckpointError, UsageError
-from .models import architecture, build_model, loss_function
+from ..base import data as data_mod
+from ..core.checkpoint import load_checkpoint
+from ..base.config import RECIPES
+from ..base.errors import CheckpointError, UsageError
+from ..base.models import architecture, build_model, loss_function
 
 FRESH_MODELS = ("mlp", "cnn")
 FD_EPS = 1e-6  # finite-difference step, in weight units: few ReLUs switch within so small a nudge
