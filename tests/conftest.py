@@ -59,7 +59,7 @@ def tiny_idx_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_idx_dir) -> Path:
     """A run directory: the default recipe for 2 epochs on the tiny dataset."""
-    from mnistlab.core.training import train
+    from mnistlab.core.engine import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     with pytest.MonkeyPatch.context() as mp:  # session fixtures run outside `isolated_cache`

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnistlab.core import batched, training
+from mnistlab.core import batched, engine, runs, training
 from mnistlab.base.config import recipe
 
 CPU = torch.device("cpu")
@@ -18,13 +18,15 @@ def small(name="seed", **overrides):
     return recipe(name, **{**base, **overrides})
 
 
-def run_group(configs, data_dir, last=None):
-    splits = training.load_splits(configs[0], data_dir, CPU)
-    group = batched.build_group(configs, splits, CPU)
-    commits = []
-    batched.fit_group(group, splits, CPU, last or configs[0].epochs,
-                      lambda epoch, rows, diverged, together: commits.append((epoch, rows, diverged)), lambda line: None)
-    return group, commits
+def run_group(root, configs, data_dir, stop_after=None):
+    """Train `configs` as one batched group (a sweep's), member k into root/k; each member's metric rows."""
+    paths = [root / str(k) for k in range(len(configs))]
+    engine.train_group(paths, configs, data_dir=data_dir, stop_after=stop_after)
+    return paths, [runs.read_state(path)["rows"] for path in paths]
+
+
+def member_weights(path):
+    return load_file(str(path / "model.safetensors"))
 
 
 MEMBERS = {
@@ -40,15 +42,13 @@ MEMBERS = {
 @pytest.mark.parametrize("kind", list(MEMBERS))
 def test_each_member_equals_the_single_run_of_its_config(tmp_path, tiny_idx_dir, kind):
     configs = MEMBERS[kind]
-    group, commits = run_group(configs, tiny_idx_dir)
+    paths, rows = run_group(tmp_path / "group", configs, tiny_idx_dir)
     for k, config in enumerate(configs):
-        single = training.train(config, out=tmp_path / str(k), data_dir=tiny_idx_dir)
-        losses = [rows[k]["train_loss"] for _, rows, _ in commits]
+        single = engine.train(config, out=tmp_path / str(k), data_dir=tiny_idx_dir)
+        losses = [row["train_loss"] for row in rows[k]]
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(single.summary["train_loss"]), **TOL)
-        assert [rows[k]["val_accuracy"] for _, rows, _ in commits][-1] == pytest.approx(
-            single.summary["val_accuracy"], abs=1 / 40)
-        weights = load_file(str(single.run_dir / "model.safetensors"))
-        mine = group.stack.member_model(k)
+        assert rows[k][-1]["val_accuracy"] == pytest.approx(single.summary["val_accuracy"], abs=1 / 40)
+        weights, mine = member_weights(single.run_dir), member_weights(paths[k])
         for name in weights:
             torch.testing.assert_close(mine[name], weights[name], **TOL)
 
@@ -57,10 +57,9 @@ def test_each_member_equals_the_single_run_of_its_config(tmp_path, tiny_idx_dir,
 def test_a_batch_norm_network_trains_batched_too(tmp_path, tiny_idx_dir):
     configs = [small("cnn", seed=1, lr=0.01, train_size=64, epochs=1, val_size=0),
                small("cnn", seed=2, lr=0.005, train_size=64, epochs=1, val_size=0)]
-    group, _ = run_group(configs, tiny_idx_dir)
-    single = training.train(configs[1], out=tmp_path / "cnn", data_dir=tiny_idx_dir)
-    weights = load_file(str(single.run_dir / "model.safetensors"))
-    mine = group.stack.member_model(1)
+    paths, _ = run_group(tmp_path / "group", configs, tiny_idx_dir)
+    single = engine.train(configs[1], out=tmp_path / "cnn", data_dir=tiny_idx_dir)
+    weights, mine = member_weights(single.run_dir), member_weights(paths[1])
     assert any("running_var" in name for name in weights)  # the buffers follow their member too
     for name in weights:
         torch.testing.assert_close(mine[name].to(weights[name].dtype), weights[name], **TOL)
@@ -82,35 +81,30 @@ def test_from_the_same_weights_twice_the_rate_moves_twice_as_far(tiny_idx_dir):
         torch.testing.assert_close(moved[1], 2 * moved[0], rtol=1e-3, atol=1e-7)
 
 
-def test_a_diverging_member_is_frozen_and_marked_and_the_others_do_not_notice(tiny_idx_dir):
+def test_a_diverging_member_is_frozen_and_marked_and_the_others_do_not_notice(tmp_path, tiny_idx_dir):
     calm = [small(seed=1), small(seed=3, lr=0.01)]
     wild = small(seed=2, lr=1e5)
-    group, commits = run_group([calm[0], wild, calm[1]], tiny_idx_dir)
-    alone, alone_commits = run_group(calm, tiny_idx_dir)
-    assert commits[0][2] == [1] and commits[0][1][1] is None  # diverged in epoch 1, no row for it
-    assert all(rows[1] is None and diverged == [] for _, rows, diverged in commits[1:])
-    assert bool(group.stack.diverged[1]) and group.epochs_done == [2, 0, 2]
+    paths, rows = run_group(tmp_path / "with", [calm[0], wild, calm[1]], tiny_idx_dir)
+    alone, alone_rows = run_group(tmp_path / "alone", calm, tiny_idx_dir)
+    wild_run = runs.read_state(paths[1])
+    assert rows[1] == [] and "diverged" in wild_run["diverged"]["message"]  # diverged in epoch 1: epoch 0 kept
+    assert runs.info(paths[1]).state == "diverged"
     for mine, theirs in ((0, 0), (2, 1)):
-        assert ([rows[mine]["train_loss"] for _, rows, _ in commits]
-                == pytest.approx([rows[theirs]["train_loss"] for _, rows, _ in alone_commits], rel=1e-6))
-        for name, p in group.stack.params.items():
-            torch.testing.assert_close(p[mine], alone.stack.params[name][theirs], rtol=1e-6, atol=1e-7)
+        assert ([r["train_loss"] for r in rows[mine]]
+                == pytest.approx([r["train_loss"] for r in alone_rows[theirs]], rel=1e-6))
+        for name, w in member_weights(paths[mine]).items():
+            torch.testing.assert_close(w, member_weights(alone[theirs])[name], rtol=1e-6, atol=1e-7)
 
 
-def test_a_members_state_is_a_single_runs_state_and_continues_like_it(tiny_idx_dir):
+def test_a_members_run_resumed_alone_continues_like_the_group(tmp_path, tiny_idx_dir):
     configs = [small("default", seed=1), small("default", seed=2, lr=0.05)]
-    group, _ = run_group(configs, tiny_idx_dir, last=1)
-    splits = training.load_splits(configs[1], tiny_idx_dir, CPU)
-    trainee = training.build(configs[1], splits, CPU)
-    trainee.restore(group.member_state(1))  # as `mnistlab train --resume` on a sweep's run directory does
-    assert trainee.schedule.last_epoch == len(group.batches)
-    single = training.train_epoch(trainee.model, trainee.optimizer, trainee.schedule, trainee.loss_fn,
-                                  trainee.batches, trainee.generator)
-    batched.fit_group(group, splits, CPU, 2, lambda *a: None, lambda line: None)
-    mine = group.stack.member_model(1)
-    for name, p in trainee.model.state_dict().items():
-        torch.testing.assert_close(mine[name], p, **TOL)
-    assert float(single) > 0
+    paths, _ = run_group(tmp_path / "half", configs, tiny_idx_dir, stop_after=1)
+    whole, _ = run_group(tmp_path / "whole", configs, tiny_idx_dir)
+    # A sweep's run directory is a single run's: `mnistlab train --resume` continues it alone.
+    alone = engine.resume(paths[1], data_dir=tiny_idx_dir)
+    assert alone.summary["epochs"] == 2
+    for name, w in member_weights(whole[1]).items():
+        torch.testing.assert_close(member_weights(paths[1])[name], w, **TOL)
 
 
 def test_configs_that_differ_only_in_member_fields_share_a_group():

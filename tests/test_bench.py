@@ -20,12 +20,12 @@ from mnistlab.commands.bench import (
     notebook_model,
     notebook_transform,
     run_bench,
-    time_to_accuracy,
     unsteady,
 )
 from mnistlab.cli import main
 from mnistlab.base.config import recipe
-from mnistlab.core.training import train
+from mnistlab.core.engine import train
+from mnistlab.core.runs import time_to_target
 
 CPU = torch.device("cpu")
 
@@ -94,12 +94,17 @@ def test_notebook_loop_and_ours_agree_given_the_same_init_and_batch_order(tmp_pa
         torch.testing.assert_close(theirs, mine, atol=1e-6, rtol=1e-5)
 
 
-def test_time_to_accuracy_counts_training_seconds_up_to_the_first_epoch_at_target():
-    rows = [{"seconds": 1.0, "test_accuracy": 0.95}, {"seconds": 2.0, "test_accuracy": 0.981},
-            {"seconds": 4.0, "test_accuracy": 0.99}]
-    assert time_to_accuracy(rows, 0.98) == 3.0
-    assert time_to_accuracy(rows, 0.995) is None
-    assert time_to_accuracy([{"seconds": 1.0, "test_accuracy": None}], 0.0) is None
+def test_time_to_target_counts_training_seconds_up_to_the_first_epoch_at_target():
+    rows = [{"seconds": 1.0, "val_accuracy": None, "test_accuracy": 0.95},
+            {"seconds": 2.0, "val_accuracy": None, "test_accuracy": 0.981},
+            {"seconds": 4.0, "val_accuracy": None, "test_accuracy": 0.99}]
+    assert time_to_target(rows, 0.98) == 3.0
+    assert time_to_target(rows, 0.995) is None
+    assert time_to_target([{"seconds": 1.0, "val_accuracy": None, "test_accuracy": None}], 0.0) is None
+    # With a validation split, that is the measure: the test split is not looked at to stop.
+    held_out = [{"seconds": 1.0, "val_accuracy": 0.97, "test_accuracy": 0.99},
+                {"seconds": 1.0, "val_accuracy": 0.985, "test_accuracy": 0.98}]
+    assert time_to_target(held_out, 0.98) == 2.0
 
 
 @pytest.mark.slow

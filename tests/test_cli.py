@@ -50,7 +50,7 @@ def test_default_out_is_under_runs_and_never_overwrites(tmp_path, tiny_idx_dir):
 
 def test_resume_continues_a_run(tmp_path, tiny_idx_dir, capsys):
     from mnistlab.base.config import recipe
-    from mnistlab.core.training import train
+    from mnistlab.core.engine import train
 
     train(recipe("seed", epochs=2, device="cpu"), out=tmp_path / "r", data_dir=tiny_idx_dir, stop_after=1)
     assert main(["train", "--resume", str(tmp_path / "r"), "--no-plots"]) == 0
@@ -158,15 +158,32 @@ def test_evaluate_with_device_auto_runs_on_what_this_machine_has(tiny_run, tiny_
     assert json.loads(capsys.readouterr().out)["total"] == 200
 
 
+def test_in_a_log_progress_is_a_plain_line_every_tenth_of_an_epoch_at_most():
+    from mnistlab.commands.progress import Printer
+
+    printed = []
+    printer = Printer(printed.append, bar=False, every=0)
+    for step in range(1, 100):  # progress events of one epoch of 100 steps, one per step
+        printer({"type": "progress", "time": 1000.0 + step, "run": "r", "epoch": 1, "epochs": 3, "step": step,
+                 "steps": 100, "loss": 2.0 / step, "steps_per_second": 1.0})
+    assert len(printed) == 9 and printed[0] == "epoch 1/3   10% (10/100 batches)  loss 0.2000  10s"
+    assert printed[-1].startswith("epoch 1/3   90% (90/100")
+    printer({"type": "epoch", "time": 1100.0, "run": "r", "epochs": 3, "row": {
+        "epoch": 1, "train_loss": 0.5, "val_accuracy": None, "test_accuracy": 0.9, "lr": 0.1, "seconds": 100.0}})
+    assert printed[-1] == "epoch 1/3  train loss 0.5000  test acc 90.00%  100.00s"
+
+
 @pytest.mark.slow
-def test_written_to_a_pipe_a_long_epoch_shows_plain_progress_lines(tmp_path, tiny_idx_dir):
+def test_written_to_a_pipe_a_long_epoch_shows_plain_progress_lines(tmp_path, real_mnist):
     env = {**__import__("os").environ, "MNISTLAB_PROGRESS_SECONDS": "0"}
     r = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--out", str(tmp_path / "r"), "--data-dir",
-                        str(tiny_idx_dir), "--epochs", "1", "--batch-size", "8", "--no-plots", "--device", "cpu"],
+                        str(real_mnist), "--recipe", "seed", "--epochs", "1", "--batch-size", "8", "--train-size",
+                        "30000", "--no-plots", "--device", "cpu"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     progress = [line for line in r.stdout.splitlines() if "% (" in line and "batches)" in line]
-    assert 5 <= len(progress) <= 10 and progress[0].startswith("epoch 1/1   1") and "loss" in progress[0]
+    # 3,750 steps take seconds: progress events every half second, a line each tenth of the epoch at most
+    assert 1 <= len(progress) <= 9 and progress[0].startswith("epoch 1/1") and "loss" in progress[0]
     assert "\r" not in r.stdout + r.stderr
 
 

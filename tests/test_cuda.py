@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnistlab.base.config import recipe
-from mnistlab.core.training import train
+from mnistlab.core.engine import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
 
@@ -32,16 +32,13 @@ def test_cuda_runs_are_deterministic(tmp_path, tiny_idx_dir):
     assert a == pytest.approx(b, rel=1e-6)
 
 
-def _batched(configs, data_dir):
-    from mnistlab.core import batched, training
+def _batched(root, configs, data_dir):
+    """A sweep's group on CUDA: each member's run directory and its losses."""
+    from mnistlab.core import engine, runs
 
-    device = torch.device("cuda")
-    splits = training.load_splits(configs[0], data_dir, device)
-    group = batched.build_group(configs, splits, device)
-    commits = []
-    batched.fit_group(group, splits, device, configs[0].epochs,
-                      lambda epoch, rows, diverged, together: commits.append(rows), lambda line: None)
-    return group, [[rows[k]["train_loss"] for rows in commits] for k in range(len(configs))]
+    paths = [root / str(k) for k in range(len(configs))]
+    engine.train_group(paths, configs, data_dir=data_dir)
+    return paths, [[row["train_loss"] for row in runs.read_state(p)["rows"]] for p in paths]
 
 
 @pytest.mark.parametrize("name", ["seed", "default"])
@@ -50,22 +47,22 @@ def test_batched_members_on_cuda_equal_their_single_runs(tmp_path, tiny_idx_dir,
 
     base = recipe(name, epochs=2, batch_size=32, device="cuda", shift=0, data_seed=7, val_size=100)
     configs = [base.replace(seed=s, lr=base.lr * f) for s, f in ((1, 1.0), (2, 0.5), (3, 2.0))]
-    group, losses = _batched(configs, tiny_idx_dir)
+    paths, losses = _batched(tmp_path / "group", configs, tiny_idx_dir)
     for k, config in enumerate(configs):
         single = train(config, out=tmp_path / str(k), data_dir=tiny_idx_dir)
         torch.testing.assert_close(torch.tensor(losses[k]), torch.tensor(single.summary["train_loss"]),
                                    rtol=1e-4, atol=1e-4)
         weights = load_file(str(single.run_dir / "model.safetensors"))
-        mine = group.stack.member_model(k)
+        mine = load_file(str(paths[k] / "model.safetensors"))
         for tensor_name, tensor in weights.items():
             torch.testing.assert_close(mine[tensor_name].cpu(), tensor, rtol=1e-3, atol=1e-4)
 
 
-def test_batched_training_on_cuda_is_deterministic(tiny_idx_dir):
+def test_batched_training_on_cuda_is_deterministic(tmp_path, tiny_idx_dir):
     configs = [recipe("default", epochs=1, batch_size=32, device="cuda", seed=s, shift=1) for s in (0, 1)]
     configs = [c.replace(data_seed=0) for c in configs]
-    _, a = _batched(configs, tiny_idx_dir)
-    _, b = _batched(configs, tiny_idx_dir)
+    _, a = _batched(tmp_path / "a", configs, tiny_idx_dir)
+    _, b = _batched(tmp_path / "b", configs, tiny_idx_dir)
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=0)
 
 

@@ -233,7 +233,7 @@ def test_a_poisoned_cache_entry_is_ignored_and_rewritten(tmp_path, case):
 
 def test_a_poisoned_cache_never_reaches_training(tmp_path):
     from mnistlab.base.config import recipe
-    from mnistlab.core.training import train
+    from mnistlab.core.engine import train
 
     folder = write_fake_dataset(tmp_path / "idx", n_train=64, n_test=16)
     data.load("mnist", folder)

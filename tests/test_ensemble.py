@@ -11,7 +11,7 @@ from mnistlab.core.checkpoint import load_checkpoint, save_checkpoint
 from mnistlab.cli import main
 from mnistlab.base.config import recipe
 from mnistlab.base.models import Ensemble, architecture, build_model
-from mnistlab.core.training import resume, train
+from mnistlab.core.engine import resume, train
 
 
 def small(**overrides):

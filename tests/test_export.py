@@ -163,7 +163,7 @@ def test_cli_export_prints_the_contract_and_the_files(run_copy, capsys):
 def test_onnx_equals_pytorch_on_real_mnist_test_images(real_mnist, tmp_path):
     pytest.importorskip("onnxruntime")
     from mnistlab.base.config import recipe
-    from mnistlab.core.training import train
+    from mnistlab.core.engine import train
 
     config = recipe("fast", epochs=1, device="cpu")  # confident outputs: probabilities near 0 and 1 too
     run = train(config, out=tmp_path / "fast", data_dir=real_mnist).run_dir

@@ -24,7 +24,7 @@ from mnistlab.cli import main
 from mnistlab.base.config import recipe
 from mnistlab.base.errors import Interrupted, RunError
 from mnistlab.core.runs import read_metrics
-from mnistlab.core.training import resume, train
+from mnistlab.core.engine import resume, train
 
 
 def quick(**overrides):
@@ -147,10 +147,13 @@ def test_killed_between_any_two_file_operations_resume_ends_equal_to_an_uninterr
 @pytest.mark.slow
 def test_a_real_sigkill_during_training_leaves_a_run_that_resumes_to_the_same_weights(tmp_path, tiny_idx_dir,
                                                                                        whole):
+    # One thread, as the test process computes `whole` and the resume: bitwise equality holds for the same
+    # thread count (the docs say so), and the epochs committed before the kill are the subprocess's.
     proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--out", str(tmp_path / "r"),
                              "--data-dir", str(tiny_idx_dir), "--no-plots", "--epochs", "3", "--batch-size", "32",
                              "--device", "cpu", "--shift", "0", "--val-size", "100"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in proc.stdout:  # kill as soon as epoch 1 is reported: during its commit or epoch 2
         if line.startswith("epoch 1/3"):
             proc.send_signal(signal.SIGKILL)
@@ -189,12 +192,12 @@ def test_every_file_of_a_run_gets_the_same_permissions(tmp_path, tiny_idx_dir):
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_kept_and_resume_starts_from_the_beginning(
         tmp_path, tiny_idx_dir, monkeypatch, whole):
-    import mnistlab.core.training
+    import mnistlab.core.engine
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mnistlab.core.training, "train_epoch", interrupted)
+    monkeypatch.setattr(mnistlab.core.engine, "train_epoch", interrupted)
     with pytest.raises(Interrupted, match="no epoch was completed, so nothing was kept; start it again with: "
                                           rf"mnistlab train --resume {tmp_path / 'r'}"):
         train(quick(), out=tmp_path / "r", data_dir=tiny_idx_dir)
@@ -204,9 +207,9 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_kept_and_resume_starts_from_
 
 
 def test_ctrl_c_later_says_which_epochs_are_kept(tmp_path, tiny_idx_dir, monkeypatch, capsys):
-    import mnistlab.core.training
+    import mnistlab.core.engine
 
-    real, calls = mnistlab.core.training.train_epoch, []
+    real, calls = mnistlab.core.engine.train_epoch, []
 
     def second_interrupted(*args, **kwargs):
         calls.append(1)
@@ -214,7 +217,7 @@ def test_ctrl_c_later_says_which_epochs_are_kept(tmp_path, tiny_idx_dir, monkeyp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mnistlab.core.training, "train_epoch", second_interrupted)
+    monkeypatch.setattr(mnistlab.core.engine, "train_epoch", second_interrupted)
     code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_idx_dir), "--no-plots",
                  "--epochs", "3", "--device", "cpu"])
     assert code == 130

@@ -12,7 +12,8 @@ from mnistlab.base.devices import flush_denormals
 from mnistlab.base.errors import RunError
 from mnistlab.base.models import MLP
 from mnistlab.core.runs import read_metrics
-from mnistlab.core.training import Batches, make_optimizer, resume, train
+from mnistlab.core.engine import resume, train
+from mnistlab.core.training import Batches, make_optimizer
 
 
 def quick(**overrides):

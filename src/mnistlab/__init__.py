@@ -3,13 +3,15 @@
 The public API is loaded lazily so that `import mnistlab` stays instant.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _API = {
     "Config": "base.config", "recipe": "base.config", "RECIPES": "base.config",
     "load": "base.data", "DATASETS": "base.data",
     "build_model": "base.models",
-    "train": "core.training", "resume": "core.training",
+    "train": "core.engine", "resume": "core.engine",
     "evaluate": "core.evaluation", "load_checkpoint": "core.checkpoint",
     "predict": "commands.prediction", "prepare_image": "base.prepare",
     "view_classify": "commands.figures",
@@ -21,7 +23,5 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name):
     if name in _API:
-        import importlib
-
         return getattr(importlib.import_module(f"mnistlab.{_API[name]}"), name)
     raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")

@@ -157,7 +157,9 @@ def add_train(sub) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<recipe>-<dataset>[-N])")
     data_dir_flag(p, "the folder the run was trained from with --resume, else the usual places")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue a run from its last completed epoch (with --epochs N: extend it to N epochs)")
+                   help="continue a run from its last completed epoch (with --epochs N: extend it to N epochs), on "
+                   "the data it was trained on")
+    any_data_flag(p, "resume")
     p.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
     p.add_argument("--verbose", action="store_true", help="print the full configuration first")
     json_flag(p, "the summary at the end (progress goes to stderr)")
@@ -166,30 +168,26 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .core import distributed
-    from .core.training import resume, train
+    from .commands.progress import Printer
+    from .core.engine import resume, train
 
     log = print_err if args.json else print_flush
-    process = distributed.launched()  # under torchrun: one network across its processes (DDP)
+    printer = Printer(log)
     if args.resume:
         given = [_flag(name) for name in given_config_flags(args) if name != "epochs"]
         if given or args.recipe is not None:
             raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'} "
-                             "(only --epochs and --data-dir go with --resume)")
-        if process:
-            result = distributed.train(process, resume=args.resume, epochs=args.epochs, data_dir=args.data_dir,
-                                       log=log, progress=True)
-        else:
-            result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, log=log, progress=True)
+                             "(only --epochs, --data-dir and --any-data go with --resume)")
+        result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, any_data=args.any_data,
+                        on_event=printer, progress=True)
     else:
+        if args.any_data:
+            raise UsageError("--any-data goes with --resume (a new run takes the data it is given)")
         config = config_from_args(args)
         if args.verbose:
             log(f"config: {config.to_json()}")
-        if process:
-            result = distributed.train(process, config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
-        else:
-            result = train(config, out=args.out, data_dir=args.data_dir, log=log, progress=True)
-    if result is None:  # not rank 0: rank 0 reports for the job
+        result = train(config, out=args.out, data_dir=args.data_dir, on_event=printer, progress=True)
+    if result is None:  # not rank 0 of a torchrun job: rank 0 reports for the job
         return 0
     s = result.summary
     if not args.no_plots:
@@ -211,19 +209,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 # runs, recipes
 
 def add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list the runs in a folder: progress, accuracy, state",
-                       description="One line per run directory under DIR: recipe, dataset, epochs done of "
-                       "planned, test accuracy, training time, and state (finished; resumable: stopped before "
-                       "its last epoch; running: another process is writing it).")
+    p = sub.add_parser("runs", help="list the runs in a folder, or follow one live",
+                       description="One line per run directory under DIR (the runs of sweep folders too): recipe, "
+                       "dataset, epochs done of planned, test accuracy, training time, and state (finished; "
+                       "resumable: stopped before its last epoch; running: a process is writing it; diverged; "
+                       "damaged: what is missing, and what can still be used). With --follow RUN: the run's "
+                       "events from its start, then as they come, until it ends.")
     p.add_argument("dir", nargs="?", type=Path, default=Path("runs"), metavar="DIR",
                    help="folder holding run directories, or one run directory (default: runs)")
+    p.add_argument("--follow", action="store_true",
+                   help="DIR is one run: print its events as it trains, until it ends (with --json: one JSON "
+                   "object a line, as in its events.jsonl)")
     json_flag(p, "the list")
     p.set_defaults(func=cmd_runs)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .core.runs import list_runs
+    from .core.runs import follow, is_run, list_runs
 
+    if args.follow:
+        from .commands.progress import Printer
+
+        if not (args.dir.is_dir() and is_run(args.dir)):
+            raise UsageError(f"--follow {args.dir}: not a run directory; give one run (see mnistlab runs)")
+        printer = Printer(print_flush)
+        for e in follow(args.dir):
+            if args.json:
+                print(json_text(e, indent=None), flush=True)
+            else:
+                printer(e)
+        return 0
     found = list_runs(args.dir)
     if args.json:
         print_json([r.to_dict() for r in found])
@@ -231,14 +246,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not found:
         print(f"no runs in {args.dir}")
         return 0
-    width = max(4, *(len(r.path.name) for r in found))
+    width = max(4, *(len(r.name) for r in found))
     print(f"{'name':<{width}}  {'recipe':<8} {'dataset':<13} {'epochs':>7}  {'test acc':>8}  {'time':>8}  state")
     for r in found:
         acc = f"{100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else "-"
         epochs = f"{r.epochs}/{r.total_epochs}" if r.total_epochs else "-"
-        state = f"{r.state} ({r.problem})" if r.problem else r.state
-        print(f"{r.path.name:<{width}}  {r.recipe or '-':<8} {r.dataset or '-':<13} {epochs:>7}  {acc:>8}  "
-              f"{r.train_seconds:>7.1f}s  {state}")
+        print(f"{r.name:<{width}}  {r.recipe or '-':<8} {r.dataset or '-':<13} {epochs:>7}  {acc:>8}  "
+              f"{r.train_seconds:>7.1f}s  {r.state}")
+        for text in (r.problem, r.usable):
+            if text:
+                print(f"{'':<{width}}  {text}")
     return 0
 
 

@@ -70,6 +70,9 @@ class Config:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     cuda_graph: bool = _opt(True, "capture the training step as a CUDA graph on CUDA")
     eval_every_epoch: bool = _opt(True, "measure test accuracy after every epoch (else at the end only)")
+    target_accuracy: float = _opt(0.0, "stop at the first epoch whose validation accuracy (the test accuracy "
+                                  "without --val-size) reaches this, e.g. 0.98; the summary records the time to "
+                                  "reach it (0: train every epoch)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -137,6 +140,8 @@ class Config:
             raise ConfigError(f"momentum must be in [0, 1) (got {self.momentum})")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if not 0 <= self.target_accuracy <= 1:
+            raise ConfigError(f"target_accuracy must be in [0, 1] (got {self.target_accuracy})")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup must be in [0, 1) (got {self.warmup})")
         if not self.hidden or any(not 1 <= h <= MAX_WIDTH for h in self.hidden) or len(self.hidden) > 16:

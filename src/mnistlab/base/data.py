@@ -752,3 +752,13 @@ def to_device(split: Split, device: torch.device, mean: float, std: float) -> tu
     labels = split.labels.to(device, non_blocking=True)
     x = images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
     return x, labels
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """SHA-256 of what the dataset holds (both splits' images and labels, as bytes): the same data gives the
+    same fingerprint in any folder and any compression; one changed label gives another."""
+    digest = hashlib.sha256()
+    for split in (dataset.train, dataset.test):
+        for tensor in (split.images, split.labels):
+            digest.update(tensor.contiguous().numpy().data)
+    return digest.hexdigest()

@@ -21,14 +21,12 @@ images and does not change with `n_train`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from PIL.ImageFont import FreeTypeFont
+from PIL import Image, ImageDraw, ImageFont
+from PIL.ImageFont import FreeTypeFont
 
 VERSION = 1  # bump whenever generate()'s output changes: cached copies are keyed by it
 SIZE = 28  # output images are SIZE x SIZE, like MNIST
@@ -69,8 +67,6 @@ def font_dir() -> Path:
 
 def _glyph(font: FreeTypeFont, digit: str, stroke: int) -> np.ndarray:
     """One digit, cropped to its ink, as float32 in [0, 1]."""
-    from PIL import Image, ImageDraw
-
     left, top, right, bottom = font.getbbox(digit, stroke_width=stroke)
     image = Image.new("L", (right - left, bottom - top), 0)
     ImageDraw.Draw(image).text((-left, -top), digit, font=font, fill=255,
@@ -82,8 +78,6 @@ def _glyph(font: FreeTypeFont, digit: str, stroke: int) -> np.ndarray:
 def _mnist_layout(glyph: np.ndarray, size: int, box: int) -> np.ndarray:
     """Shrink `glyph` so its longer side is `box` px (aspect kept), then place it in a
     `size` x `size` image with its centre of mass at the centre, as MNIST did."""
-    from PIL import Image
-
     h, w = glyph.shape
     scale = box / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
@@ -102,8 +96,6 @@ def _mnist_layout(glyph: np.ndarray, size: int, box: int) -> np.ndarray:
 
 def glyph_bank() -> torch.Tensor:
     """Every digit x font x stroke, laid out MNIST-style: (10, fonts, strokes, 56, 56) float32."""
-    from PIL import ImageFont
-
     folder = font_dir()
     paths = [folder / name for name in FONTS if (folder / name).is_file()]
     if not paths:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -40,7 +41,10 @@ from ..base import data as data_mod
 from ..base.config import RECIPES, recipe
 from ..base.devices import select_device, synchronize
 from ..core.evaluation import accuracy
-from ..core.training import train
+from ..core import batched
+from ..core.engine import timed_epoch, train
+from ..core.runs import time_to_target
+from ..core.training import build, load_splits
 
 NOTEBOOK = RECIPES["seed"]  # the notebook's hyper-parameters: batch 64, SGD lr 0.003, NLLLoss
 TARGET_ACCURACY = 0.98  # "time to 98%": training seconds until the first epoch at or above this
@@ -112,8 +116,6 @@ class PILMNIST(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        from PIL import Image
-
         img, target = self.data[index], int(self.targets[index])
         pixels = img.numpy()
         # torchvision's `_Image_fromarray` for Pillow >= 11.3: a mode-"L" image over the bytes.
@@ -206,16 +208,6 @@ def run_notebook(train_set: torch.utils.data.Dataset, x_test: torch.Tensor, y_te
 # ---------------------------------------------------------------------------
 # Ours
 
-def time_to_accuracy(rows: list[dict[str, Any]], target: float) -> float | None:
-    """Training seconds up to the first epoch whose test accuracy reaches `target` (eval not counted)."""
-    elapsed = 0.0
-    for row in rows:
-        elapsed += row["seconds"]
-        if row["test_accuracy"] is not None and row["test_accuracy"] >= target:
-            return elapsed
-    return None
-
-
 def run_ours(config, out: Path, data_dir: str | os.PathLike | None) -> dict[str, Any]:
     """`training.train` once; its per-epoch seconds, losses and accuracies."""
     result = train(config, out=out, data_dir=data_dir)
@@ -224,7 +216,7 @@ def run_ours(config, out: Path, data_dir: str | os.PathLike | None) -> dict[str,
             "test_accuracy": rows[-1]["test_accuracy"],
             "epoch_test_accuracy": [r["test_accuracy"] for r in rows],
             "train_seconds": result.summary["train_seconds"],
-            "time_to_target": time_to_accuracy(rows, TARGET_ACCURACY)}
+            "time_to_target": time_to_target(rows, TARGET_ACCURACY)}
 
 
 # ---------------------------------------------------------------------------
@@ -395,17 +387,6 @@ def sweep_members(device: torch.device) -> tuple[int, ...]:
     return (1, 8, 64, 512) if device.type == "cuda" else (1, 8, 64)
 
 
-def _time_epoch(device: torch.device, epoch: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    from ..base.devices import flush_denormals
-
-    synchronize(device)
-    t0 = time.perf_counter()
-    with flush_denormals(device):
-        loss = epoch()
-    synchronize(device)
-    return time.perf_counter() - t0, loss
-
-
 def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tuple[int, ...] | None = None,
                     sequential: int = 2, repeats: int = 1, data_dir: str | os.PathLike | None = None,
                     log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
@@ -416,10 +397,6 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
     networks are timed and their rate stands for any K. Each repeat times the
     sequential networks, then every K, so that a change in load hits both.
     """
-    from ..core import batched
-    from ..core.training import build, load_splits
-    from ..core.training import train_epoch as single_epoch
-
     if repeats < 1 or sequential < 1 or (members is not None and (not members or min(members) < 1)):
         raise ValueError("repeats, sequential and every member count must be at least 1")
     torch_device = select_device(device)
@@ -432,21 +409,18 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
     def one_after_another() -> float:
         seconds = 0.0
         for seed in range(sequential):
-            t = build(base.replace(seed=seed), splits, torch_device)
-            spent, _ = _time_epoch(torch_device, lambda: single_epoch(
-                t.model, t.optimizer, t.schedule, t.loss_fn, t.batches, t.generator))
+            _, spent = timed_epoch(build(base.replace(seed=seed), splits, torch_device), torch_device)
             seconds += spent
         return seconds / sequential
 
     def batched_epoch(k: int, limit: int | None = None) -> float:
         configs = [base.replace(seed=seed, data_seed=0) for seed in range(k)]
         group = batched.build_group(configs, splits, torch_device)
-        batches = group.batches
         if limit is not None:  # a warm-up on the first batches only
-            batches = type(batches)(splits.x[:limit * base.batch_size], splits.y[:limit * base.batch_size],
-                                    base.batch_size, base.shift, base.drop_last)
-        lr = group.stack.lr_table(1)
-        spent, _ = _time_epoch(torch_device, lambda: batched.train_epoch(group.stack, batches, group.generator, lr))
+            group.batches = type(group.batches)(splits.x[:limit * base.batch_size], splits.y[:limit * base.batch_size],
+                                                base.batch_size, base.shift, base.drop_last)
+        group.begin_epoch(1, [True] * k)
+        _, spent = timed_epoch(group, torch_device)
         return spent
 
     for k in members:  # untimed: first-call costs (allocator, kernel selection, vmap's tracing)

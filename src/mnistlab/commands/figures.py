@@ -261,12 +261,12 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     from ..core.checkpoint import load_checkpoint
     from ..base.errors import RunError
     from ..core.evaluation import evaluate_model, predictions
-    from ..core.runs import read_metrics
+    from ..core.runs import committed_rows, is_run
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
-    if not (run_dir / "metrics.csv").is_file():
-        raise RunError(f"{run_dir}: not a run directory (metrics.csv is missing)")
+    if not is_run(run_dir):
+        raise RunError(f"{run_dir}: not a run directory (no config.json, state.pt or model.json)")
     dataset = ckpt.load_data(data_dir, any_data)
     x, y = data_mod.to_device(dataset.test, torch.device("cpu"), ckpt.mean, ckpt.std)
     result = evaluate_model(ckpt.model, x, y, ckpt.classes)
@@ -276,7 +276,7 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     recipe = ckpt.meta.get("config", {}).get("recipe", "")
     name = f"{dataset.spec.name}, recipe {recipe}" if recipe else dataset.spec.name
     figures = (
-        curves_figure(read_metrics(run_dir), title=f"{run_dir.name} ({name})"),
+        curves_figure(committed_rows(run_dir), title=f"{run_dir.name} ({name})"),
         confusion_figure(result.confusion, ckpt.classes),
         misclassified_figure(dataset.test.images[wrong], y[wrong].tolist(), pred, ckpt.classes,
                              total=len(result.misclassified)),

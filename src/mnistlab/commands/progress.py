@@ -1,24 +1,21 @@
-"""Progress within an epoch: a bar on a terminal, a plain line now and then in a log.
+"""What the command line shows of a run's events: their lines, and progress within an epoch.
 
-On a terminal the bar shows the running loss. Written to a file or a pipe, a
-bar is noise, and silence for minutes looks like a hang: there a plain line
-is written every tenth of the epoch or every `interval` seconds, whichever
-comes later, so a long epoch shows life and a short one adds no lines.
-Reading the running loss waits for the device, so it is read only when shown.
+On a terminal the progress is a bar with the running loss. Written to a file
+or a pipe, a bar is noise, and silence for minutes looks like a hang: there a
+plain line is written every tenth of the epoch or every `interval` seconds,
+whichever comes later, so a long epoch shows life and a short one adds no lines.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Callable
+from typing import Any, Callable
 
-import torch
+from ..core.events import lines, progress_line
 
 # Seconds between plain lines at least; MNISTLAB_PROGRESS_SECONDS overrides it (tests, busy logs).
 INTERVAL = 30.0
-BAR_EVERY = 50  # steps between bar refreshes (each reads the loss from the device)
 
 
 def interval() -> float:
@@ -28,51 +25,49 @@ def interval() -> float:
         return INTERVAL
 
 
-class Lines:
-    """Plain progress lines through `log`: `epoch 2/6  40% (188/469 batches)  loss 0.6213  41s`."""
+class Printer:
+    """An `on_event` for the command line: each event's lines through `log`, progress as a bar on a
+    terminal (stderr) or as plain lines through `log` now and then."""
 
-    def __init__(self, epoch: int, epochs: int, n_steps: int, log: Callable[[str], None],
-                 every: float | None = None, clock: Callable[[], float] = time.perf_counter):
-        self.epoch, self.epochs, self.n_steps, self.log, self.clock = epoch, epochs, n_steps, log, clock
+    def __init__(self, log: Callable[[str], None], bar: bool | None = None, every: float | None = None):
+        self.log = log
+        self.use_bar = sys.stderr.isatty() if bar is None else bar
         self.every = interval() if every is None else every
-        self.start = self.last_time = clock()
+        self.bar = None
+        self.epoch_start = 0.0
+        self.last_time = 0.0
         self.last_step = 0
 
-    def update(self, i: int, total: torch.Tensor) -> None:
-        done = i + 1
-        if done == self.n_steps or done - self.last_step < self.n_steps / 10:
-            return  # the epoch line itself follows the last step
-        now = self.clock()
-        if now - self.last_time < self.every:
+    def __call__(self, e: dict[str, Any]) -> None:
+        if e["type"] == "progress":
+            self._progress(e)
             return
-        self.last_time, self.last_step = now, done
-        self.log(f"epoch {self.epoch}/{self.epochs}  {100 * done // self.n_steps:3d}% ({done}/{self.n_steps} "
-                 f"batches)  loss {float(total) / done:.4f}  {now - self.start:.0f}s")
+        if e["type"] in ("epoch", "ended"):
+            self._close()
+        for text in lines(e):
+            self.log(text)
 
-    def close(self) -> None:
-        pass
+    def _progress(self, e: dict[str, Any]) -> None:
+        if self.use_bar:
+            if self.bar is None:
+                from tqdm import tqdm
 
+                self.bar = tqdm(total=e["steps"], desc=f"epoch {e['epoch']}/{e['epochs']}", leave=False,
+                                file=sys.stderr, unit="batch")
+            self.bar.set_postfix(loss=f"{e['loss']:.4f}", refresh=False)
+            self.bar.update(e["step"] - self.bar.n)
+            return
+        if self.last_step == 0 and self.last_time == 0.0:
+            # The epoch began one interval of steps before its first progress event.
+            self.epoch_start = e["time"] - e["step"] / max(e["steps_per_second"], 1e-9)
+            self.last_time = self.epoch_start
+        if e["step"] - self.last_step < e["steps"] / 10 or e["time"] - self.last_time < self.every:
+            return
+        self.last_time, self.last_step = e["time"], e["step"]
+        self.log(progress_line(e, e["epochs"], self.epoch_start))
 
-class Bar:
-    """tqdm's bar on stderr, refreshed every BAR_EVERY steps."""
-
-    def __init__(self, epoch: int, epochs: int, n_steps: int):
-        from tqdm import tqdm
-
-        self.n_steps = n_steps
-        self.bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{epochs}", leave=False, file=sys.stderr, unit="batch")
-
-    def update(self, i: int, total: torch.Tensor) -> None:
-        if i % BAR_EVERY == BAR_EVERY - 1 or i == self.n_steps - 1:
-            self.bar.set_postfix(loss=f"{float(total) / (i + 1):.4f}", refresh=False)
-            self.bar.update(i + 1 - self.bar.n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def for_epoch(epoch: int, epochs: int, n_steps: int, log: Callable[[str], None]) -> Bar | Lines:
-    """The bar when stderr is a terminal, else plain lines through `log`."""
-    if sys.stderr.isatty():
-        return Bar(epoch, epochs, n_steps)
-    return Lines(epoch, epochs, n_steps, log)
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.last_time, self.last_step = 0.0, 0

@@ -30,21 +30,27 @@ import math
 import os
 import statistics
 import typing
-from contextlib import ExitStack
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core import runs
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 from ..base.config import RECIPES, Config, ConfigError
 from ..base.errors import Interrupted, RunError, UsageError
 from ..base.files import read_json, write_json, write_text
+from ..core import distributed, runs
+from ..core.batched import group_key
+from ..core.engine import train_group
+from .figures import save_png, sweep_figure
 
 Log = Callable[[str], None]
 
 PLAN = "sweep.json"
 RUNS = "runs"
-DIVERGED = "diverged"
 RESULTS = "results.csv"
 RUNS_TABLE = "runs.csv"
 FIGURE = "results.png"
@@ -67,9 +73,10 @@ class Planned:
 class Plan:
     swept: list[str]  # the fields given several values (seed included when there are several)
     runs: list[Planned]
+    data_dir: str | None = None  # the folder the sweep trains from (None: the usual places), for --resume
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "swept": self.swept,
+        return {"format": PLAN_FORMAT, "swept": self.swept, "data_dir": self.data_dir,
                 "runs": [{"name": r.name, "group": r.group, "config": r.config.to_dict()} for r in self.runs]}
 
     @classmethod
@@ -77,8 +84,11 @@ class Plan:
         try:
             if d.get("format") != PLAN_FORMAT:
                 raise ValueError(f"format {d.get('format')!r}, expected {PLAN_FORMAT}")
+            data_dir = d.get("data_dir")
+            if data_dir is not None and not isinstance(data_dir, str):
+                raise ValueError(f"data_dir is {data_dir!r}")
             return cls(list(d["swept"]), [Planned(r["name"], Config.from_dict(r["config"]), int(r["group"]))
-                                          for r in d["runs"]])
+                                          for r in d["runs"]], data_dir)
         except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as e:
             raise RunError(f"{where}: not a sweep plan of this mnistlab version ({e})") from None
 
@@ -111,10 +121,6 @@ def parse_list(name: str, text: str) -> list[Any]:
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     """A sweep file: `recipe`, `seeds` and Config fields; a list value (a list of lists for hidden) is swept."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
@@ -209,8 +215,6 @@ def _value_text(value: Any) -> str:
 
 def _grouped(swept: list[str], planned: list[tuple[str, Config]]) -> Plan:
     """Group the configurations that can train batched; each group's members take its first seed's order."""
-    from ..core.batched import group_key
-
     keys: dict[Config, int] = {}
     first_seed: dict[int, int] = {}
     out = []
@@ -231,7 +235,7 @@ def write_plan(folder: Path, plan: Plan) -> None:
             raise RunError(f"{folder} holds another sweep; continue it with: mnistlab sweep --resume {folder} "
                            "(or choose another --out)")
         return
-    ours = {PLAN, RUNS, DIVERGED, RESULTS, RUNS_TABLE, FIGURE}
+    ours = {PLAN, RUNS, RESULTS, RUNS_TABLE, FIGURE}
     if folder.is_dir() and any(p.name not in ours and not p.name.startswith(f".{PLAN}.") for p in folder.iterdir()):
         raise RunError(f"--out {folder}: the folder is not empty and holds no sweep; choose a new or empty folder")
     write_json(path, plan.to_dict())
@@ -295,8 +299,6 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
     The share: `shard` "I/N" for independent jobs, or the torchrun process's rank, or everything.
     Returns the sweep's folder and its results, or None when another process or job builds the table.
     """
-    from ..core import distributed
-
     process = distributed.launched()
     if process and shard:
         raise UsageError("under torchrun the processes are the shards; drop --shard")
@@ -305,11 +307,15 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
     share = parse_shard(shard) if shard else (process.rank, process.world_size) if process else (0, 1)
     if resume:
         plan = read_plan(resume)
+        if data_dir is None and plan.data_dir and Path(plan.data_dir).is_dir():
+            data_dir = plan.data_dir  # the sweep's own data, as each of its runs remembers it too
+    elif data_dir is not None:
+        plan.data_dir = str(Path(data_dir).resolve())
     if process:
         distributed.join("gloo", distributed.SWEEP_TIMEOUT)
     try:
         folder = Path(resume) if resume else _new_folder(out, plan, process)
-        train_share(folder, plan, share, device, data_dir, log, progress=True, process=process)
+        train_share(folder, plan, share, device, data_dir, log, process=process)
         if process:
             distributed.barrier()
     finally:
@@ -326,8 +332,6 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
 
 def _new_folder(out: str | os.PathLike | None, plan: Plan, process) -> Path:
     """The sweep's folder with its plan written: `out`, or the first free runs/sweep[-N] (rank 0's choice)."""
-    from ..core import distributed
-
     folder = None
     if process is None or process.leader:
         folder = Path(out) if out is not None else None
@@ -346,99 +350,26 @@ def run_dir(folder: Path, planned: Planned) -> Path:
     return folder / RUNS / planned.name
 
 
-def diverged_marker(folder: Path, name: str) -> Path:
-    return folder / DIVERGED / f"{name}.json"
-
-
 def train_share(folder: str | os.PathLike, plan: Plan, shard: tuple[int, int] = (0, 1), device: str | None = None,
-                data_dir: str | os.PathLike | None = None, log: Log = lambda line: None, progress: bool = False,
-                process=None) -> None:
+                data_dir: str | os.PathLike | None = None, log: Log = lambda line: None, process=None) -> None:
     """Train this shard's groups of the sweep in `folder`, each batched, resuming whatever was kept."""
     folder = Path(folder)
     units = shard_units(plan, *shard)
     for number, unit in enumerate(units, 1):
         members = [plan.runs[i] for i in unit]
         label = f"group {number}/{len(units)}" + (f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else "")
-        _train_unit(folder, members, label, device, data_dir, log, progress, process)
-
-
-def _pending(folder: Path, members: list[Planned]) -> list[Planned]:
-    out = []
-    for m in members:
-        if diverged_marker(folder, m.name).is_file():
+        pending = [m for m in members if not runs.is_run(run_dir(folder, m))
+                   or runs.info(run_dir(folder, m)).state not in ("finished", "diverged")]
+        if not pending:
+            log(f"{label}: {len(members)} runs already finished")
             continue
-        path = run_dir(folder, m)
-        if (path / runs.CONFIG).is_file() and runs.info(path).state == "finished":
-            continue
-        out.append(m)
-    return out
-
-
-def _train_unit(folder: Path, members: list[Planned], label: str, device_name: str | None,
-                data_dir: str | os.PathLike | None, log: Log, progress: bool, process) -> None:
-    from ..core.batched import build_group, fit_group
-    from ..base.devices import describe, select_device
-    from ..core.distributed import local_device
-    from ..core.training import checkpoint_meta, load_splits
-
-    pending = _pending(folder, members)
-    if not pending:
-        log(f"{label}: {len(members)} runs already finished")
-        return
-    configs = [m.config for m in pending]
-    device = select_device(device_name or configs[0].device)
-    if process is not None:
-        device = local_device(device, process)
-    with ExitStack() as stack:
-        opened = [stack.enter_context(_open(folder, m)) for m in pending]
         try:
-            splits = load_splits(configs[0], data_dir, device)
-            group = build_group(configs, splits, device)
-            meta = [checkpoint_meta(c, group, splits.dataset, data_dir) for c in configs]
-            at = min(run.epoch for run in opened)
-            for k, run in enumerate(opened):
-                group.restore(k, run.state, run.epoch)
-                if run.state is None:  # epoch 0: a run stopped in its first epoch starts again as it began
-                    run.commit(0, [], group.member_state(k), meta[k], str(device))
-            leader = next(run for run in opened if run.epoch == at)
-            if at:
-                group.restore_order(leader.state)
-            c = configs[0]
-            log(f"{label}: {len(pending)} models ({_describe_group(c)}) on {describe(device)}, "
-                f"from epoch {at + 1} of {c.epochs}")
-
-            def commit(epoch: int, rows: list, diverged: list[int], together: dict) -> None:
-                for k in diverged:
-                    write_json(diverged_marker(folder, pending[k].name),
-                               {"name": pending[k].name, "epoch": epoch, "kept_epochs": opened[k].epoch,
-                                "lr": pending[k].config.lr})
-                    log(f"{label}: {pending[k].name} diverged in epoch {epoch} (loss not finite); "
-                        f"{opened[k].epoch} epochs kept, the others go on")
-                for k, row in enumerate(rows):
-                    if row is not None:
-                        opened[k].commit(epoch, [*opened[k].rows, row], group.member_state(k), meta[k], str(device))
-
-            fit_group(group, splits, device, c.epochs, commit, log, progress, label=f"{label}  ")
+            train_group([run_dir(folder, m) for m in pending], [m.config for m in pending], device=device,
+                        data_dir=data_dir, resume_command=f"mnistlab sweep --resume {folder}", local=process,
+                        log=log, label=f"{label}: ")
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted; every finished epoch is kept in {folder}; continue with: "
                               f"mnistlab sweep --resume {folder}") from None
-
-
-def _open(folder: Path, planned: Planned) -> runs.Run:
-    path = run_dir(folder, planned)
-    if (path / runs.CONFIG).is_file():
-        run = runs.open_run(path)
-        if run.config != planned.config:
-            run.close()
-            raise RunError(f"{path}: its config.json is not the sweep's configuration for it; move it away "
-                           f"or start a new sweep")
-        return run
-    return runs.create(path, planned.config)
-
-
-def _describe_group(c: Config) -> str:
-    shape = "x".join(map(str, c.hidden)) if c.model == "mlp" else c.model
-    return f"{c.model} {shape}, batch {c.batch_size}, {c.dataset}, {c.optimizer}"
 
 
 # ---------------------------------------------------------------------------
@@ -464,32 +395,25 @@ def collect(folder: str | os.PathLike, plots: bool = True) -> Results:
     write_text(files[0], _csv(configurations))
     write_text(files[1], _csv(rows))
     if plots and any(r[metric] is not None for r in rows):
-        from .figures import save_png, sweep_figure
-
         files.append(save_png(sweep_figure(rows, [s for s in plan.swept if s != "seed"], metric), folder / FIGURE))
     return Results(plan.swept, metric, configurations, rows, files)
 
 
 def _run_row(folder: Path, planned: Planned, swept: list[str]) -> dict[str, Any]:
+    """One run as its commit says (re-deriving its files if a kill left them behind: `runs.info`)."""
     row: dict[str, Any] = {"name": planned.name}
     for name in swept:
         row[name] = _value_text(getattr(planned.config, name))
     path = run_dir(folder, planned)
-    state, summary = "not started", None
-    if (path / runs.CONFIG).is_file():
-        info = runs.info(path)
-        state = info.state
-        try:
-            summary = read_json(path / runs.SUMMARY)
-        except (OSError, ValueError):
-            summary = None
-    if diverged_marker(folder, planned.name).is_file():
-        state = "diverged"
-    summary = summary or {}
+    state, summary = "not started", {}
+    if runs.is_run(path):
+        state = runs.info(path).state
+        summary = runs.committed_summary(path) or {}
     losses = summary.get("train_loss") or []
     row.update({"state": state, "epochs": summary.get("epochs", 0), "total_epochs": planned.config.epochs,
                 "train_loss": losses[-1] if losses else None, "val_accuracy": summary.get("val_accuracy"),
-                "test_accuracy": summary.get("test_accuracy"), "train_seconds": summary.get("train_seconds")})
+                "test_accuracy": summary.get("test_accuracy"), "train_seconds": summary.get("train_seconds"),
+                "learned_nothing": summary.get("hint") is not None, "hint": summary.get("hint") or ""})
     return row
 
 
@@ -502,7 +426,8 @@ def _aggregate(rows: list[dict[str, Any]], swept: list[str], metric: str) -> lis
         finished = [r for r in members if r["state"] == "finished"]
         entry: dict[str, Any] = dict(zip(swept, values))
         entry.update({"seeds": len(members), "finished": len(finished),
-                      "diverged": sum(r["state"] == "diverged" for r in members)})
+                      "diverged": sum(r["state"] == "diverged" for r in members),
+                      "learned_nothing": sum(r["learned_nothing"] for r in members)})
         for key in ("val_accuracy", "test_accuracy", "train_loss"):
             values_ = [r[key] for r in finished if r[key] is not None]
             entry[f"{key}_mean"] = statistics.fmean(values_) if values_ else None

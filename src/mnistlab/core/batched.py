@@ -5,12 +5,13 @@ The K networks' tensors are stacked along a new first dimension
 over `functional_call`), so a step is a few large operations instead of K
 rounds of small ones: on a GPU, K small networks cost little more than one.
 
-The loop is the notebook's (`training.train_epoch`), once for all K: zero the
-gradients, forward, loss, backward, step. Each member's loss is its own; their
-sum is differentiated, so each member gets the gradient of its own loss. The
-step is torch.optim's SGD (momentum, Nesterov, weight decay) or AdamW, written
-over the stacked tensors with a learning rate, momentum, Nesterov flag, weight
-decay and schedule per member (`MEMBER_FIELDS`).
+A `Group` answers the engine's loop (core/engine.py) exactly as one network
+(`training.Trainee`) does: zero the gradients, forward and loss, backward,
+step, once for all K. Each member's loss is its own; their sum is
+differentiated, so each member gets the gradient of its own loss. The step is
+torch.optim's SGD (momentum, Nesterov, weight decay) or AdamW, written over the
+stacked tensors with a learning rate, momentum, Nesterov flag, weight decay and
+schedule per member (`MEMBER_FIELDS`).
 
 What members share: the architecture, the data, and one batch order. Each
 member is initialised from its own seed exactly as `training.build` does it,
@@ -27,29 +28,19 @@ masked out, marked diverged); the others go on as if it were not there.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state
 
-from ..commands import progress as progress_mod
 from ..base.config import Config
-from ..base.devices import count_dtype, flush_denormals, synchronize
+from ..base.devices import count_dtype
 from ..base.errors import RunError
-from .evaluation import EVAL_BATCH
 from ..base.models import architecture, build_model, loss_function, mean_log_probabilities
-from .training import (
-    Batches,
-    Splits,
-    epoch_line,
-    make_optimizer,
-    make_schedule,
-    rng_state,
-    set_rng_state,
-)
+from .evaluation import EVAL_BATCH
+from .training import Batches, Splits, make_optimizer, make_schedule, rng_state, set_rng_state
 
 Log = Callable[[str], None]
 
@@ -73,8 +64,6 @@ class Stack:
     """K networks of one architecture as stacked tensors, with an optimiser state per member."""
 
     def __init__(self, configs: list[Config], arch: dict[str, Any], device: torch.device, steps_per_epoch: int):
-        from torch.func import stack_module_state
-
         if len({group_key(c) for c in configs}) != 1:
             raise ValueError("the members of a batched group must differ only in " + ", ".join(MEMBER_FIELDS))
         self.configs, self.k, self.device = configs, len(configs), device
@@ -122,8 +111,6 @@ class Stack:
     # -- forward and loss -------------------------------------------------
 
     def _member_forward(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
-        from torch.func import functional_call
-
         return functional_call(self.base, (params, buffers), (x,))
 
     def _member_loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -315,28 +302,7 @@ def _schedule_factor(config: Config, total_steps: int) -> Callable[[int], float]
 
 
 # ---------------------------------------------------------------------------
-# The loop
-
-def train_epoch(stack: Stack, batches: Batches, generator: torch.Generator, lr: torch.Tensor,
-                progress: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """One pass over the data for K networks at once; returns each member's mean batch loss, shape (K,).
-
-    training.train_epoch's loop: zero the gradients, forward, loss, backward,
-    step, with the losses summed on the device. `lr` is the rate of each step
-    for each member, shape (steps, K).
-    """
-    stack.train()
-    total = torch.zeros(stack.k, device=batches.y.device)  # summed on the device: no sync per step
-    for i, (xb, yb) in enumerate(batches.epoch(generator)):
-        stack.zero_grad()
-        losses = stack.loss(xb, yb)
-        stack.backward(losses)  # member k's parameters get the gradient of member k's loss
-        stack.step(losses, lr[i])
-        total += losses.detach()
-        if progress is not None:
-            progress(i, total.nanmean())
-    return total / len(batches)
-
+# The group: what the engine's loop drives
 
 @dataclass
 class Group:
@@ -347,13 +313,57 @@ class Group:
     batches: Batches
     generator: torch.Generator
     architecture: dict[str, Any]
-    epochs_done: list[int]
+    _lr: torch.Tensor | None = None  # this epoch's rate per step and member, (steps, K)
+
+    @property
+    def members(self) -> int:
+        return self.stack.k
+
+    # -- the step: training.Trainee's, for K networks at once -------------------
+
+    def train(self) -> None:
+        self.stack.train()
+
+    def zero_grad(self) -> None:
+        self.stack.zero_grad()
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Each member's loss on the same batch, shape (K,)."""
+        return self.stack.loss(xb, yb)
+
+    def backward(self, losses: torch.Tensor) -> None:
+        self.stack.backward(losses)  # member k's parameters get the gradient of member k's loss
+
+    def step(self, losses: torch.Tensor, i: int) -> None:
+        self.stack.step(losses, self._lr[i])
+
+    # -- around the epoch ---------------------------------------------------------
+
+    def begin_epoch(self, epoch: int, training: list[bool]) -> None:
+        """`training[k]`: whether member k trains this epoch; the others (ahead of the group after an
+        interruption, diverged, or done) wait, frozen."""
+        self.stack.begin_epoch(training)
+        self._lr = self.stack.lr_table(epoch)
+
+    def reduce(self, mean_loss: torch.Tensor) -> torch.Tensor:
+        return mean_loss
+
+    def accuracies(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], float | None]:
+        return self.stack.accuracy(x, y)
+
+    def steps(self, k: int) -> int:
+        """Optimiser steps member k has taken: its epochs done times the steps of an epoch."""
+        return int(self.stack.steps[k])
+
+    def lr(self, k: int) -> float:
+        return self.stack.lr_after(k, self.steps(k))
+
+    # -- members in and out, as single runs -------------------------------------
 
     def restore(self, k: int, state: dict[str, Any] | None, epochs_done: int) -> None:
         """Member k from its last commit (None: as initialised, epoch 0)."""
         if state is not None:
             self.stack.load_member(k, state, epochs_done * len(self.batches))
-        self.epochs_done[k] = epochs_done
 
     def restore_order(self, state: dict[str, Any]) -> None:
         """The shared batch order (and torch's RNG) as a member's commit left it."""
@@ -361,8 +371,7 @@ class Group:
 
     def member_state(self, k: int) -> dict[str, Any]:
         """What a single run of member k would commit now (training.Trainee.state)."""
-        steps = self.epochs_done[k] * len(self.batches)
-        return {**self.stack.member_training_state(k, steps), "rng": rng_state(self.generator)}
+        return {**self.stack.member_training_state(k, self.steps(k)), "rng": rng_state(self.generator)}
 
 
 def build_group(configs: list[Config], splits: Splits, device: torch.device) -> Group:
@@ -375,84 +384,7 @@ def build_group(configs: list[Config], splits: Splits, device: torch.device) -> 
         raise RunError(f"--batch-size {c.batch_size} with drop_last leaves no batch ({len(splits.y)} training examples)")
     stack = Stack(configs, arch, device, len(batches))
     generator = torch.Generator(device=device).manual_seed(c.order_seed())
-    return Group(configs, stack, batches, generator, arch, [0] * len(configs))
-
-
-# commit(epoch, rows, diverged, together): each member's metrics row (None for a member that did not
-# train this epoch), the members that diverged in it, and the accuracies of their mean probabilities.
-Commit = Callable[[int, list["dict[str, Any] | None"], list[int], dict[str, float | None]], None]
-
-
-def fit_group(group: Group, splits: Splits, device: torch.device, last: int, commit: Commit, log: Log,
-              show_progress: bool = False, label: str = "") -> None:
-    """Train every member that has not diverged up to epoch `last`, committing after each epoch.
-
-    `commit` (see Commit) is called after each epoch. A member already ahead of the others (committed before an interruption)
-    waits, frozen, until they catch up.
-    """
-    stack, config = group.stack, group.configs[0]
-    while True:
-        waiting = [k for k in range(stack.k) if group.epochs_done[k] < last and not bool(stack.diverged[k])]
-        if not waiting:
-            return
-        epoch = min(group.epochs_done[k] for k in waiting) + 1
-        training = [k in waiting and group.epochs_done[k] == epoch - 1 for k in range(stack.k)]
-        stack.begin_epoch(training)
-        bar = progress_mod.for_epoch(epoch, config.epochs, len(group.batches), log) if show_progress else None
-        lr = stack.lr_table(epoch)
-        synchronize(device)
-        t0 = time.perf_counter()
-        with flush_denormals(device):
-            mean_loss = train_epoch(stack, group.batches, group.generator, lr, bar.update if bar else None)
-        losses = mean_loss.tolist()  # the one host sync per epoch
-        seconds = time.perf_counter() - t0
-        if bar:
-            bar.close()
-        trained = stack.training.tolist()
-        diverged = [k for k in range(stack.k) if training[k] and not trained[k]]
-        for k in range(stack.k):
-            if trained[k] and not math.isfinite(losses[k]):  # finite per step, yet the mean overflowed
-                stack.diverged[k], stack.training[k] = True, False
-                diverged.append(k)
-        trained = stack.training.tolist()
-        val, val_together = (stack.accuracy(splits.x_val, splits.y_val) if splits.x_val is not None
-                             else (None, None))
-        test, test_together = (stack.accuracy(splits.x_test, splits.y_test)
-                               if config.eval_every_epoch or epoch == config.epochs else (None, None))
-        rows: list[dict[str, Any] | None] = []
-        for k in range(stack.k):
-            if not trained[k]:
-                rows.append(None)
-                continue
-            group.epochs_done[k] = epoch
-            rows.append({"epoch": epoch, "train_loss": losses[k], "val_accuracy": val[k] if val else None,
-                         "test_accuracy": test[k] if test else None,
-                         "lr": stack.lr_after(k, epoch * len(group.batches)), "seconds": seconds})
-        done = [r for r in rows if r is not None]
-        if done:
-            log(f"{label}{summary_line(done, config.epochs, stack.k - len(done))}")
-        commit(epoch, rows, sorted(diverged), {"val_accuracy": val_together, "test_accuracy": test_together})
-
-
-def summary_line(rows: list[dict[str, Any]], epochs: int, idle: int) -> str:
-    """One line for the members' epoch: like training.epoch_line, with the range over members."""
-    if len(rows) == 1:
-        return epoch_line(rows[0], epochs)
-
-    def span(key: str, scale: float = 1.0, fmt: str = ".4f") -> str:
-        values = [scale * r[key] for r in rows]
-        return f"{min(values):{fmt}}-{max(values):{fmt}}"
-
-    first = rows[0]
-    parts = [f"epoch {first['epoch']:>{len(str(epochs))}}/{epochs}", f"{len(rows)} models",
-             f"train loss {span('train_loss')}"]
-    for key, name in (("val_accuracy", "val acc"), ("test_accuracy", "test acc")):
-        if first.get(key) is not None:
-            parts.append(f"{name} {span(key, 100, '.2f')}%")
-    parts.append(f"{first['seconds']:.2f}s")
-    if idle:
-        parts.append(f"({idle} not training: diverged or waiting)")
-    return "  ".join(parts)
+    return Group(configs, stack, batches, generator, arch)
 
 
 # ---------------------------------------------------------------------------
@@ -487,41 +419,3 @@ def restore_ensemble(group: Group, state: dict[str, Any], epochs_done: int) -> N
     group.restore_order(state)
 
 
-def continue_ensemble(run, device: torch.device, data_dir, stop_after: int | None, log: Log, progress: bool):
-    """training._continue for `--ensemble K`: train the members batched, commit them as one run."""
-    from . import runs
-    from ..base.errors import Interrupted
-    from ..base.models import Ensemble
-    from .training import RunResult, checkpoint_meta, load_splits
-
-    config = run.config
-    try:
-        splits = load_splits(config, data_dir, device, progress)
-        log(f"data: {splits.dataset.spec.name} ({splits.dataset.source})")
-        group = build_group(ensemble_members(config), splits, device)
-        log(f"ensemble: {config.ensemble} networks (seeds {config.seed}-{config.seed + config.ensemble - 1}) "
-            "trained at once, one batch order")
-        meta = {**checkpoint_meta(config, group, splits.dataset, data_dir), "ensemble": config.ensemble}
-        if run.state:
-            restore_ensemble(group, run.state, run.epoch)
-        else:  # epoch 0, as a single run
-            run.commit(0, [], ensemble_state(group), meta, str(device))
-
-        def commit(epoch: int, rows: list, diverged: list[int], together: dict[str, float | None]) -> None:
-            if diverged:
-                k = diverged[0]
-                raise RunError(f"epoch {epoch}: member {k} (seed {config.seed + k}) diverged (its loss is not finite); "
-                               f"lower --lr (now {config.lr}). {run.kept().capitalize()}")
-            trained = [r for r in rows if r is not None]
-            row = {"epoch": epoch, "train_loss": sum(r["train_loss"] for r in trained) / len(trained), **together,
-                   "lr": trained[0]["lr"], "seconds": trained[0]["seconds"]}
-            log(f"ensemble: {epoch_line(row, config.epochs)}")
-            run.commit(epoch, [*run.rows, row], ensemble_state(group), meta, str(device))
-
-        last = config.epochs if stop_after is None else min(config.epochs, stop_after)
-        fit_group(group, splits, device, last, commit, log, progress)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; {run.kept()}") from None
-    model = Ensemble([build_model(group.architecture) for _ in range(config.ensemble)], config.output)
-    model.load_state_dict(run.state["model"])
-    return RunResult(run.path, runs.summary(config, run.state), model.to(device), run.rows)

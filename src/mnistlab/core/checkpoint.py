@@ -14,6 +14,7 @@ every epoch.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
@@ -22,16 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..base.config import ACTIVATIONS, DATASET_NAMES, MAX_WIDTH
 from ..base.errors import CheckpointError, DataError, shown
-from ..base.files import file_kind, read_json, write_bytes, write_json
-from ..base.models import MODELS, Ensemble, build_model
+from ..base.files import file_kind, read_json, read_regular, write_bytes, write_json
+from ..base import data
+from ..base.data import DATASETS
+from ..base.models import MODELS, Ensemble, build_model, log_probabilities
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "model.json"
+STATE = "state.pt"  # a run directory's last commit, written by core/runs.py
 INPUT_SHAPE = [1, 28, 28]  # (channels, height, width) of every dataset mnistlab knows
 OUTPUTS = ("logits", "log_softmax")
 MAX_LAYERS = 16
@@ -54,8 +60,6 @@ def _is_number(value: Any, lo: float, hi: float) -> bool:
 def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
     """`meta` (the content of model.json) if every field mnistlab uses is there and in range,
     else CheckpointError naming `where`, the first bad field, its allowed values and what it held."""
-    from ..base.data import DATASETS
-
     def bad(name: str, allowed: str, value: Any) -> CheckpointError:
         return CheckpointError(f"{where}: {name} must be {allowed} (got {shown(value)}); "
                                "the checkpoint is damaged or was not written by mnistlab")
@@ -184,8 +188,6 @@ class Checkpoint:
         shaped (H, W) or (N, H, W) (or (N, C, H, W)), uint8 or float; e.g.
         `mnistlab.load("mnist").test.images[:5]`. They are normalised as in training.
         """
-        from ..base.models import log_probabilities
-
         shape = tuple(self.meta["architecture"]["input_shape"])
         device = next(self.model.parameters()).device
         x = torch.as_tensor(images, device=device).float().reshape(-1, *shape)
@@ -199,8 +201,6 @@ class Checkpoint:
 
         Files recognised as another dataset are a DataError naming both, unless `any_data`.
         """
-        from ..base import data
-
         expected = self.meta["dataset"]
         if data_dir is None:
             recorded = self.meta.get("data_dir")
@@ -222,8 +222,6 @@ def _is_dir(path: str) -> bool:
 
 def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write `model.safetensors` (the state dict `weights`) and `model.json` (`meta`) into `folder`."""
-    from safetensors.torch import save
-
     folder = Path(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     # Serialised in memory first: a full disk then fails in our write, with a clear error.
@@ -277,30 +275,84 @@ def read_meta(meta_path: Path) -> dict[str, Any]:
     return validate_meta(meta, meta_path)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild the network from its metadata and load its weights, in eval mode."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+def model_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """model.json's "metrics": what the weights were measured at, from the run's metric rows."""
+    last = rows[-1] if rows else {}
+    return {"epochs": len(rows), "train_loss": [r["train_loss"] for r in rows],
+            "test_accuracy": last.get("test_accuracy"), "val_accuracy": last.get("val_accuracy"),
+            "train_seconds": sum(r["seconds"] for r in rows)}
 
-    weights, meta_path = resolve(path)
-    meta = read_meta(meta_path)
-    members = meta.get("ensemble", 1)
+
+def read_state_file(path: Path) -> Any:
+    """What `torch.save` wrote to a run's state.pt: tensors and plain data only (nothing else is unpickled).
+
+    Raises FileNotFoundError when there is none, OSError when it cannot be read (a FIFO is refused, never
+    waited on), ValueError naming torch's complaint when it is damaged.
+    """
+    raw = read_regular(path)
     try:
-        with safe_open(str(weights), framework="pt") as f:  # reads the header only
-            header = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
-        check_tensors(header, meta["architecture"], weights, members)
-        state = load_file(str(weights))
-    except (SafetensorError, RuntimeError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{weights}: corrupt weights ({first})") from None
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever the unpickler says, the file is unusable
+        raise ValueError(type(e).__name__) from None
+
+
+def _committed(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """(meta, weights) of the run's last commit when its model files are older than it, else None.
+
+    The derived files of a run are published after each commit; a kill between the two leaves them one
+    epoch behind, so the commit is the truth. A run whose state.pt is missing or unreadable has only its
+    model files, which are then used as they are (`mnistlab runs` says what is damaged).
+    """
+    try:
+        state = read_state_file(run_dir / STATE)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not state.get("epoch") or not isinstance(state.get("commit"), str):
+        return None
+    try:
+        published = read_json(run_dir / META).get("commit")
+    except (OSError, ValueError, AttributeError):
+        published = None
+    if published == state["commit"]:
+        return None
+    meta = validate_meta({**state.get("meta", {}), "commit": state["commit"],
+                          "metrics": model_metrics(state.get("rows", []))}, run_dir / STATE)
+    weights = state.get("model")
+    if not (isinstance(weights, dict) and all(isinstance(v, torch.Tensor) for v in weights.values())):
+        raise CheckpointError(f"{run_dir / STATE}: the weights are not a dictionary of named tensors")
+    return meta, weights
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the network from its metadata and load its weights, in eval mode.
+
+    `path` is a checkpoint file or a run directory; of a run, always the last committed epoch.
+    """
+    path = Path(path)
+    committed = _committed(path) if _is_dir(str(path)) else None
+    if committed is not None:
+        meta, state = committed
+        weights = path / STATE
+        check_tensors({k: (list(v.shape), v.dtype) for k, v in state.items()}, meta["architecture"], weights,
+                      meta.get("ensemble", 1))
+    else:
+        weights, meta_path = resolve(path)
+        meta = read_meta(meta_path)
+        try:
+            with safe_open(str(weights), framework="pt") as f:  # reads the header only
+                header = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+            check_tensors(header, meta["architecture"], weights, meta.get("ensemble", 1))
+            state = load_file(str(weights))
+        except (SafetensorError, RuntimeError, OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{weights}: corrupt weights ({first})") from None
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise CheckpointError(f"{weights}: {bad} holds NaN or infinite values; the model cannot give probabilities")
-    arch = meta["architecture"]
+    arch, members = meta["architecture"], meta.get("ensemble", 1)
     # K networks whose prediction averages their probabilities, or one network
     model = (Ensemble([build_model(arch) for _ in range(members)], arch.get("output", "logits")) if members > 1
              else build_model(arch))
     model.load_state_dict(state)
     model.to(device).eval()
     return Checkpoint(model, meta, weights)
-

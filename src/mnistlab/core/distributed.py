@@ -9,16 +9,20 @@ every process at the end (each trains its own share of the configurations);
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from ..base.errors import MnistlabError, RunError, UsageError
+from ..base.errors import UsageError
+from .evaluation import predictions
+from .training import Trainee
 
 # A sweep's processes wait for each other only at the end, after training whole shares, so the
 # wait can be as long as a whole sweep; gloo's default of 30 minutes would end a long one.
@@ -65,8 +69,6 @@ def local_device(device: torch.device, process: Process) -> torch.device:
 
 def join(backend: str, timeout: timedelta | None = None) -> None:
     """Join the process group torchrun's variables describe (MASTER_ADDR, MASTER_PORT)."""
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
         # Who is who, so that a process whose peer died can say which one (see _who_failed).
@@ -77,23 +79,17 @@ def join(backend: str, timeout: timedelta | None = None) -> None:
 
 
 def leave() -> None:
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
     """Wait until every process gets here (an error if one of them died)."""
-    import torch.distributed as dist
-
     dist.barrier()
 
 
 def broadcast(value):
     """Rank 0's `value` (any picklable object), on every rank."""
-    import torch.distributed as dist
-
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -143,182 +139,52 @@ class Shard:
             yield xb[r * size:(r + 1) * size], yb[r * size:(r + 1) * size]
 
 
-class RankRun:
-    """The run as `training.fit` sees it on each rank: rank 0 commits into the run directory (with the
-    world size), the others only remember what was committed."""
+class DistributedTrainee(Trainee):
+    """A network wrapped in DistributedDataParallel, seeing its rank's shard of every batch: its step is the
+    single network's (DDP averages the gradients over the ranks inside backward); the epoch's loss and the
+    accuracies are reduced over the ranks."""
 
-    def __init__(self, path, config, state, process: Process, run=None):
-        self.path, self.state, self.process, self.run = path, state, process, run
-        self.config = config.replace(cuda_graph=False)  # a graph-captured step would bypass DDP's hooks
+    process: Process
 
-    @property
-    def epoch(self) -> int:
-        return self.state["epoch"] if self.state else 0
+    def state(self) -> dict[str, Any]:
+        wrapped, self.model = self.model, self.model.module  # the network's own keys, not DDP's `module.`
+        try:
+            return super().state()
+        finally:
+            self.model = wrapped
 
-    @property
-    def rows(self) -> list:
-        return list(self.state["rows"]) if self.state else []
+    def reduce(self, mean_loss: torch.Tensor) -> torch.Tensor:
+        total = mean_loss.detach().clone()
+        dist.all_reduce(total)  # a sum (gloo has no average); equal shards, so the mean of the means
+        return total / self.process.world_size
 
-    def kept(self) -> str:
-        from .runs import epochs_text
-
-        if not self.epoch:
-            return f"no epoch was completed; start it again with: torchrun ... -m mnistlab train --resume {self.path}"
-        return (f"{epochs_text(self.epoch)} kept in {self.path}; continue with: torchrun ... -m mnistlab train "
-                f"--resume {self.path}")
-
-    def commit(self, epoch, rows, training, meta, device, world_size=None) -> None:
-        if self.run is not None:
-            self.run.commit(epoch, rows, training, meta, device, world_size=self.process.world_size)
-            self.state = self.run.state
-        else:
-            self.state = {"epoch": epoch, "rows": rows}
+    def accuracies(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], float | None]:
+        r, n = self.process.rank, self.process.world_size
+        mine = x.tensor_split(n)[r], y.tensor_split(n)[r]
+        correct = (predictions(self.model.module, mine[0]) == mine[1]).sum(dtype=torch.int64).reshape(1)
+        dist.all_reduce(correct)
+        return [int(correct) / len(y)], None
 
 
-def _trainee_class():
-    from dataclasses import dataclass as _dataclass
-
-    import torch.distributed as dist
-
-    from .evaluation import predictions
-    from .training import Trainee
-
-    @_dataclass
-    class DistributedTrainee(Trainee):
-        """A trainee whose model is wrapped in DistributedDataParallel: losses and accuracies over all ranks."""
-
-        process: Process | None = None
-
-        def state(self):
-            wrapped, self.model = self.model, self.model.module  # the network's own keys, not DDP's `module.`
-            try:
-                return super().state()
-            finally:
-                self.model = wrapped
-
-        def reduce(self, mean_loss: torch.Tensor) -> torch.Tensor:
-            total = mean_loss.detach().clone()
-            dist.all_reduce(total)  # a sum (gloo has no average); equal shards, so the mean of the means
-            return total / self.process.world_size
-
-        def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
-            r, n = self.process.rank, self.process.world_size
-            mine = x.tensor_split(n)[r], y.tensor_split(n)[r]
-            correct = (predictions(self.model.module, mine[0]) == mine[1]).sum(dtype=torch.int64).reshape(1)
-            dist.all_reduce(correct)
-            return int(correct) / len(y)
-
-    return DistributedTrainee
+def distribute(trainee: Trainee, process: Process, device: torch.device) -> DistributedTrainee:
+    """`trainee` across the job: its model wrapped in DistributedDataParallel, its batches sharded."""
+    wrapped = DistributedTrainee(**{f.name: getattr(trainee, f.name) for f in dataclasses.fields(trainee)})
+    wrapped.process = process
+    wrapped.model = DistributedDataParallel(trainee.model, device_ids=[device.index] if device.type == "cuda" else None)
+    wrapped.batches = Shard(trainee.batches, process)
+    return wrapped
 
 
-def train(process: Process, config=None, *, resume=None, epochs: int | None = None, out=None, data_dir=None,
-          log=lambda line: None, progress: bool = False):
-    """`mnistlab train` under torchrun: one network across the processes; rank 0 gets the RunResult, the
-    others None. `config` starts a new run (in `out`), `resume` continues one."""
-    if config is not None and config.ensemble > 1:
-        raise UsageError("under torchrun, train trains one network across the processes; drop --ensemble "
-                         "(or train ensembles with mnistlab sweep, whose processes each train their share)")
-    if config is not None:
-        check_split(config.batch_size, 0, True, process.world_size)  # early, before any process waits
-    join(backend())
-    failed = False
-    try:
-        with contextlib.ExitStack() as stack:
-            run = None
-            if process.leader:
-                opened = _start(process, config, resume, epochs, out, stack, log)
-                run = opened[0]
-                payload = (str(run.path), run.config.to_dict(), run.state, opened[1])
-            payload = broadcast(payload if process.leader else None)
-            if payload is None:
-                raise RunError(f"{process}: stopped, rank 0 could not start the run")
-            return _train(process, payload, run, data_dir, log if process.leader else (lambda line: None), progress)
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        if not failed:
-            leave()  # after a failure the others may be gone: leaving would wait for them
-
-
-def _start(process, config, resume, epochs, out, stack, log):
-    """Rank 0: the run directory, created or opened and locked, and the data folder to use."""
-    from . import runs
-    from .training import _recorded_data_dir, recipe_line
-
-    try:
-        if resume is not None:
-            run = stack.enter_context(runs.open_run(resume))
-            if epochs is not None:
-                run.set_epochs(epochs)
-            log(f"run: {run.path} (resuming after epoch {run.epoch}/{run.config.epochs}, {process.world_size} processes)")
-            recorded = _recorded_data_dir(run.state["meta"].get("data_dir"), log) if run.state else None
-        else:
-            config = config.validated()
-            run = stack.enter_context(runs.create(out if out is not None else runs.default_path(config), config))
-            log(f"run: {run.path} ({process.world_size} processes)")
-            log(recipe_line(config))
-            recorded = None
-    except BaseException:
-        broadcast(None)  # the others stop too
-        raise
-    return run, recorded
-
-
-def _train(process, payload, run, data_dir, log, progress):
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from . import runs
-    from ..base.config import Config
-    from ..base.devices import describe, select_device
-    from ..base.errors import Interrupted
-    from .training import RunResult, build, checkpoint_meta, fit, load_splits
-
-    path, config_dict, state, recorded = payload
-    config = Config.from_dict(config_dict)
-    rank_run = RankRun(Path(path), config, state, process, run)
-    data_dir = data_dir if data_dir is not None else recorded
-    try:
-        device = local_device(select_device(config.device), process)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        log(f"device: {describe(device)} on each of {process.world_size} processes")
-        if not process.leader:
-            dist.barrier()  # rank 0 fetches and caches the data first; the others then read its cache
-        splits = load_splits(config, data_dir, device, progress and process.leader)
-        if process.leader:
-            dist.barrier()
-            log(f"data: {splits.dataset.spec.name} ({splits.dataset.source})")
-        check_split(config.batch_size, len(splits.y), config.drop_last, process.world_size)
-        trainee = build(config, splits, device)
-        meta = checkpoint_meta(config, trainee, splits.dataset, data_dir)
-        if state:
-            trainee.restore(state)
-        else:
-            rank_run.commit(0, [], trainee.state(), meta, str(device))
-        trainee = _trainee_class()(**{**vars(trainee), "process": process})
-        trainee.model = DistributedDataParallel(trainee.model, device_ids=[device.index] if device.type == "cuda" else None)
-        trainee.batches = Shard(trainee.batches, process)
-        rows = fit(rank_run, trainee, splits, device, meta, config.epochs, log, progress and process.leader)
-    except KeyboardInterrupt:
-        raise Interrupted(f"{process}: interrupted; {rank_run.kept()}") from None
-    except (RuntimeError, dist.DistError) as e:
-        if not _lost_peer(e):
-            raise
-        raise RunError(f"{process}: the job lost {_who_failed(process)} ({_first_line(e)}); {rank_run.kept()}") from None
-    except MnistlabError as e:
-        e.args = (f"{process}: {e}",)  # every process may say it: each line names its rank
-        raise
-    if not process.leader:
+def failure(e: BaseException, process: Process) -> str | None:
+    """For a collective that failed because another process of the job is gone: who, and the gist of
+    the backend's error; None for any other error."""
+    if not _lost_peer(e):
         return None
-    return RunResult(rank_run.path, runs.summary(config, rank_run.state), trainee.model.module, rows)
+    return f"{process}: the job lost {_who_failed(process)} ({_first_line(e)})"
 
 
 def _lost_peer(e: BaseException) -> bool:
     """Whether a collective failed because another process of the job is gone."""
-    import torch.distributed as dist
-
     text = str(e).lower()
     return isinstance(e, dist.DistError) or any(
         words in text for words in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl"))
@@ -338,8 +204,6 @@ def _first_line(e: BaseException) -> str:
 def _who_failed(process: Process) -> str:
     """`rank 1 (pid 4242), which ended` when a process on this machine has ended, else `another process`."""
     try:
-        import torch.distributed as dist
-
         store = dist.distributed_c10d._get_default_store()
         store.set_timeout(timedelta(seconds=2))
         here = socket.gethostname()

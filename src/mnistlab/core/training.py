@@ -1,19 +1,19 @@
-"""Training: the notebook's loop (zero_grad, forward, loss, backward, step), made fast
-by where the data lives (one normalised tensor on the device, batches as
-shuffled index slices) and how rarely Python waits (losses summed on the device,
-read once per epoch).
+"""One network training: the notebook's step (zero_grad, forward, loss, backward,
+step) and the pieces around it, made fast by where the data lives (one
+normalised tensor on the device, batches as shuffled index slices).
 
-`train(config)` starts a run and `resume(run_dir)` continues one; both are a
-few calls to the building blocks below (data, model and optimiser, the epoch
-loop, the commit). The run directory itself is `runs.py`'s business.
+`Trainee` is one network with its optimiser, schedule, loss, batches and batch
+order; `build` makes it from a config, `Trainee.restore` puts a commit back
+into it. The loop that drives its step, and the run it commits to, are the
+engine's (core/engine.py); K networks at once are core/batched.py's, one
+network across processes core/distributed.py's.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,23 +21,10 @@ import torch
 from torch import nn
 
 from ..base import data as data_mod
-from ..commands import progress as progress_mod
-from . import runs
 from ..base.config import RECIPES, Config
-from ..base.devices import describe, flush_denormals, select_device, synchronize
-from ..base.errors import Interrupted, RunError, shown
-from .evaluation import accuracy
+from ..base.errors import RunError, shown
 from ..base.models import architecture, build_model, loss_function
-
-Log = Callable[[str], None]
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    summary: dict[str, Any]
-    model: nn.Module
-    rows: list[dict[str, Any]]
+from .evaluation import accuracy
 
 
 # ---------------------------------------------------------------------------
@@ -138,32 +125,6 @@ def capture_forward_loss(model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor,
     return torch.cuda.make_graphed_callables(ForwardLoss(), (xb, yb))
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule, loss_fn: nn.Module,
-                batches: Batches, generator: torch.Generator, forward_loss: Callable | None = None,
-                progress: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """One pass over the data in shuffled batches; returns the mean batch loss (a device tensor).
-
-    The notebook's loop. `forward_loss` is the CUDA-graph replay of
-    loss_fn(model(xb), yb) for full batches; `schedule` is None for a constant rate.
-    """
-    model.train()
-    total = torch.zeros((), device=batches.y.device)  # summed on the device: no sync per step
-    for i, (xb, yb) in enumerate(batches.epoch(generator)):
-        optimizer.zero_grad()
-        if forward_loss is not None and len(yb) == batches.batch_size:
-            loss = forward_loss(xb, yb)
-        else:
-            loss = loss_fn(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        total += loss.detach()
-        if progress is not None:
-            progress(i, total)
-    return total / len(batches)
-
-
 def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
@@ -189,12 +150,17 @@ class Splits:
     x_val: torch.Tensor | None
     y_val: torch.Tensor | None
     dataset: data_mod.Dataset
+    fingerprint: str  # of the whole dataset as loaded (data_mod.fingerprint)
 
 
 def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torch.device,
-                progress: bool = False) -> Splits:
-    """The dataset on `device`; the validation split is held out of training, chosen by the data seed alone."""
-    dataset = data_mod.load(config.dataset, data_dir, progress=progress)
+                progress: bool = False, any_data: bool = False) -> Splits:
+    """The dataset on `device`; the validation split is held out of training, chosen by the data seed alone.
+
+    `progress`: a download's progress bar on stderr. `any_data`: files recognised as another dataset than
+    the config's are used all the same.
+    """
+    dataset = data_mod.load(config.dataset, data_dir, progress=progress, any_data=any_data)
     train_split = dataset.train
     if config.train_size:
         train_split = data_mod.Split(train_split.images[:config.train_size], train_split.labels[:config.train_size])
@@ -209,12 +175,17 @@ def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torc
     x, y = data_mod.to_device(train_split, device, config.mean, config.std)
     x_test, y_test = data_mod.to_device(dataset.test, device, config.mean, config.std)
     x_val, y_val = data_mod.to_device(val_split, device, config.mean, config.std) if val_split else (None, None)
-    return Splits(x, y, x_test, y_test, x_val, y_val, dataset)
+    return Splits(x, y, x_test, y_test, x_val, y_val, dataset, data_mod.fingerprint(dataset))
 
 
 @dataclass
 class Trainee:
-    """A network with everything that changes as it trains."""
+    """One network with everything that changes as it trains, and its step.
+
+    The engine's loop (core/engine.py) calls, for each batch, the notebook's
+    five lines through this interface: zero_grad, loss, backward, step. K
+    networks at once (core/batched.py's Group) answer the same calls.
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -223,18 +194,57 @@ class Trainee:
     batches: Batches
     generator: torch.Generator
     architecture: dict[str, Any]
+    forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    members = 1
+
+    # -- the step --------------------------------------------------------------
+
+    def train(self) -> None:
+        self.model.train()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The batch's mean loss. `forward_loss` replays it as a CUDA graph (full batches only)."""
+        if self.forward_loss is not None and len(yb) == self.batches.batch_size:
+            return self.forward_loss(xb, yb)
+        return self.loss_fn(self.model(xb), yb)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, loss: torch.Tensor, i: int) -> None:
+        """Update the weights after batch `i` of the epoch; then the schedule moves the rate."""
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+
+    # -- around the epoch ---------------------------------------------------------
+
+    def begin_epoch(self, epoch: int, training: list[bool]) -> None:
+        """One network always trains its next epoch (several members may have to wait: batched.Group)."""
+
+    def reduce(self, mean_loss: torch.Tensor) -> torch.Tensor:
+        """The epoch's mean loss over every process training this network (one here; see distributed.py)."""
+        return mean_loss
+
+    def accuracies(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], float | None]:
+        """The network's accuracy (a list of one, like K members'), and no ensemble accuracy."""
+        return [accuracy(self.model, x, y)], None
+
+    def lr(self, k: int = 0) -> float:
+        """The rate the next step will use (what the epoch's metric row records)."""
+        return self.optimizer.param_groups[0]["lr"]
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict() if self.schedule else {},
                 "rng": rng_state(self.generator)}
 
-    def reduce(self, mean_loss: torch.Tensor) -> torch.Tensor:
-        """The epoch's mean loss over every process training this network (one here; see distributed.py)."""
-        return mean_loss
-
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        return accuracy(self.model, x, y)
+    def member_state(self, k: int = 0) -> dict[str, Any]:
+        """What a run of this network commits (the same as `state`: there is one member)."""
+        return self.state()
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a commit (checked by runs.check_state); RunError unless it fits this trainee exactly."""
@@ -335,81 +345,14 @@ def build(config: Config, splits: Splits, device: torch.device) -> Trainee:
                    generator, arch)
 
 
-def checkpoint_meta(config: Config, trainee: Trainee, dataset: data_mod.Dataset,
+def checkpoint_meta(config: Config, arch: dict[str, Any], splits: Splits,
                     data_dir: str | os.PathLike | None) -> dict[str, Any]:
-    """What model.json holds besides the metrics: enough to rebuild and use the network alone."""
-    return {"architecture": trainee.architecture, "dataset": dataset.spec.name, "classes": list(dataset.classes),
+    """What model.json holds besides the metrics: enough to rebuild and use the network alone, and what
+    it was trained on (the folder, and the data's fingerprint, which a resume holds the data to)."""
+    return {"architecture": arch, "dataset": splits.dataset.spec.name, "classes": list(splits.dataset.classes),
             "normalization": {"mean": config.mean, "std": config.std}, "config": config.to_dict(),
-            "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
-
-
-def _try_capture(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, log: Log):
-    try:
-        idx = torch.arange(trainee.batches.batch_size, device=y.device) % len(y)
-        graphed = capture_forward_loss(trainee.model, trainee.loss_fn, x[idx], y[idx])
-        log("cuda graph: forward and backward captured (turn off with --no-cuda-graph)")
-        return graphed
-    except Exception as e:  # noqa: BLE001 - capture is an optimisation; eager always works
-        log(f"cuda graph: capture failed ({type(e).__name__}: {e}); training eagerly")
-        return None
-
-
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}", f"train loss {row['train_loss']:.4f}"]
-    if row.get("val_accuracy") is not None:
-        parts.append(f"val acc {100 * row['val_accuracy']:.2f}%")
-    if row.get("test_accuracy") is not None:
-        parts.append(f"test acc {100 * row['test_accuracy']:.2f}%")
-    parts.append(f"{row['seconds']:.2f}s")
-    return "  ".join(parts)
-
-
-def diverged(run: runs.Run, epoch: int, loss: float) -> str:
-    """What a non-finite loss means for the user: what was kept, and how to start again."""
-    kept = (f"{runs.epochs_text(run.epoch).capitalize()} kept in {run.path}" if run.epoch else
-            f"Nothing was kept; start again with: mnistlab train --out {run.path} --lr {run.config.lr / 10:g} ...")
-    return f"epoch {epoch}: the training loss is {loss}; the run diverged, so lower --lr (now {run.config.lr}). {kept}"
-
-
-def fit(run: runs.Run, trainee: Trainee, splits: Splits, device: torch.device, meta: dict[str, Any],
-        last: int, log: Log, show_progress: bool = False) -> list[dict[str, Any]]:
-    """Train epochs run.epoch+1 .. last, committing each to the run; return all metric rows."""
-    config, rows = run.config, run.rows
-    forward_loss = None
-    if device.type == "cuda" and config.cuda_graph:
-        forward_loss = _try_capture(trainee, splits.x, splits.y, log)
-    for epoch in range(run.epoch + 1, last + 1):
-        bar = progress_mod.for_epoch(epoch, config.epochs, len(trainee.batches), log) if show_progress else None
-        synchronize(device)
-        t0 = time.perf_counter()
-        with flush_denormals(device):
-            mean_loss = train_epoch(trainee.model, trainee.optimizer, trainee.schedule, trainee.loss_fn,
-                                    trainee.batches, trainee.generator, forward_loss, bar.update if bar else None)
-        train_loss = float(trainee.reduce(mean_loss))  # the one host sync per epoch
-        seconds = time.perf_counter() - t0
-        if bar:
-            bar.close()
-        if not math.isfinite(train_loss):
-            raise RunError(diverged(run, epoch, train_loss))
-        row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": None, "test_accuracy": None,
-               "lr": trainee.optimizer.param_groups[0]["lr"], "seconds": seconds}
-        if splits.x_val is not None:
-            row["val_accuracy"] = trainee.accuracy(splits.x_val, splits.y_val)
-        if config.eval_every_epoch or epoch == config.epochs:
-            row["test_accuracy"] = trainee.accuracy(splits.x_test, splits.y_test)
-        rows.append(row)
-        log(epoch_line(row, config.epochs))
-        run.commit(epoch, rows, trainee.state(), meta, str(device))
-    return rows
-
-
-# ---------------------------------------------------------------------------
-# A whole run
-
-def _logger(log: Log | None, verbose: bool) -> Log:
-    if log is not None:
-        return log
-    return (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+            "data_fingerprint": splits.fingerprint}
 
 
 def recipe_line(config: Config) -> str:
@@ -420,68 +363,3 @@ def recipe_line(config: Config) -> str:
     return f"recipe {config.recipe}" + (f", with {shown}" if shown else "")
 
 
-def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-          stop_after: int | None = None, log: Log | None = None, verbose: bool = False,
-          progress: bool = False) -> RunResult:
-    """Train `config` into a new run directory (`out`, default runs/<recipe>-<dataset>[-N]).
-
-    `log` receives the human-readable lines (or `verbose=True` prints them);
-    `progress` shows progress within epochs; `stop_after` ends the run after
-    that epoch as if interrupted (it can be resumed).
-    """
-    config = config.validated()
-    device = select_device(config.device)
-    log = _logger(log, verbose)
-    with runs.create(out if out is not None else runs.default_path(config), config) as run:
-        log(f"run: {run.path}")
-        log(recipe_line(config))
-        return _continue(run, device, data_dir, stop_after, log, progress)
-
-
-def resume(run_dir: str | os.PathLike, *, epochs: int | None = None, data_dir: str | os.PathLike | None = None,
-           stop_after: int | None = None, log: Log | None = None, verbose: bool = False,
-           progress: bool = False) -> RunResult:
-    """Continue the run in `run_dir` from its last committed epoch (to `epochs` in all, if given)."""
-    log = _logger(log, verbose)
-    with runs.open_run(run_dir) as run:
-        if epochs is not None:
-            run.set_epochs(epochs)
-        device = select_device(run.config.device)
-        log(f"run: {run.path} (resuming after epoch {run.epoch}/{run.config.epochs})")
-        if data_dir is None and run.state:
-            data_dir = _recorded_data_dir(run.state["meta"].get("data_dir"), log)
-        return _continue(run, device, data_dir, stop_after, log, progress)
-
-
-def _recorded_data_dir(recorded: str | None, log: Log) -> str | None:
-    """The folder the run was trained from, if it still exists; else None (the usual places)."""
-    if recorded and not Path(recorded).is_dir():
-        log(f"data: {recorded} (recorded in the run) is gone; looking in the usual places")
-        return None
-    return recorded
-
-
-def _continue(run: runs.Run, device: torch.device, data_dir: str | os.PathLike | None, stop_after: int | None,
-              log: Log, progress: bool) -> RunResult:
-    """Load the data, rebuild the trainee (restoring the last commit), and train to the end."""
-    config = run.config
-    if config.ensemble > 1:  # K networks trained batched into one run
-        from .batched import continue_ensemble
-
-        log(f"device: {describe(device)}")
-        return continue_ensemble(run, device, data_dir, stop_after, log, progress)
-    try:
-        log(f"device: {describe(device)}")
-        splits = load_splits(config, data_dir, device, progress)
-        log(f"data: {splits.dataset.spec.name} ({splits.dataset.source})")
-        trainee = build(config, splits, device)
-        meta = checkpoint_meta(config, trainee, splits.dataset, data_dir)
-        if run.state:
-            trainee.restore(run.state)
-        else:  # epoch 0: a run stopped in its first epoch starts again exactly as it began
-            run.commit(0, [], trainee.state(), meta, str(device))
-        last = config.epochs if stop_after is None else min(config.epochs, stop_after)
-        rows = fit(run, trainee, splits, device, meta, last, log, progress)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; {run.kept()}") from None
-    return RunResult(run.path, runs.summary(config, run.state), trainee.model, rows)
