@@ -137,3 +137,27 @@ def test_killing_one_rank_ends_the_job_with_a_line_naming_it_and_the_run_resumes
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["epochs"] == kept + 2 and summary["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the ranks learn of the launcher's end from Linux")
+def test_killing_the_launcher_stops_its_ranks_and_leaves_a_resumable_run(tmp_path, tiny_idx_dir):
+    from mnistlab.core import runs
+
+    out = tmp_path / "run"
+    job = torchrun("train", "--recipe", "seed", "--epochs", "1000", "--batch-size", "32", "--device", "cpu",
+                   "--no-plots", "--data-dir", str(tiny_idx_dir), "--out", str(out), cwd=tmp_path, wait=False)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not ((out / "summary.json").is_file()
+                                               and json.loads((out / "summary.json").read_text())["epochs"] >= 1):
+        time.sleep(0.2)
+    ranks = [_rank_pid(job.pid, r) for r in (0, 1)]
+    assert None not in ranks
+    job.send_signal(signal.SIGKILL)  # torchrun itself: it cannot pass a signal on
+    job.wait(timeout=60)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)  # no orphan trains on
+    info = runs.info(out)
+    assert info.state == "resumable" and info.epochs >= 1

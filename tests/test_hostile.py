@@ -530,7 +530,7 @@ def test_export_to_a_full_disk_is_one_line_and_the_previous_export_survives(tmp_
     before = (run / "model.pt").read_bytes()
     capsys.readouterr()
     enospc_once(monkeypatch)
-    assert main(["export", str(run), "--format", "torchscript"]) == 1
+    assert main(["export", str(run), "--format", "torchscript", "--force"]) == 1
     assert one_line(capsys.readouterr().err) == (f"mnistlab export: error: cannot write {run / 'model.pt'}: "
                                                  "No space left on device")
     assert (run / "model.pt").read_bytes() == before

@@ -232,7 +232,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
         if not (args.dir.is_dir() and is_run(args.dir)):
             raise UsageError(f"--follow {args.dir}: not a run directory; give one run (see mnistlab runs)")
-        printer = Printer(print_flush)
+        printer = Printer(print_flush, endings=True)
         for e in follow(args.dir):
             if args.json:
                 print(json_text(e, indent=None), flush=True)
@@ -389,6 +389,7 @@ def add_predict(sub) -> None:
         "read is reported on stderr and the others are still classified; the exit code is then 1.")
     p.add_argument("model", metavar="MODEL", help="run directory or checkpoint")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (optional with --test-index)")
+    p.set_defaults(more_files="images")
     p.add_argument("--top-k", type=_parse_type(int, "top-k"), default=3, metavar="K",
                    help="show the K most likely classes (default: 3)")
     p.add_argument("--json", action="store_true",
@@ -581,6 +582,8 @@ def add_export(sub) -> None:
                    "the sidecar is PATH.json)")
     p.add_argument("--input", choices=("uint8", "float"), default="uint8", dest="input_kind",
                    help="what the exported model takes: uint8 pixels 0-255 (default) or float32 in [0, 1]")
+    p.add_argument("--force", action="store_true",
+                   help="replace the file (and its sidecar) if it exists; without it, export never overwrites")
     json_flag(p, "the sidecar's content")
     p.set_defaults(func=cmd_export)
 
@@ -588,7 +591,7 @@ def add_export(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from .commands.export import export
 
-    info = export(args.run, args.format, out=args.out, input_kind=args.input_kind)
+    info = export(args.run, args.format, out=args.out, input_kind=args.input_kind, force=args.force)
     if args.json:
         print_json(info)
         return 0
@@ -752,9 +755,21 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (kill, Slurm's time limit) stops like Ctrl-C: what is done is kept
 
 
+def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; a command whose positionals take any number of files (`more_files` names them) also gets
+    those written after its flags (`predict RUN --top-k 5 a.png b.png`), as people type them."""
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "more_files", None)
+    if extra and dest and not any(e.startswith("-") and e != "-" for e in extra):
+        setattr(args, dest, [*getattr(args, dest), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if hasattr(sys.stdout, "reconfigure"):
         # Names from the command line that are not UTF-8 (kept by Python as surrogates) print as \xNN
         # instead of stopping the output with a UnicodeEncodeError; stderr does so already.

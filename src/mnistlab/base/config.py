@@ -25,6 +25,7 @@ MAX_WIDTH = 65536  # units per hidden layer: far beyond what MNIST needs, far be
 MAX_WEIGHTS = 100_000_000  # an MLP's weights: 400 MB of float32, and as much again for gradients and momentum
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_ENSEMBLE = 1024  # networks in one ensemble checkpoint
+MAX_LR = 3.4e38  # the largest float32: torch's optimisers take the rate as one (a larger one is an overflow)
 
 
 class ConfigError(UsageError):
@@ -128,8 +129,7 @@ class Config:
         if not 1 <= self.ensemble <= MAX_ENSEMBLE or self.seed + self.ensemble - 1 > MAX_SEED:
             raise ConfigError(f"ensemble must be 1 to {MAX_ENSEMBLE} networks whose seeds stay below 2**63 "
                               f"(got {self.ensemble} from seed {self.seed})")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0 (got {self.lr})")
+        check_lr(self.lr)
         if not 0 < self.std <= 1000:
             raise ConfigError(f"std must be > 0 and at most 1000 (got {self.std})")
         if not -1000 <= self.mean <= 1000:
@@ -151,6 +151,9 @@ class Config:
         if self.model == "mlp" and weights > MAX_WEIGHTS:
             raise ConfigError(f"hidden sizes {list(self.hidden)} make {weights:,} weights; at most {MAX_WEIGHTS:,} "
                               "fit in memory comfortably (the notebook's network has 109,184)")
+        if self.model == "cnn" and self.hidden != Config.hidden:
+            raise ConfigError(f"hidden sizes apply to the mlp; the cnn has its own layers (3 conv blocks of 32, 64 and "
+                              f"128 channels), so drop hidden {list(self.hidden)}")
         if self.output == "log_softmax" and self.label_smoothing:
             raise ConfigError("label_smoothing needs output=logits (NLLLoss has no smoothing)")
         return self
@@ -161,6 +164,13 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def check_lr(lr: float) -> float:
+    """`lr` if it is a learning rate torch can take, else ConfigError."""
+    if not 0 < lr <= MAX_LR:
+        raise ConfigError(f"lr must be > 0 and at most {MAX_LR:g}, the largest float32 (got {lr})")
+    return lr
 
 
 def _typed(name: str, value: Any, kind: Any) -> Any:

@@ -20,6 +20,7 @@ torch.jit.load) and its probabilities compared with PyTorch's on a fixed batch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..core.runs import RUN_FILES, is_run
 from ..core.checkpoint import load_checkpoint, resolve
 from ..base.errors import CheckpointError, MnistlabError, UsageError
 from ..base.files import write_bytes, write_json
@@ -91,7 +93,9 @@ def _require_onnx() -> tuple[Any, Any]:
 
 
 def default_output(checkpoint: str | os.PathLike, fmt: str) -> Path:
-    """`model.onnx` or `model.pt` beside the checkpoint's weights (in the run directory)."""
+    """`model.onnx` or `model.pt` in the run directory, or beside the checkpoint's weights."""
+    if Path(checkpoint).is_dir():
+        return Path(checkpoint) / ("model" + FORMATS[fmt])
     weights, _ = resolve(checkpoint)
     return weights.with_name("model" + FORMATS[fmt])
 
@@ -144,8 +148,24 @@ def _run_torchscript(model: bytes, images: torch.Tensor) -> torch.Tensor:
         return loaded(images)
 
 
+def _check_targets(path: Path, sidecar: Path, checkpoint_files: tuple[Path, ...], fmt: str, force: bool) -> None:
+    """UsageError unless the model file and its sidecar may be written: never over the checkpoint or a run's own
+    files, never onto a folder, and over an existing file only with `force`."""
+    for target in (path, sidecar):
+        if target.resolve() in [f.resolve() for f in checkpoint_files]:
+            raise UsageError(f"--out {path} would overwrite the checkpoint's {target.name}; choose another name")
+        if target.name in RUN_FILES and is_run(target.parent):
+            raise UsageError(f"--out {path} would write over {target.name}, a file of the run in {target.parent}; "
+                             "choose another name")
+        if target.is_dir():
+            hint = f"; give a file name such as {path / ('model' + FORMATS[fmt])}" if target == path else ""
+            raise UsageError(f"--out {path}: {target} is a folder{hint}")
+        if target.exists() and not force:
+            raise UsageError(f"{target} exists; pass --force to replace it")
+
+
 def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
-           input_kind: str = "uint8") -> dict[str, Any]:
+           input_kind: str = "uint8", force: bool = False) -> dict[str, Any]:
     """Write the model of `checkpoint` (a run directory or checkpoint file) as `fmt`, plus its sidecar.
 
     `out` defaults to model.onnx / model.pt beside the checkpoint; an existing folder gets that
@@ -170,12 +190,10 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     elif not path.suffix:
         path = path.with_suffix(FORMATS[fmt])
     sidecar = path.with_name(path.name + ".json")
-    weights, meta_path = resolve(checkpoint)
-    for target in (path, sidecar):
-        if target.resolve() in (weights.resolve(), meta_path.resolve()):
-            raise UsageError(f"--out {path} would overwrite the checkpoint's {target.name}; choose another name")
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a folder; give a file name such as {path / ('model' + FORMATS[fmt])}")
+    beside = [ckpt.path]
+    with contextlib.suppress(CheckpointError):  # a run whose model files are gone: its commit is the checkpoint
+        beside += resolve(checkpoint)
+    _check_targets(path, sidecar, tuple(beside), fmt, force)
 
     wrapper = WithPreprocessing(ckpt.model, ckpt.mean, ckpt.std, input_kind, ckpt.output == "log_softmax").eval()
     images = check_batch(input_kind, tuple(image_shape))
@@ -193,7 +211,7 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         "normalization": {"mean": ckpt.mean, "std": ckpt.std,
                           "folded_in": "x = (images" + (" / 255" if input_kind == "uint8" else "")
                           + f" - {ckpt.mean:g}) / {ckpt.std:g}, done inside the exported model"},
-        "source": {"checkpoint": str(weights), "sha256": _file_sha256(weights),
+        "source": {"checkpoint": str(ckpt.path), "sha256": _file_sha256(ckpt.path), "commit": ckpt.meta.get("commit"),
                    "metrics": ckpt.meta.get("metrics")},
         "mnistlab": __version__,
         "torch": torch.__version__,
@@ -216,6 +234,10 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     info["check"] = {"images": len(images), "max_abs_difference": difference, "tolerance": TOLERANCE,
                      "against": "the PyTorch model, on blank, saturated and random images"}
     info["sha256"] = hashlib.sha256(model).hexdigest()
+    # The pair is one unit: the old sidecar goes first, so a kill between the two writes leaves a model
+    # without its sidecar (its own metadata says the classes and the input), never one beside another's.
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # nothing there: write_bytes says why not
+        sidecar.unlink()
     write_bytes(path, model)  # WriteError names the path and the cause
     write_json(sidecar, info)
     return info | {"path": str(path), "sidecar": str(sidecar)}

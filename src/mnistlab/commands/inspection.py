@@ -23,7 +23,7 @@ from torch import nn
 
 from ..base import data as data_mod
 from ..core.checkpoint import load_checkpoint
-from ..base.config import RECIPES
+from ..base.config import RECIPES, check_lr
 from ..base.errors import CheckpointError, UsageError
 from ..base.models import architecture, build_model, loss_function
 
@@ -253,8 +253,7 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
     Returns a JSON-able dict with the keys model, batch, loss, chance_loss, grad_fn_chain, lr,
     grads_before_backward, parameters, finite_differences, accumulation and no_grad.
     """
-    if not lr > 0:
-        raise UsageError(f"lr must be > 0 (got {lr})")
+    check_lr(lr)
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1 (got {batch_size})")
     net, origin = load_network(model, seed, dataset, hidden)

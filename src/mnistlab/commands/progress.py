@@ -27,10 +27,15 @@ def interval() -> float:
 
 class Printer:
     """An `on_event` for the command line: each event's lines through `log`, progress as a bar on a
-    terminal (stderr) or as plain lines through `log` now and then."""
+    terminal (stderr) or as plain lines through `log` now and then.
 
-    def __init__(self, log: Callable[[str], None], bar: bool | None = None, every: float | None = None):
-        self.log = log
+    `endings`: say how a run ended (following another process's run); a command that trains says it
+    itself, as its result or its error.
+    """
+
+    def __init__(self, log: Callable[[str], None], bar: bool | None = None, every: float | None = None,
+                 endings: bool = False):
+        self.log, self.endings = log, endings
         self.use_bar = sys.stderr.isatty() if bar is None else bar
         self.every = interval() if every is None else every
         self.bar = None
@@ -44,6 +49,8 @@ class Printer:
             return
         if e["type"] in ("epoch", "ended"):
             self._close()
+        if e["type"] == "ended" and not self.endings:
+            return
         for text in lines(e):
             self.log(text)
 

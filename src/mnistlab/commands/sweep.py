@@ -41,7 +41,7 @@ except ImportError:  # Python 3.10
 
 from ..base.config import RECIPES, Config, ConfigError
 from ..base.errors import Interrupted, RunError, UsageError
-from ..base.files import read_json, write_json, write_text
+from ..base.files import allow_open_files, read_json, write_json, write_text
 from ..core import distributed, runs
 from ..core.batched import group_key
 from ..core.engine import train_group
@@ -55,6 +55,8 @@ RESULTS = "results.csv"
 RUNS_TABLE = "runs.csv"
 FIGURE = "results.png"
 PLAN_FORMAT = 1
+FILES_PER_RUN = 2  # open while a run trains: its lock and its events.jsonl
+FILES_BESIDE = 64  # what the process holds open besides (libraries, data, the terminal), with room to spare
 DEFAULT_VAL_SIZE = 5000  # images held out of training to rank the configurations (not the test split)
 NOT_SWEPT = ("recipe", "device", "ensemble")  # fields a sweep does not take as lists
 
@@ -74,9 +76,10 @@ class Plan:
     swept: list[str]  # the fields given several values (seed included when there are several)
     runs: list[Planned]
     data_dir: str | None = None  # the folder the sweep trains from (None: the usual places), for --resume
+    shards: int | None = None  # the independent jobs (--shard I/N) it is split into, as its first shard said
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "swept": self.swept, "data_dir": self.data_dir,
+        return {"format": PLAN_FORMAT, "swept": self.swept, "data_dir": self.data_dir, "shards": self.shards,
                 "runs": [{"name": r.name, "group": r.group, "config": r.config.to_dict()} for r in self.runs]}
 
     @classmethod
@@ -84,11 +87,13 @@ class Plan:
         try:
             if d.get("format") != PLAN_FORMAT:
                 raise ValueError(f"format {d.get('format')!r}, expected {PLAN_FORMAT}")
-            data_dir = d.get("data_dir")
+            data_dir, shards = d.get("data_dir"), d.get("shards")
             if data_dir is not None and not isinstance(data_dir, str):
                 raise ValueError(f"data_dir is {data_dir!r}")
+            if shards is not None and not (isinstance(shards, int) and not isinstance(shards, bool) and shards > 1):
+                raise ValueError(f"shards is {shards!r}")
             return cls(list(d["swept"]), [Planned(r["name"], Config.from_dict(r["config"]), int(r["group"]))
-                                          for r in d["runs"]], data_dir)
+                                          for r in d["runs"]], data_dir, shards)
         except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as e:
             raise RunError(f"{where}: not a sweep plan of this mnistlab version ({e})") from None
 
@@ -134,13 +139,28 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (use Config fields, recipe and seeds)")
     values: dict[str, Any] = {}
     for name, value in doc.items():
+        if isinstance(value, list) and not value:
+            raise UsageError(f"{path}: {name} = []: an empty list; give at least one value")
         if name in ("seeds",) or name in NOT_SWEPT:
             values[name] = value
         elif name == "hidden":
-            values[name] = [tuple(v) for v in value] if value and isinstance(value[0], list) else [tuple(value)]
+            values[name] = _hidden_sizes(value, path)
         else:
             values[name] = value if isinstance(value, list) else [value]
     return values
+
+
+def _hidden_sizes(value: Any, path: str | os.PathLike) -> list[tuple[int, ...]]:
+    """`hidden = [128, 64]` (one architecture) or `[[128, 64], [256]]` (several), as tuples of sizes."""
+    def sizes(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(h, int) and not isinstance(h, bool) for h in v)
+
+    if sizes(value):
+        return [tuple(value)]
+    if isinstance(value, list) and all(sizes(v) for v in value):
+        return [tuple(v) for v in value]
+    raise UsageError(f"{path}: hidden = {value!r}: expected a list of sizes such as [128, 64], or a list of such "
+                     "lists to sweep several, e.g. [[128, 64], [256]]")
 
 
 def make_plan(values: dict[str, Any], recipe: str | list[str] | None = None, seeds: int | None = None) -> Plan:
@@ -164,7 +184,7 @@ def make_plan(values: dict[str, Any], recipe: str | list[str] | None = None, see
     seed_list = values.pop("seed", None)
     count = values.pop("seeds", None) if seeds is None else seeds
     if count is not None:
-        if not isinstance(count, int) or count < 1:
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise UsageError(f"--seeds must be a number of seeds >= 1 (got {count!r})")
         if seed_list is not None and len(seed_list) > 1:
             raise UsageError("give --seed as a list or --seeds N (from one --seed), not both")
@@ -231,7 +251,12 @@ def write_plan(folder: Path, plan: Plan) -> None:
     """Write the plan, or check that the folder's plan is this one (the shards of one sweep all write it)."""
     path = folder / PLAN
     if path.is_file():
-        if read_plan(folder).to_dict() != plan.to_dict():
+        kept = read_plan(folder)
+        if kept.shards and plan.shards != kept.shards and {**kept.to_dict(), "shards": 0} == {**plan.to_dict(),
+                                                                                           "shards": 0}:
+            raise UsageError(f"{folder} is split into {kept.shards} shards, as its first shard said; use --shard "
+                             f"I/{kept.shards} (a shard of another split would leave configurations untrained)")
+        if kept.to_dict() != plan.to_dict():
             raise RunError(f"{folder} holds another sweep; continue it with: mnistlab sweep --resume {folder} "
                            "(or choose another --out)")
         return
@@ -309,8 +334,16 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
         plan = read_plan(resume)
         if data_dir is None and plan.data_dir and Path(plan.data_dir).is_dir():
             data_dir = plan.data_dir  # the sweep's own data, as each of its runs remembers it too
-    elif data_dir is not None:
-        plan.data_dir = str(Path(data_dir).resolve())
+        if shard and plan.shards not in (None, share[1]):
+            raise UsageError(f"{resume} is split into {plan.shards} shards; use --shard I/{plan.shards}")
+    else:
+        if data_dir is not None:
+            plan.data_dir = str(Path(data_dir).resolve())
+        if shard:
+            plan.shards = share[1]
+    if share[1] > len(plan.runs):
+        raise UsageError(f"{'--shard ' + shard if shard else f'{share[1]} processes'}: more shares than the "
+                         f"sweep's {len(plan.runs)} runs; use at most {len(plan.runs)}")
     if process:
         distributed.join("gloo", distributed.SWEEP_TIMEOUT)
     try:
@@ -363,13 +396,20 @@ def train_share(folder: str | os.PathLike, plan: Plan, shard: tuple[int, int] = 
         if not pending:
             log(f"{label}: {len(members)} runs already finished")
             continue
-        try:
-            train_group([run_dir(folder, m) for m in pending], [m.config for m in pending], device=device,
-                        data_dir=data_dir, resume_command=f"mnistlab sweep --resume {folder}", local=process,
-                        log=log, label=f"{label}: ")
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; every finished epoch is kept in {folder}; continue with: "
-                              f"mnistlab sweep --resume {folder}") from None
+        # Each run of a group holds two files open while it trains (its lock and its events.jsonl).
+        room = max(1, (allow_open_files(FILES_PER_RUN * len(pending) + FILES_BESIDE) - FILES_BESIDE) // FILES_PER_RUN)
+        if room < len(pending):
+            log(f"{label}: the system lets this process open {FILES_PER_RUN * room + FILES_BESIDE} files, so its "
+                f"{len(pending)} runs train {room} at a time")
+        for start in range(0, len(pending), room):
+            part = pending[start:start + room]
+            try:
+                train_group([run_dir(folder, m) for m in part], [m.config for m in part], device=device,
+                            data_dir=data_dir, resume_command=f"mnistlab sweep --resume {folder}", local=process,
+                            log=log, label=f"{label}: ")
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted; every finished epoch is kept in {folder}; continue with: "
+                                  f"mnistlab sweep --resume {folder}") from None
 
 
 # ---------------------------------------------------------------------------

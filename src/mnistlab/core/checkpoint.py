@@ -18,6 +18,7 @@ import io
 import math
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,9 @@ def read_state_file(path: Path) -> Any:
     """
     raw = read_regular(path)
     try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a file that is not ours (TorchScript, say) makes torch warn too
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever the unpickler says, the file is unusable
         raise ValueError(type(e).__name__) from None
 

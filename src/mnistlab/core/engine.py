@@ -289,7 +289,7 @@ def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.Pa
            any_data: bool = False, epochs: int | None = None, stop_after: int | None = None, progress: bool = False,
            process: distributed.Process | None = None) -> RunResult | None:
     """The lifecycle of one run, opened: data, trainee, restore or epoch 0, fit, result."""
-    resumed = run.state is not None
+    resumed, began = run.state is not None, False  # until it began, a failure changes nothing in the run
     try:
         if run.state and run.state.get("diverged"):
             raise RunError(f"{run.path} diverged ({run.state['diverged']['message']}); resuming would diverge "
@@ -321,15 +321,17 @@ def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.Pa
         members = Members(trainee, [run], [meta] * trainee.members, device, events,
                           process.world_size if process else 1, ensemble=config.ensemble > 1)
         _started(run, config, splits, device, trainee, events, resumed, process)
+        began = True
         if device.type == "cuda" and config.cuda_graph and isinstance(trainee, Trainee):
             trainee.forward_loss = _capture(trainee, splits, run, events)
         fit(trainee, splits, members, config.epochs if stop_after is None else min(config.epochs, stop_after), device)
     except KeyboardInterrupt:
         message = f"interrupted; {run.kept()}"
-        events(run, "ended", status="stopped", epochs=run.epoch, message="")
+        if began:
+            events(run, "ended", status="stopped", epochs=run.epoch, message="")
         raise Interrupted(f"{process}: {message}" if process else message) from None
     except MnistlabError as e:
-        if not (run.state and run.state.get("diverged")):
+        if began and not (run.state and run.state.get("diverged")):
             events(run, "ended", status="failed", epochs=run.epoch, message=str(e))
         if process is not None:
             e.args = (f"{process}: {e}",)  # every process may say it: each line names its rank
@@ -338,7 +340,8 @@ def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.Pa
         said = distributed.failure(e, process) if process is not None else None
         if said is None:
             raise
-        events(run, "ended", status="failed", epochs=run.epoch, message=said)
+        if began:
+            events(run, "ended", status="failed", epochs=run.epoch, message=said)
         raise RunError(f"{said}; {run.kept()}") from None
     s = _ended(run, events)
     if process is not None and not process.leader:
@@ -500,7 +503,8 @@ def train_group(paths: Sequence[str | os.PathLike], configs: Sequence[Config], *
                 group.restore(k, run.state, run.epoch)
                 if run.state is None:  # epoch 0: a run stopped in its first epoch starts again as it began
                     run.commit(0, [], group.member_state(k), metas[k], str(torch_device))
-                run.publish()
+                else:
+                    run.publish()  # files left behind by a kill are re-derived, now that the resume is accepted
             at = min(run.epoch for run in opened)
             if at:  # the shared batch order as the members furthest behind left it
                 group.restore_order(next(run for run in opened if run.epoch == at).state)
