@@ -12,7 +12,7 @@ _API = {
     "train": "core.training", "resume": "core.training",
     "evaluate": "core.evaluation", "load_checkpoint": "core.checkpoint",
     "predict": "commands.prediction", "prepare_image": "base.prepare",
-    "view_classify": "commands.figures",
+    "view_classify": "commands.figures", "plot_run": "commands.figures",
     "inspect_step": "commands.inspection",
 }
 
