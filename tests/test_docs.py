@@ -11,13 +11,17 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 import mnistlab
 from mnistlab.cli import build_parser
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the backport the project depends on there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
