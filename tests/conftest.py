@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -9,11 +10,36 @@ import numpy as np
 import pytest
 
 from mnistlab.base.config import recipe
-from mnistlab.base.data import write_idx
+from mnistlab.base.data import DATASETS, locate, write_idx
 
-# Real MNIST (the four IDX files) for the slow tests: $MNISTLAB_TEST_DATA, else ../shared/data/mnist
-# beside the checkout (where the project's machines keep it).
-REAL_MNIST = Path(os.environ.get("MNISTLAB_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+# The data settings as the tests started (each test then gets its own empty cache, `isolated_cache`).
+DATA_VARIABLES = ("MNISTLAB_DATA", "MNISTLAB_DATA_DIR", "MNISTLAB_TEST_DATA")
+STARTED_WITH = {name: os.environ[name] for name in DATA_VARIABLES if os.environ.get(name)}
+# Where the project's machines keep real MNIST: beside the checkout.
+BESIDE_THE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@functools.cache
+def real_mnist_folder() -> Path:
+    """Real MNIST (the four IDX files) for the slow tests: where mnistlab finds it with the data setting the
+    tests started with ($MNISTLAB_DATA: a folder of the files, or a cache folder holding mnist/), else
+    ../shared/data/mnist beside the checkout. $MNISTLAB_TEST_DATA, its old name here, still counts first."""
+    if "MNISTLAB_TEST_DATA" in STARTED_WITH:
+        return Path(STARTED_WITH["MNISTLAB_TEST_DATA"]).resolve()
+    with pytest.MonkeyPatch.context() as mp:
+        for name in DATA_VARIABLES:
+            mp.delenv(name, raising=False)
+        for name, value in STARTED_WITH.items():
+            mp.setenv(name, value)
+        found = locate(DATASETS["mnist"])
+    return found["train_images"].parent.resolve() if found else BESIDE_THE_CHECKOUT
+
+
+def pytest_report_header(config):
+    lines = [f"real MNIST for the slow tests: {real_mnist_folder()}"]
+    if "MNISTLAB_TEST_DATA" in STARTED_WITH:
+        lines.append("note: MNISTLAB_TEST_DATA is deprecated; set MNISTLAB_DATA instead (the tests honour it too)")
+    return lines
 
 
 def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +97,8 @@ def tiny_run(tmp_path_factory, tiny_idx_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def real_mnist() -> Path:
-    if not (REAL_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real MNIST not found at {REAL_MNIST}: set MNISTLAB_TEST_DATA to a folder holding the four "
-                    "MNIST IDX files (`mnistlab datasets` shows where a downloaded copy is)")
-    return REAL_MNIST
+    folder = real_mnist_folder()
+    if not any((folder / name).is_file() for name in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte")):
+        pytest.skip(f"real MNIST not found at {folder}: set MNISTLAB_DATA to a folder holding the four MNIST "
+                    "IDX files (`mnistlab datasets` shows where a downloaded copy is)")
+    return folder

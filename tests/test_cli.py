@@ -133,13 +133,13 @@ def test_recipes_shows_every_recipe_side_by_side_with_measured_accuracy(capsys):
     assert recipes["fast"]["config"]["batch_size"] == 256 and recipes["cnn"]["measured"]["test_accuracy"] > 0.99
 
 
-def test_the_readme_table_and_the_recipes_measurements_agree():
+def test_the_recipes_page_table_and_the_recipes_measurements_agree():
     from pathlib import Path
 
     from mnistlab.base.config import MEASURED
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| test accuracy"))
+    page = (Path(__file__).parents[1] / "docs" / "recipes.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| test accuracy"))
     cells = [c.strip() for c in row.strip("|").split("|")][2:]  # after the label and the notebook column
     assert cells == [f"{100 * MEASURED[name]['test_accuracy']:.2f}%" for name in ("seed", "default", "fast", "cnn")]
 
@@ -197,6 +197,42 @@ def test_ci_runs_exactly_the_readmes_set_up_and_test_commands():
     assert commands == ["python -m pytest -q", "python -m pytest -q -m slow"]
     ci_lines = [line.strip() for line in ci.splitlines()]
     assert all(command in ci_lines for command in commands)
-    setup = readme.split("## Set up")[1].split("```bash")[1].split("```")[0]
-    assert 'pip install -e ".[test]" && python -m pytest -q' in setup
+    setup = readme.split("## Set up")[1].split("\n## ")[0]
+    blocks = [block.split("```")[0] for block in setup.split("```bash")[1:]]
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in blocks[0]  # the CPU build first
+    assert 'pip install -e ".[test]" && python -m pytest -q' in blocks[1]
     assert 'python -m pip install --quiet -e ".[test]"' in ci_lines
+
+
+def test_evaluate_json_prints_the_confusion_matrix_one_row_per_line(tiny_run, tiny_idx_dir, capsys):
+    assert main(["evaluate", str(tiny_run), "--data-dir", str(tiny_idx_dir), "--json"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(text)
+    lines = [line.strip().rstrip(",") for line in text.splitlines()]
+    assert all(json.dumps(row) in lines for row in report["confusion"])
+    assert len(text.splitlines()) < 40  # not one number per line (10 x 10 of them)
+
+
+def test_sweep_help_writes_hidden_sizes_as_a_sweep_takes_them(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--hidden 128x64" in text and "--hidden 128 64" not in text
+
+
+def test_every_command_has_a_description_in_its_help(capsys):
+    from mnistlab.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        assert parser.description and len(parser.description) > 40, f"mnistlab {name} --help has no description"
+
+
+@pytest.mark.parametrize("threads, shown", [(1, "cpu (1 thread)"), (2, "cpu (2 threads)")])
+def test_the_device_line_counts_threads_in_english(threads, shown, monkeypatch):
+    import torch
+
+    from mnistlab.base.devices import describe
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert describe(torch.device("cpu")) == shown

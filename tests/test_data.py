@@ -367,8 +367,8 @@ def test_describe_reports_found_and_missing(empty_machine, tiny_idx_dir):
 
     with_dir = {row["name"]: row for row in data.describe(tiny_idx_dir)}
     assert with_dir["mnist"]["found"] and with_dir["mnist"]["location"] == str(tiny_idx_dir)
-    # --data-dir is looked in first, then the usual places.
-    assert with_dir["kmnist"]["searched"] == [str(tiny_idx_dir), *rows["kmnist"]["searched"]]
+    # --data-dir is looked in alone, as `train --data-dir` does; files it does not recognise serve any name.
+    assert with_dir["kmnist"]["searched"] == [str(tiny_idx_dir)] and with_dir["kmnist"]["found"]
 
 
 def test_every_dataset_knows_its_files_checksums_and_two_mirrors():
@@ -571,10 +571,10 @@ def test_cli_datasets_shows_the_parsed_cache_and_clear_cache_empties_it(capsys, 
     size = data.cache_usage()["bytes"]
     assert cli.main(["datasets"]) == 0
     out = capsys.readouterr().out
-    assert f"{data.parsed_cache_dir()}: 1 files, {size / 1e6:.1f} MB" in out and "--clear-cache" in out
+    assert f"{data.parsed_cache_dir()}: 1 file, {size / 1e6:.1f} MB" in out and "--clear-cache" in out
 
     assert cli.main(["datasets", "--clear-cache"]) == 0
-    assert capsys.readouterr().out == (f"parsed cache {data.parsed_cache_dir()}: removed 1 files, freed "
+    assert capsys.readouterr().out == (f"parsed cache {data.parsed_cache_dir()}: removed 1 file, freed "
                                        f"{size / 1e6:.1f} MB (downloaded IDX files are kept)\n")
     assert parsed_cache_entries() == []
     assert cli.main(["datasets", "--clear-cache", "--json"]) == 0

@@ -208,3 +208,13 @@ def test_plot_command_needs_the_runs_metrics(tiny_run, tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metrics.csv is missing" in err
+
+
+def test_the_python_train_writes_no_figures_and_mnistlab_plot_run_writes_the_clis(tmp_path, tiny_idx_dir):
+    import mnistlab
+
+    config = mnistlab.recipe("seed", epochs=1, device="cpu")
+    run = mnistlab.train(config, out=tmp_path / "run", data_dir=tiny_idx_dir).run_dir
+    assert not (run / "figures").exists()  # as documented: the CLI's `train` draws them, the function does not
+    assert [p.name for p in mnistlab.plot_run(run)] == list(figures.FIGURE_NAMES)
+    assert sorted(p.name for p in (run / "figures").iterdir()) == sorted(figures.FIGURE_NAMES)

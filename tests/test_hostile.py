@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_MNIST
+from conftest import real_mnist_folder
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -242,7 +242,7 @@ def test_test_labels_tell_the_datasets_apart():
     assert data.identify(np.zeros(3, np.uint8), kmnist_md5) == ("kmnist", "the MD5 of its official test-labels file")
 
 
-@pytest.mark.parametrize("folder, name", [(REAL_MNIST, "mnist"), (FASHION, "fashion-mnist")])
+@pytest.mark.parametrize("folder, name", [(real_mnist_folder(), "mnist"), (FASHION, "fashion-mnist")])
 def test_the_real_test_labels_are_recognised_by_their_sha256(folder, name):
     if not (folder / "t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip(f"{name} not found at {folder}")

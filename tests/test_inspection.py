@@ -155,6 +155,17 @@ def test_report_walks_through_every_section(tiny):
     assert "every .grad is None" in text
 
 
+def test_the_batch_shows_each_class_above_its_number_of_images(tiny):
+    lines = format_report(tiny).splitlines()
+    at = lines.index("Images of each class in the batch:")
+    classes, counts = lines[at + 1].split(), lines[at + 2].split()
+    assert classes == ["class", *tiny["batch"]["label_counts"]]
+    assert counts == ["images", *map(str, tiny["batch"]["label_counts"].values())]
+    assert sum(map(int, counts[1:])) == BATCH
+    ends = [[m.end() for m in re.finditer(r"\S+", line)][1:] for line in lines[at + 1:at + 3]]
+    assert ends[0] == ends[1]  # aligned: each count ends in the column where its class name ends
+
+
 def test_cli_json_has_the_documented_keys(tiny_idx_dir, capsys):
     assert main(["inspect", "--data-dir", str(tiny_idx_dir), "--batch-size", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REAL_MNIST
+from conftest import real_mnist_folder
 
 import mnistlab
 
@@ -21,18 +21,12 @@ EPOCH_LINE = {
 }
 ACCURACY_LINE = {
     "en": re.compile(r"^test accuracy: (\d+\.\d+)%", re.M),
-    "fr": re.compile(r"^précision sur le test : (\d+\.\d+) %", re.M),
+    "fr": re.compile(r"^exactitude sur le test : (\d+\.\d+) %", re.M),
 }
 FALLBACK = {"en": "Using the synthetic digits instead.", "fr": "On utilise les chiffres synthétiques à la place."}
 FILES = {"en": "course-mnist-en.ipynb", "fr": "cours-mnist-fr.ipynb"}
 # The course notebook's printed losses for SGD lr 0.003, batch 64, 5 epochs on MNIST.
 COURSE_LOSSES = (1.94, 0.91, 0.55, 0.44, 0.39)
-
-
-def real_mnist_folder() -> Path:
-    """Real MNIST: $MNISTLAB_TEST_DATA (relative paths from the repository), else ../shared/data/mnist."""
-    given = os.environ.get("MNISTLAB_TEST_DATA")
-    return (NOTEBOOKS.parent / given).resolve() if given else REAL_MNIST
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +36,19 @@ def shared_cache(tmp_path_factory) -> Path:
 
 
 def execute(name: str, monkeypatch, tmp_path: Path, cache: Path, **env: str) -> tuple[str, list]:
-    """Run the notebook in a fresh kernel that imports this mnistlab; return its printed text and its cells."""
+    """Run the notebook in a fresh kernel that imports this mnistlab, with a home of its own and the
+    platform cache in `cache`; return its printed text (stdout and stderr) and its cells."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     source = str(Path(mnistlab.__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("MNISTLAB_DATA", str(cache))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no copy of MNIST in ~/.pytorch or ~/.cache by chance
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # the parsed cache, when MNISTLAB_DATA is a data folder
+    monkeypatch.setenv("MNISTLAB_DATA", str(cache / "mnistlab"))
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' run folders
-    monkeypatch.delenv("MNISTLAB_NOTEBOOK_QUICK", raising=False)
+    for key in ("MNISTLAB_NOTEBOOK_QUICK", "MNISTLAB_DATA_DIR"):
+        monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -57,10 +56,15 @@ def execute(name: str, monkeypatch, tmp_path: Path, cache: Path, **env: str) -> 
     # Timeouts in seconds: a kernel can take over a minute to start on a loaded 2-core machine.
     nbclient.NotebookClient(notebook, timeout=600, startup_timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
-    print(f"{name}: {time.perf_counter() - start:.0f} s")
+    print(f"{name}: {time.perf_counter() - start:.0f} s (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
     text = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for out in cell.outputs if out.output_type == "stream")
     return text, notebook.cells
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    """What the notebook left in its temporary folder (TMPDIR) besides the home the test gave it."""
+    return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mnistlab"))
 
 
 def figures(cells: list) -> int:
@@ -79,12 +83,9 @@ def test_the_notebooks_are_committed_without_outputs():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lang", FILES)
-def test_the_notebook_runs_the_course_on_real_mnist(lang, monkeypatch, tmp_path, shared_cache):
-    data = real_mnist_folder()
-    if not (data / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real MNIST not found at {data} (set MNISTLAB_TEST_DATA to a folder holding the four "
-                    "IDX files; mnistlab train downloads them into its cache)")
-    text, cells = execute(FILES[lang], monkeypatch, tmp_path, shared_cache, MNISTLAB_DATA_DIR=str(data))
+def test_the_notebook_runs_the_course_on_real_mnist(lang, monkeypatch, tmp_path, shared_cache, real_mnist):
+    # MNISTLAB_DATA names the folder of the four files, as a student sets it.
+    text, cells = execute(FILES[lang], monkeypatch, tmp_path, shared_cache, MNISTLAB_DATA=str(real_mnist))
     epochs = EPOCH_LINE[lang].findall(text)
     assert [(int(e), int(n)) for e, n, _ in epochs] == [(e, 5) for e in range(1, 6)]
     losses = [float(loss) for _, _, loss in epochs]
@@ -93,14 +94,22 @@ def test_the_notebook_runs_the_course_on_real_mnist(lang, monkeypatch, tmp_path,
     assert 88 < accuracy < 92
     assert FALLBACK[lang] not in text
     assert figures(cells) >= 3  # the batch grid and two view_classify figures
+    assert leftovers(tmp_path) == []  # its run folders are removed
+    if lang == "fr":  # what the French notebook prints is French: no English line from mnistlab
+        english = re.compile(r"^(epoch \d|run: |recipe |device: |data: )|train loss|test acc|accuracy", re.M)
+        assert not english.search(text), english.search(text)
+        assert "précision" not in text and "exactitude sur le test" in text
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lang", FILES)
 def test_the_notebook_falls_back_on_the_synthetic_digits(lang, monkeypatch, tmp_path, shared_cache):
-    text, cells = execute(FILES[lang], monkeypatch, tmp_path, shared_cache,
-                          MNISTLAB_DATA_DIR=str(tmp_path / "no-mnist-here"), MNISTLAB_NOTEBOOK_QUICK="1")
+    # No MNIST in the cache folder, and offline: every download goes through a proxy that refuses at once.
+    offline = "http://127.0.0.1:9"
+    text, cells = execute(FILES[lang], monkeypatch, tmp_path, shared_cache, MNISTLAB_NOTEBOOK_QUICK="1",
+                          http_proxy=offline, https_proxy=offline, no_proxy="")
     assert FALLBACK[lang] in text and "synthetic" in text
+    assert leftovers(tmp_path) == []
     epochs = EPOCH_LINE[lang].findall(text)
     assert [(int(e), int(n)) for e, n, _ in epochs] == [(1, 2), (2, 2)]
     assert float(epochs[1][2]) < float(epochs[0][2]) < 2.5  # it learns

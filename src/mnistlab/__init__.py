@@ -14,7 +14,7 @@ _API = {
     "train": "core.engine", "resume": "core.engine",
     "evaluate": "core.evaluation", "load_checkpoint": "core.checkpoint",
     "predict": "commands.prediction", "prepare_image": "base.prepare",
-    "view_classify": "commands.figures",
+    "view_classify": "commands.figures", "plot_run": "commands.figures",
     "inspect_step": "commands.inspection",
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 from . import __version__
 from .base.config import DEVICE_NAME, MEASURED, RECIPES, Config
 from .base.errors import Interrupted, MnistlabError, UsageError
-from .base.files import json_text
+from .base.files import finite, json_text
 
 EXIT_USAGE = 2
 
@@ -87,8 +88,24 @@ def any_data_flag(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def print_json(obj: Any, indent: int | None = 2) -> None:
-    """`obj` as valid JSON on stdout: NaN or infinite numbers become null."""
-    print(json_text(obj, indent=indent))
+    """`obj` as valid JSON on stdout: NaN or infinite numbers become null.
+
+    Indented, a list of plain values stays on one line, so that a confusion matrix reads one row per
+    line and a loss curve as one list, not one number per line; `indent=None` prints one line.
+    """
+    print(json_text(obj, indent=None) if indent is None else _indented_json(finite(obj), indent))
+
+
+def _indented_json(value: Any, indent: int, level: int = 0) -> str:
+    nested = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value))
+    if not value or not nested:
+        return json.dumps(value, allow_nan=False)  # a plain value, an empty container, a list of plain values
+    pad, inner = " " * (indent * level), " " * (indent * (level + 1))
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {_indented_json(v, indent, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    items = [inner + _indented_json(v, indent, level + 1) for v in value]
+    return "[\n" + ",\n".join(items) + f"\n{pad}]"
 
 
 def print_flush(line: str) -> None:
@@ -262,7 +279,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def add_recipes(sub) -> None:
     p = sub.add_parser("recipes", help="every recipe's values side by side, with measured accuracy and time",
                        description="The training recipes: each value (the flags of `mnistlab train`), and the "
-                       "test accuracy and training time measured for the README.")
+                       "test accuracy and training time measured for the documentation (docs/recipes.md).")
     json_flag(p, "the recipes")
     p.set_defaults(func=cmd_recipes)
 
@@ -289,7 +306,11 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 # evaluate, datasets
 
 def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
+    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix",
+                       description="Evaluate a trained model on its dataset's test split: accuracy, accuracy "
+                       "of each class, and the confusion matrix (rows: true class, columns: predicted; with "
+                       "--json one row per line). The model is rebuilt from its checkpoint; the data comes "
+                       "from --data-dir, else the folder the model was trained from, else the usual places.")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
                    help="a run directory, or a model.safetensors / model.json checkpoint")
     data_dir_flag(p, "the folder the model was trained from, else the usual places")
@@ -321,7 +342,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="known datasets, where each is found or would be cached, "
-                       "and the parsed cache's size")
+                       "and the parsed cache's size",
+                       description="List every dataset mnistlab knows: its classes, where its files were found "
+                       "(--data-dir, then $MNISTLAB_DATA, then the usual places) or where a download would put "
+                       "them, and the size of the parsed cache. With --data-dir, say which dataset the folder "
+                       "holds, recognised by its test labels, as train and evaluate do.")
     data_dir_flag(p, "none: only the usual places")
     p.add_argument("--clear-cache", action="store_true",
                    help="delete the parsed arrays cached for fast loading and say how much that freed; "
@@ -330,12 +355,44 @@ def add_datasets(sub) -> None:
     p.set_defaults(func=cmd_datasets)
 
 
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _holds_line(held: dict[str, Any]) -> str:
+    """What a data folder holds, as train will take it: `DIR holds mnist (recognised by ...)`."""
+    if held["recognised"]:
+        return (f"{held['folder']} holds {held['recognised']} (recognised by {held['how']}): "
+                f"train --data-dir takes it as --dataset {held['recognised']}")
+    if held["datasets"]:
+        return (f"{held['folder']} holds IDX files that are not recognised as a known dataset (your own?): "
+                "train --data-dir takes them as whichever --dataset you name")
+    return (f"{held['folder']} holds no dataset's four IDX files (missing {', '.join(held['missing'])}; "
+            ".gz or uncompressed)")
+
+
+def _setting_line() -> str:
+    """What $MNISTLAB_DATA is taken as: a dataset folder, a cache folder, or unset."""
+    from .base.data import DATA_VARIABLE, DEPRECATED_DATA_VARIABLE, cache_root, data_setting, holds, setting_folder
+
+    setting, folder = data_setting(), setting_folder()
+    if setting is None:
+        return f"{DATA_VARIABLE} is not set: the cache folder (downloads, parsed cache) is {cache_root()}"
+    variable = DATA_VARIABLE if os.environ.get(DATA_VARIABLE) else DEPRECATED_DATA_VARIABLE
+    if folder is None:
+        return f"{variable}={setting}: the cache folder (downloads, parsed cache)"
+    held = holds(folder)
+    what = (f"{held['recognised']} (recognised by {held['how']})" if held["recognised"] else
+            "IDX files not recognised as a known dataset, looked in first for every dataset")
+    return f"{variable}={setting}: holds {what}; downloads and the parsed cache go to {cache_root()}"
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .base.data import cache_usage, clear_cache, describe
+    from .base.data import cache_usage, clear_cache, describe, holds
 
     if args.clear_cache:
         if args.data_dir is not None:
@@ -344,7 +401,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         if args.json:
             print_json(freed)
         else:
-            print(f"parsed cache {freed['folder']}: removed {freed['files']} files, freed "
+            print(f"parsed cache {freed['folder']}: removed {_files(freed['files'])}, freed "
                   f"{_megabytes(freed['bytes'])} (downloaded IDX files are kept)")
         return 0
     rows = describe(args.data_dir)
@@ -353,14 +410,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         return 0
     indent = " " * 15
     if args.data_dir is not None:
-        print(f"note: mnist, fashion-mnist and kmnist share the same four file names, so {args.data_dir} "
-              "is listed for each;\nit holds whichever dataset you name with --dataset.")
+        print(_holds_line(holds(args.data_dir)))
+    else:
+        print(_setting_line())
     for row in rows:
         print(f"{row['name']:<14} {row['title']}")
         if not row["files"]:
             print(f"{indent}{row['location']}")
         elif row["found"]:
             print(f"{indent}found in {row['location']}")
+        elif args.data_dir is not None:
+            print(f"{indent}not found: {row['problems'][0]}")
+            continue
         else:
             print(f"{indent}not found; would be downloaded to {row['location']}")
             print(f"{indent}(looked in {', '.join(row['searched'])})")
@@ -370,8 +431,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if "problem" in usage:
         print(f"{'parsed cache':<14} {usage['problem']}")
         return 0
-    print(f"{'parsed cache':<14} {usage['folder']}: {usage['files']} files, {_megabytes(usage['bytes'])}"
-          + (" (mnistlab datasets --clear-cache removes them)" if usage["files"] else ""))
+    print(f"{'parsed cache':<14} {usage['folder']}: {_files(usage['files'])}, {_megabytes(usage['bytes'])}"
+          + (" (mnistlab datasets --clear-cache empties it)" if usage["files"] else ""))
     return 0
 
 
@@ -502,8 +563,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           dataset=args.dataset, data_dir=args.data_dir)
-    lang = args.lang or language_from_environment()
-    print(json_text(result) if args.json else format_report(result, lang))
+    if args.json:
+        print_json(result)
+    else:
+        print(format_report(result, args.lang or language_from_environment()))
     return 0
 
 
@@ -661,6 +724,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # sweep
 
 SWEEP_FIELDS = [f for f in dataclasses.fields(Config) if f.name not in ("recipe", "device", "ensemble")]
+# Where a sweep writes a value otherwise than `train` (a list of sizes is one comma-list item).
+SWEEP_HELP = {"hidden": "hidden layer sizes of the mlp, one network's sizes joined by x, e.g. --hidden 128x64,256"}
 
 
 def add_sweep(sub) -> None:
@@ -692,7 +757,7 @@ def add_sweep(sub) -> None:
     json_flag(p, "the table (progress goes to stderr)")
     group = p.add_argument_group("values (each a comma list; every combination is trained)")
     for f in SWEEP_FIELDS:
-        group.add_argument(_flag(f.name), dest=f.name, metavar="LIST", help=f.metadata["help"])
+        group.add_argument(_flag(f.name), dest=f.name, metavar="LIST", help=SWEEP_HELP.get(f.name, f.metadata["help"]))
     p.set_defaults(func=cmd_sweep)
 
 

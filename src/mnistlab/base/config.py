@@ -220,9 +220,9 @@ RECIPES: dict[str, Config] = {
     ),
 }
 
-# What each recipe gives, as measured for the README's table (benchmarks/readme_numbers.sh,
+# What each recipe gives, as measured for the table of docs/recipes.md (benchmarks/readme_numbers.sh,
 # `mnistlab train --recipe NAME`, seed 0, MNIST). `mnistlab recipes` shows it; a test keeps
-# the README's table and these numbers the same.
+# that table and these numbers the same.
 MEASURED: dict[str, Any] = {
     "machine": "2-core development VM (AMD EPYC, 2 threads, CPU only), torch 2.13.0+cpu, MNIST, seed 0, 2026-11-27",
     "seed": {"summary": "the course notebook verbatim", "test_accuracy": 0.8951, "train_time": "3.2-5.7 s"},

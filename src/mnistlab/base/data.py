@@ -6,9 +6,15 @@ names with their published MD5 checksums, and the mirrors that serve them.
 `to_device` is the one place where data moves to the training device.
 
 Where files are looked for, in order:
-  1. `--data-dir DIR` when given (and only there),
-  2. `$MNISTLAB_DATA/<name>/` when the variable is set, else the platform cache
-     (`~/.cache/mnistlab/<name>/` on Linux): this is also where downloads go,
+  1. `--data-dir DIR` (`data_dir=` in Python) when given, and then only there;
+  2. `$MNISTLAB_DATA`, the one data setting, which is either
+     - a folder holding a dataset's four IDX files itself (e.g. ../shared/data/mnist):
+       used for the dataset its test labels say it is (for any, when they are not
+       recognised, as `--data-dir` would), or
+     - a cache folder holding `<name>/` folders: `$MNISTLAB_DATA/<name>/`;
+     unset (or a dataset folder), the platform cache (`~/.cache/mnistlab/<name>/`
+     on Linux) takes its place. The cache folder is where downloads and the
+     parsed cache go;
   3. copies already on the machine: torchvision's layout
      (`~/.pytorch/MNIST_data/<Name>/raw`, where the course notebook downloads,
      and `./data/<Name>/raw`) and Debian's `/usr/share/datasets/<name>`.
@@ -19,6 +25,7 @@ Downloads are checked against the official checksum before they are kept.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -339,14 +346,82 @@ def mismatch(dataset: Dataset, expected: str) -> str | None:
 # ---------------------------------------------------------------------------
 # Where files live
 
+DATA_VARIABLE = "MNISTLAB_DATA"
+# The notebooks' name for the setting before MNISTLAB_DATA was the one: still read, with a note.
+DEPRECATED_DATA_VARIABLE = "MNISTLAB_DATA_DIR"
+_noted: set[str] = set()
+
+
+def data_setting() -> Path | None:
+    """The folder `$MNISTLAB_DATA` names (else the deprecated `$MNISTLAB_DATA_DIR`), or None when unset."""
+    value, old = os.environ.get(DATA_VARIABLE), os.environ.get(DEPRECATED_DATA_VARIABLE)
+    if old and DEPRECATED_DATA_VARIABLE not in _noted:
+        _noted.add(DEPRECATED_DATA_VARIABLE)
+        print(f"mnistlab: note: {DEPRECATED_DATA_VARIABLE} is deprecated"
+              + (f" and ignored, since {DATA_VARIABLE} is set" if value else "")
+              + f"; set {DATA_VARIABLE} instead (a folder of IDX files, or a cache folder)", file=sys.stderr)
+    value = value or old
+    return Path(value).expanduser() if value else None
+
+
+def _idx_files_anywhere(folder: Path) -> dict[str, Path] | None:
+    """The four files of the first dataset whose file names `folder` holds itself, or None."""
+    for spec in DATASETS.values():
+        try:
+            found = find_files(spec, folder) if spec.files else None
+        except DataError:
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
+def setting_folder() -> Path | None:
+    """`$MNISTLAB_DATA` when it is a dataset folder (it holds four IDX files itself), else None."""
+    folder = data_setting()
+    return folder if folder is not None and _idx_files_anywhere(folder) is not None else None
+
+
 def cache_root() -> Path:
-    """`$MNISTLAB_DATA`, else the platform's user cache directory."""
-    env = os.environ.get("MNISTLAB_DATA")
-    if env:
-        return Path(env).expanduser()
+    """`$MNISTLAB_DATA` when it is a cache folder, else the platform's user cache directory."""
+    folder = data_setting()
+    if folder is not None and setting_folder() is None:
+        return folder
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("mnistlab"))
+
+
+def identify_files(paths: dict[str, Path]) -> tuple[str, str] | None:
+    """What four IDX files are (`identify` on their test labels), or None when they are not recognised."""
+    labels = paths["test_labels"]
+    try:
+        stat_result = os.stat(labels)
+    except OSError as e:
+        raise DataError(f"{labels}: cannot read ({e.strerror or e})") from None
+    return _identify_labels_file(str(labels), stat_result.st_size, stat_result.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _identify_labels_file(path: str, size: int, mtime_ns: int) -> tuple[str, str] | None:
+    # Cached by size and time: a command asks several times about the same folder (10 kB to read each time).
+    try:
+        md5 = _md5(Path(path))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    return identify(read_idx(path), md5)
+
+
+def serves(folder: Path, spec: DatasetSpec) -> bool:
+    """Whether `folder` holds `spec`'s four files and they are not recognised as another dataset."""
+    found = find_files(spec, folder) if spec.files else None
+    if found is None:
+        return False
+    try:
+        identity = identify_files(found)
+    except DataError:
+        return True  # damaged files: loading them names the problem
+    return identity is None or identity[0] == spec.name
 
 
 def download_dir(spec: DatasetSpec) -> Path:
@@ -355,7 +430,9 @@ def download_dir(spec: DatasetSpec) -> Path:
 
 def candidate_dirs(spec: DatasetSpec) -> list[Path]:
     """Folders searched for existing copies, in order."""
-    dirs = [download_dir(spec)]
+    folder = setting_folder()
+    dirs = [folder] if folder is not None and serves(folder, spec) else []
+    dirs.append(download_dir(spec))
     if spec.torchvision_name:
         # torchvision keeps <root>/<Name>/raw; the notebook's root is ~/.pytorch/MNIST_data
         # (its Fashion-MNIST sequel uses ~/.pytorch/F_MNIST_data), so look under every root there.
@@ -710,8 +787,28 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
     return dataset
 
 
+def holds(folder: str | os.PathLike) -> dict[str, Any]:
+    """What a data folder holds, for people: {"folder", "datasets": the names `train` takes it as,
+    "recognised": the name its test labels give or None, "how", "missing": files absent for MNIST's names}."""
+    folder = Path(folder)
+    paths = _idx_files_anywhere(folder)
+    if paths is None:
+        missing = [fname for fname, _ in DATASETS["mnist"].files.values() if not _find_file(folder, fname)]
+        return {"folder": str(folder), "datasets": [], "recognised": None, "how": None, "missing": missing}
+    identity = identify_files(paths)
+    names = [spec.name for spec in DATASETS.values() if spec.files and serves(folder, spec)]
+    return {"folder": str(folder), "datasets": names, "recognised": identity and identity[0],
+            "how": identity and identity[1], "missing": []}
+
+
 def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
-    """For `mnistlab datasets`: each dataset, where it was found or would be cached, where we looked."""
+    """For `mnistlab datasets`: each dataset, where it was found or would be cached, where we looked.
+
+    With `data_dir`, only that folder, as `train --data-dir` does: a dataset is found there when its
+    four files are and they are not recognised as another dataset.
+    """
+    folder = _data_dir(data_dir) if data_dir is not None else None
+    held = holds(folder) if folder is not None else None
     rows = []
     for spec in DATASETS.values():
         row = {"name": spec.name, "title": spec.title, "classes": list(spec.classes),
@@ -719,14 +816,20 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
         if spec.name == "synthetic":
             rows.append(row | {"found": True, "location": "built in (rendered on the fly)", "searched": []})
             continue
-        searched = ([_data_dir(data_dir)] if data_dir is not None else []) + candidate_dirs(spec)
+        if folder is not None:
+            found = spec.name in held["datasets"]
+            problems = [] if found else [f"{folder} holds {held['recognised']} (recognised by {held['how']}), "
+                                         f"not {spec.name}" if held["recognised"] else
+                                         f"{folder} has no {', '.join(fname for fname, _ in spec.files.values())}"]
+            rows.append(row | {"found": found, "location": str(folder), "searched": [str(folder)]}
+                        | ({"problems": problems} if problems else {}))
+            continue
+        searched = candidate_dirs(spec)
         paths, problems = None, []
-        for folder in searched:
+        for place in searched:
             try:
-                paths = find_files(spec, folder)
+                paths = find_files(spec, place)
             except DataError as e:
-                if data_dir is not None and folder == searched[0]:
-                    raise  # the folder the user named: its problem is the answer
                 problems.append(str(e))  # a usual place that cannot be used: said, and passed over
                 continue
             if paths is not None:
@@ -734,7 +837,7 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
         rows.append(row | {
             "found": paths is not None,
             "location": str(paths["train_images"].parent) if paths else str(download_dir(spec)),
-            "searched": [str(folder) for folder in searched],
+            "searched": [str(place) for place in searched],
         } | ({"problems": problems} if problems else {}))
     return rows
 

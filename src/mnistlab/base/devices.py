@@ -47,9 +47,10 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def describe(device: torch.device) -> str:
-    """For people: `cpu (2 threads)`, `cuda:0 (NVIDIA H100 80GB HBM3)`."""
+    """For people: `cpu (2 threads)`, `cpu (1 thread)`, `cuda:0 (NVIDIA H100 80GB HBM3)`."""
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

@@ -335,7 +335,9 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "s2": "2. A batch and its loss",
         "batch": "{n} training images of {dataset} drawn at random (seed {seed}); tensor shape {shape}.",
         "normalised": "Pixels are normalised as (x/255 - {mean}) / {std}.",
-        "labels": "Labels in the batch: {counts}",
+        "labels": "Images of each class in the batch:",
+        "class": "class",
+        "images": "images",
         "chance": "(Guessing every class with equal probability gives ln {k} = {chance}",
         "chance_fresh": "; an untrained network starts near it.)",
         "s3": "3. The grad_fn chain",
@@ -386,7 +388,9 @@ LANGUAGES: dict[str, dict[str, str]] = {
         "batch": "{n} images d'entraînement de {dataset} tirées au hasard (graine {seed}) ; "
                  "forme du tenseur {shape}.",
         "normalised": "Les pixels sont normalisés par (x/255 - {mean}) / {std}.",
-        "labels": "Étiquettes du lot : {counts}",
+        "labels": "Images de chaque classe dans le lot :",
+        "class": "classe",
+        "images": "images",
         "chance": "(Donner la même probabilité à chaque classe donne ln {k} = {chance}",
         "chance_fresh": " ; un réseau non entraîné part de là.)",
         "s3": "3. La chaîne des grad_fn",
@@ -454,6 +458,14 @@ def _shape(shape: list[int]) -> str:
     return " x ".join(map(str, shape)) or "scalar"
 
 
+def _count_table(counts: dict[str, int], class_word: str, count_word: str) -> list[str]:
+    """Two aligned rows, the class names above the number of images of each (a count never reads as a label)."""
+    widths = [max(len(name), len(str(n))) for name, n in counts.items()]
+    label = max(len(class_word), len(count_word))
+    return [f"  {class_word:<{label}}  " + "  ".join(f"{name:>{w}}" for name, w in zip(counts, widths)),
+            f"  {count_word:<{label}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(counts.values(), widths))]
+
+
 def format_report(result: dict[str, Any], lang: str = "en") -> str:
     """The result of `inspect_step` as numbered sections a student can read top to bottom.
 
@@ -480,12 +492,12 @@ def format_report(result: dict[str, Any], lang: str = "en") -> str:
         lines.append(f"  {p['name']:<{width}}{_shape(p['shape']):>14}  {p['count']:>10,}")
     lines += [f"  {t['total']:<{width}}{'':>14}  {m['total_parameters']:>10,}", ""]
 
-    counts = "  ".join(f"{name}:{n}" for name, n in b["label_counts"].items())
     lines += [
         t["s2"],
         t["batch"].format(n=b["shape"][0], dataset=b["dataset"], seed=b["seed"], shape=_shape(b["shape"])),
         t["normalised"].format(mean=f"{b['mean']:g}", std=f"{b['std']:g}"),
-        t["labels"].format(counts=counts),
+        t["labels"],
+        *_count_table(b["label_counts"], t["class"], t["images"]),
         f"loss = {m['loss_function']}(model(images), labels) = {result['loss']:.4f}",
         t["chance"].format(k=len(b["label_counts"]), chance=f"{result['chance_loss']:.4f}")
         + (t["chance_fresh"] if not m["trained"] else ".)"),

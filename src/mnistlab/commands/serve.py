@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers, UploadFile
@@ -508,9 +508,11 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
                       workers=state.workers.workers, in_flight=state.workers.in_flight,
                       max_upload_bytes=state.max_upload)
 
+    page_html = (STATIC / "index.html").read_text(encoding="utf-8").replace("{{version}}", __version__)
+
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+    async def page() -> Response:
+        return Response(page_html, media_type="text/html; charset=utf-8")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
