@@ -145,7 +145,7 @@ def test_the_site_builds_strictly(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "site" / "api" / "index.html").is_file()
     reference = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
-    assert "mnistlab.core.training.train" in reference and "data_dir" in reference  # generated, not empty
+    assert "mnistlab.core.engine.train" in reference and "data_dir" in reference  # generated, not empty
 
 
 @pytest.mark.slow
