@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .base.config import DEVICE_NAME, MEASURED, RECIPES, Config
+from .base.config import DATASET_NAMES, DEVICE_NAME, MEASURED, RECIPES, Config
+from .base.names import SYNTAX
 from .base.errors import Interrupted, MnistlabError, UsageError
 from .base.files import json_text
 
@@ -304,13 +305,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="known datasets, where each is found or would be cached, "
-                       "and the parsed cache's size")
+                       "and the parsed cache's size; or one dataset (your own too) read and summed up",
+                       description="Without NAME: every dataset known by name, where its files were found or "
+                       "would be downloaded, and the parsed cache. With NAME (a known name, folder:PATH or "
+                       "csv:TRAIN.csv[,TEST.csv]): read the dataset as training would (checking it, caching it) "
+                       "and show its classes and how many images each split holds.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a dataset to read and sum up (nothing is downloaded)")
     data_dir_flag(p, "none: only the usual places")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="with a folder or CSV dataset: go on without the files or rows that cannot be read")
     p.add_argument("--clear-cache", action="store_true",
                    help="delete the parsed arrays cached for fast loading and say how much that freed; "
                    "downloaded IDX files are kept")
     json_flag(p, "the list")
     p.set_defaults(func=cmd_datasets)
+
+
+def _dataset_summary(args: argparse.Namespace) -> int:
+    """`mnistlab datasets NAME`: the dataset read, its source line, its classes with their counts."""
+    from .base.data import load, summary
+
+    found = summary(load(args.name, args.data_dir, download_missing=False, progress=True, any_data=True,
+                         skip_bad=args.skip_bad))
+    if args.json:
+        print_json(found)
+        return 0
+    print(f"{found['name']}: {found['title']}")
+    print(f"  {found['source']}")
+    print(f"  {len(found['classes'])} classes, {found['train']} training and {found['test']} test images:")
+    width = max(len(c["name"]) for c in found["classes"])
+    for c in found["classes"]:
+        print(f"    {c['name']:<{width}}  {c['train']:>7} train  {c['test']:>7} test")
+    return 0
 
 
 def _megabytes(n: int) -> str:
@@ -320,9 +346,14 @@ def _megabytes(n: int) -> str:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from .base.data import cache_usage, clear_cache, describe
 
+    if args.name is not None and not args.clear_cache:
+        return _dataset_summary(args)
+    if args.skip_bad:
+        raise UsageError("--skip-bad goes with a folder or CSV dataset named as NAME")
     if args.clear_cache:
-        if args.data_dir is not None:
-            raise UsageError("--clear-cache removes the parsed cache only; drop --data-dir")
+        if args.data_dir is not None or args.name is not None:
+            raise UsageError(f"--clear-cache removes the parsed cache only; drop "
+                             f"{'--data-dir' if args.data_dir is not None else args.name}")
         freed = clear_cache()
         if args.json:
             print_json(freed)
@@ -334,12 +365,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    indent = " " * 15
+    indent = " " * 17
     if args.data_dir is not None:
         print(f"note: mnist, fashion-mnist and kmnist share the same four file names, so {args.data_dir} "
               "is listed for each;\nit holds whichever dataset you name with --dataset.")
     for row in rows:
-        print(f"{row['name']:<14} {row['title']}")
+        print(f"{row['name']:<16} {row['title']}")
         if not row["files"]:
             print(f"{indent}{row['location']}")
         elif row["found"]:
@@ -351,9 +382,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{indent}passed over: {problem}")
     usage = cache_usage()
     if "problem" in usage:
-        print(f"{'parsed cache':<14} {usage['problem']}")
+        print(f"{'parsed cache':<16} {usage['problem']}")
         return 0
-    print(f"{'parsed cache':<14} {usage['folder']}: {usage['files']} files, {_megabytes(usage['bytes'])}"
+    print(f"{'parsed cache':<16} {usage['folder']}: {usage['files']} files, {_megabytes(usage['bytes'])}"
           + (" (mnistlab datasets --clear-cache removes them)" if usage["files"] else ""))
     return 0
 
@@ -469,7 +500,7 @@ def add_inspect(sub) -> None:
                    help="images in the batch (default: 64)")
     p.add_argument("--seed", type=_parse_type(int, "seed"), default=0,
                    help="picks the batch, the initial weights and the checked entries (default: 0)")
-    p.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or synthetic "
+    p.add_argument("--dataset", help=f"{', '.join(DATASET_NAMES)}, or your own data as {SYNTAX} "
                    "(default: mnist, or the checkpoint's dataset)")
     data_dir_flag(p)
     p.add_argument("--lang", choices=("en", "fr"), default=None,
