@@ -468,3 +468,24 @@ def png_of(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_csv_dataset_trains_and_predict_answers_its_test_csv_for_kaggle(tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", 400, seed=1)
+    test = write_csv(tmp_path / "test.csv", 50, seed=2, labels=False, header=False)
+    assert cli.main(["train", "--dataset", f"csv:{train}", "--recipe", "default", "--epochs", "4",
+                     "--shift", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-plots"]) == 0
+    capsys.readouterr()
+    submission = tmp_path / "submission.csv"
+    assert cli.main(["predict", str(tmp_path / "run"), str(test), "--csv", str(submission), "--kaggle"]) == 0
+    rows = submission.read_text().splitlines()
+    assert rows[0] == "ImageId,Label" and len(rows) == 51
+    assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 51)]
+    table = tmp_path / "table.csv"
+    assert cli.main(["predict", str(tmp_path / "run"), str(test), "--csv", str(table)]) == 0
+    predicted = [line.split(",") for line in table.read_text().splitlines()[1:]]
+    assert [p[0] for p in predicted] == [f"{test}#{i}" for i in range(1, 51)]
+    assert [p[1] for p in predicted] == [r.split(",")[1] for r in rows[1:]]
+    truth = fake_digits(50, seed=2)[1]
+    right = sum(int(r.split(",")[1]) == t for r, t in zip(rows[1:], truth))
+    assert right >= 30, f"{right}/50, where chance is 5: the fake digits are easy to learn"

@@ -394,20 +394,31 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def add_predict(sub) -> None:
     p = sub.add_parser(
-        "predict", help="classify your own images (photos, drawings) or an item of the test split",
+        "predict", help="classify your own images (photos, drawings, a folder, a CSV) or an item of the test split",
         description="Classify image files: PNG, JPEG, BMP, GIF, WebP, TIFF; grey, colour, palette or "
         "transparent (transparent pixels are paper); any size. Each is prepared the way MNIST was: "
         "EXIF rotation applied, ink made bright on black (dark ink on white is detected and inverted), "
         "the paper's level and shadows removed, cropped to the ink, fitted into 20x20 with its aspect "
-        "ratio kept, and placed in 28x28 with its centre of mass at the centre. A file that cannot be "
-        "read is reported on stderr and the others are still classified; the exit code is then 1.")
+        "ratio kept, and placed in 28x28 with its centre of mass at the centre. A folder stands for its "
+        "images (at any depth, in natural order), a CSV file for its rows (Kaggle's digit-recognizer layout, "
+        "each row a 28x28 image taken as it is); they are classified 512 at a time. --csv FILE writes one "
+        "row per image instead (--kaggle: ImageId,Label). A file that cannot be read is reported (on stderr, "
+        "or in the table's error column) and the others are still classified; the exit code is then 1.")
     p.add_argument("model", metavar="MODEL", help="run directory or checkpoint")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (optional with --test-index)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files, folders of images or CSV files (optional with --test-index)")
     p.add_argument("--top-k", type=_parse_type(int, "top-k"), default=3, metavar="K",
                    help="show the K most likely classes (default: 3)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per image per line (JSON Lines): file, prediction (class "
                    "index), label (class name), probabilities (all classes), top_k; or file and error")
+    p.add_argument("--csv", type=Path, metavar="FILE", dest="table",
+                   help="write a table instead, one row per image in the order given: id (the file, or "
+                   "FILE.csv#ROW), prediction (class name), probability, error, then prob_<class> for every "
+                   "class; '-' for stdout")
+    p.add_argument("--kaggle", action="store_true",
+                   help="with --csv: write Kaggle's submission format, ImageId (from 1, in the order given) "
+                   "and Label")
     p.add_argument("--figure", type=Path, metavar="PATH",
                    help="write the prepared image beside a bar chart of the class probabilities (PNG); "
                    "with several images, one file each named PATH plus '-<image name>' "
@@ -433,24 +444,39 @@ def _prediction_line(r: dict[str, Any]) -> str:
     return f"{line}   top-{len(r['top_k'])}: {top}"
 
 
+SHOWN_ERRORS = 10  # errors printed on stderr after a table; the table's error column has them all
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .commands.prediction import expand, figure_path, predict_many, predict_test_index
+    from .commands.progress import Count
     from .core.checkpoint import load_checkpoint
-    from .commands.prediction import figure_path, predict_files, predict_test_index
 
     if not args.images and args.test_index is None:
         raise UsageError("give at least one IMAGE, or --test-index N")
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {args.top_k})")
+    if args.kaggle and args.table is None:
+        raise UsageError("--kaggle goes with --csv FILE (e.g. --csv submission.csv)")
+    if args.table is not None and (args.json or args.figure or args.test_index is not None):
+        raise UsageError("--csv writes the table alone; drop "
+                         + ", ".join(f for f, v in (("--json", args.json), ("--figure", args.figure),
+                                                    ("--test-index", args.test_index is not None)) if v))
     checkpoint = load_checkpoint(args.model)
+    inputs = expand(args.images)
+    if args.table is not None:
+        return _predict_table(args, checkpoint, inputs)
     results = []
     # Errors of single files come back as results; a raised error stops everything.
     if args.test_index is not None:
         name = f"test-{args.test_index}"
-        figure = figure_path(args.figure, name, many=bool(args.images)) if args.figure else None
+        figure = figure_path(args.figure, name, many=bool(inputs)) if args.figure else None
         results.append(predict_test_index(checkpoint, args.test_index, args.data_dir, args.top_k,
                                           args.save_prepared, figure, any_data=args.any_data))
-    results += predict_files(checkpoint, args.images, top_k=args.top_k, invert=args.invert,
-                             save_prepared=args.save_prepared, figure=args.figure)
+    count = Count(len(inputs), "predict", "images", print_err)
+    results += predict_many(checkpoint, inputs, top_k=args.top_k, invert=args.invert,
+                            save_prepared=args.save_prepared, figure=args.figure, progress=count.update)
+    count.close()
     for r in results:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
@@ -462,6 +488,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 if key in r:
                     print(f"  {key}: {r[key]}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def _predict_table(args: argparse.Namespace, checkpoint, inputs) -> int:
+    """`predict --csv FILE`: the table (or Kaggle's submission) of every image, then one summary line."""
+    from .commands.prediction import predict_many, write_rows, write_table
+    from .commands.progress import Count
+
+    count = Count(len(inputs), "predict", "images", print_err)
+    answers = predict_many(checkpoint, inputs, invert=args.invert, save_prepared=args.save_prepared,
+                           progress=count.update)
+    to_stdout = str(args.table) == "-"
+    if to_stdout:
+        written = {"path": "stdout", **write_rows(sys.stdout, answers, checkpoint.classes, args.kaggle)}
+    else:
+        written = write_table(answers, checkpoint.classes, args.table, args.kaggle)
+    count.close()
+    errors = written["errors"]
+    for name, error in errors[:SHOWN_ERRORS]:
+        print_err(f"error: {name}: {error}")
+    if len(errors) > SHOWN_ERRORS:
+        print_err(f"... and {len(errors) - SHOWN_ERRORS} more errors (the table's error column has them all)"
+                  if not args.kaggle else f"... and {len(errors) - SHOWN_ERRORS} more errors")
+    report = print_err if to_stdout else print  # stdout holds the table itself
+    report(f"wrote {written['path']}: {written['rows']} images, {written['rows'] - len(errors)} predicted, "
+              f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+              + (" (Kaggle's ImageId,Label; an image in error has an empty Label)" if args.kaggle else ""))
+    return 1 if errors else 0
 
 
 # ---------------------------------------------------------------------------
