@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -297,7 +298,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               + ", ".join(f"{100 * a:.2f}%" for a in result.member_accuracy))
     print("per-class accuracy:")
     for name, acc in zip(result.classes, result.per_class_accuracy):
-        print(f"  {name:>12}  {100 * acc:6.2f}%")
+        print(f"  {name:>12}        -  (no test image)" if math.isnan(acc) else f"  {name:>12}  {100 * acc:6.2f}%")
     print("confusion matrix (rows: true class, columns: predicted):")
     print(result.confusion_text())
     return 0
