@@ -700,6 +700,13 @@ def test_every_emnist_split_comes_from_one_archive_downloaded_once_and_turned_up
         assert_upright(ds, family_files[f"emnist-{split}"], first)  # letters: labels 1-26 in the files, 0-25 here
         assert len(ds.classes) == classes and ds.source == str(data.cache_root() / "emnist")
     assert len(Mirrors.user_agents) == 1, "the archive is fetched once and kept for the other splits"
+    for split in EMNIST_SPLITS:  # the files of every split removed: the kept archive still holds them
+        for fname, _ in DATASETS[f"emnist-{split}"].files.values():
+            (data.cache_root() / "emnist" / fname).unlink()
+    rows = {row["name"]: row for row in data.describe()}
+    assert rows["emnist-letters"]["archive"] == str(data.cache_root() / "emnist" / "gzip.zip")
+    assert len(data.load("emnist-letters", download_missing=False).classes) == 26
+    assert len(Mirrors.user_agents) == 1
     assert DATASETS["emnist-letters"].classes[0] == "a" and DATASETS["emnist-balanced"].classes[36] == "a"
 
 

@@ -207,8 +207,8 @@ def test_unreadable_files_are_counted_and_the_first_few_named_and_skip_bad_goes_
     (root / "test" / "c" / "blank.png").write_bytes((root / "test" / "c" / "0.png").read_bytes()[:60])
     Image.new("L", (50, 50), 255).save(root / "train" / "c" / "white.png")  # no ink: cannot be prepared
     message = error_of(f"folder:{root}")
-    assert "6 of 48 files cannot be read as images: test/c/blank.png (truncated or corrupt" in message
-    assert "train/a/broken0.png (not an image" in message and "; and 3 more;" in message and "--skip-bad" in message
+    assert "6 of 48 files cannot be read as images: test/c/blank.png: truncated or corrupt" in message
+    assert "train/a/broken0.png: not an image" in message and "; and 3 more;" in message and "--skip-bad" in message
     assert data.parsed_cache_dir().exists() is False or not list(data.parsed_cache_dir().iterdir())
     ds = data.load(f"folder:{root}", skip_bad=True)
     assert len(ds.train) == 36 and len(ds.test) == 6

@@ -376,6 +376,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{indent}{row['location']}")
         elif row["found"]:
             print(f"{indent}found in {row['location']}")
+        elif "archive" in row:
+            print(f"{indent}not unpacked yet; {row['archive']} (downloaded) holds it")
         else:
             print(f"{indent}not found; would be downloaded to {row['location']}")
             print(f"{indent}(looked in {', '.join(row['searched'])})")

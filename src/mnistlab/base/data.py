@@ -836,9 +836,9 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
         return _to_dataset(spec, arrays, "rendered from matplotlib fonts")
     paths = locate(spec, data_dir)
     if paths is None:
-        if not download_missing:
+        if not download_missing and _kept_archive(spec) is None:
             raise DataError(f"{name} not found in {', '.join(map(str, candidate_dirs(spec)))}")
-        paths = download(spec, progress=progress)
+        paths = download(spec, progress=progress)  # or unpacked from the archive kept by an earlier download
     arrays = read_files(spec, paths)
     dataset = _to_dataset(spec, arrays, str(paths["train_images"].parent))
     try:
@@ -941,12 +941,25 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
                 continue
             if paths is not None:
                 break
+        kept = _kept_archive(spec) if paths is None else None
         rows.append(row | {
             "found": paths is not None,
             "location": str(paths["train_images"].parent) if paths else str(download_dir(spec)),
             "searched": [str(folder) for folder in searched],
-        } | ({"problems": problems} if problems else {}))
+        } | ({"problems": problems} if problems else {}) | ({"archive": str(kept)} if kept else {}))
     return rows
+
+
+def _kept_archive(spec: DatasetSpec) -> Path | None:
+    """The official archive of `spec` in its download folder, checksum checked, if an earlier download
+    kept it (EMNIST's splits are unpacked from it without the network); else None."""
+    if spec.archive is None:
+        return None
+    path = download_dir(spec) / spec.archive[0]
+    try:
+        return path if _downloaded(path, spec.archive[1]) else None
+    except DataError:
+        return None
 
 
 # ---------------------------------------------------------------------------

@@ -140,8 +140,7 @@ def _overlap(train: list[bytes], test: list[bytes], train_names: list[str],
 def _bad_line(where: str, bad: list[tuple[str, str]], total: int, what: str = "files",
               verb: str = "cannot be read as images") -> str:
     """`bad` holds (file, reason) or, for CSV rows, ("row N (line L)", reason)."""
-    shown = "; ".join(f"{name}: {reason}" if name.startswith("row ") else f"{name} ({reason})"
-                      for name, reason in bad[:SHOWN])
+    shown = "; ".join(f"{name}: {reason}" for name, reason in bad[:SHOWN])
     more = f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
     return (f"{where}: {len(bad)} of {total} {what} {verb}: {shown}{more}; fix or remove them, "
             "or pass --skip-bad to go on without them")
