@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,14 @@ def test_unreadable_files_are_counted_and_the_first_few_named_and_skip_bad_goes_
     ds = data.load(f"folder:{root}", skip_bad=True)
     assert len(ds.train) == 36 and len(ds.test) == 6
     assert "6 unreadable files left out (--skip-bad)" in ds.source
+
+
+def test_a_fifo_named_like_an_image_is_an_unreadable_file_never_opened(tmp_path):
+    root = write_tree(tmp_path / "t", per_class=(10, 2))
+    os.mkfifo(root / "train" / "a" / "pipe.png")  # opening it to read would wait for a writer forever
+    message = error_of(f"folder:{root}")
+    assert "1 of 37 files cannot be read as images: train/a/pipe.png: cannot read (is a FIFO (named pipe)" in message
+    assert len(data.load(f"folder:{root}", skip_bad=True).train) == 30
 
 
 def test_fewer_than_ten_training_images_in_a_class_is_refused(tmp_path):

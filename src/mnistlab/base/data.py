@@ -45,7 +45,7 @@ import torch
 from .. import __version__
 from . import names, own
 from .errors import DataError, WriteError
-from .files import NotRegularFile, atomic_path, file_kind, open_regular, read_regular
+from .files import NotRegularFile, atomic_path, file_kind, hash_file, open_regular, read_regular
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -645,11 +645,7 @@ def _downloaded(dest: Path, md5: str) -> bool:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open_regular(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(path, "md5").hexdigest()
 
 
 # ---------------------------------------------------------------------------

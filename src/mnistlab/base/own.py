@@ -46,7 +46,7 @@ from PIL import Image
 
 from . import names, prepare
 from .errors import DataError, PredictionError
-from .files import display_name, file_kind, open_regular, read_regular
+from .files import display_name, file_kind, hash_file, open_regular, read_regular
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                             ".pgm", ".ppm", ".pbm", ".pnm"})
@@ -323,11 +323,7 @@ class Tree:
 
 
 def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open_regular(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()
+    return hash_file(path, "sha256").digest()
 
 
 def _preparation_code() -> bytes:
@@ -358,9 +354,8 @@ def _decode(items: list[Item], progress: bool) -> tuple[list[np.ndarray | None],
             bad.append((item.name, item.problem))
             continue
         try:
-            raw = _read_image_bytes(item.path, item.name)
-            image = prepare.load_image(io.BytesIO(raw), item.name)
-            if as_is is not None and image.size == (SIDE, SIDE) and _stored_mode(raw) in GREY_MODES:
+            image = prepare.load_image(item.path, item.name)
+            if as_is is not None and image.size == (SIDE, SIDE) and _stored_mode(item.path) in GREY_MODES:
                 as_is[i] = image
                 continue
             if as_is is not None:  # the first picture that is not 28x28 grey: prepare them all
@@ -392,19 +387,14 @@ def _prepared(image: Image.Image, item: Item, bad: list[tuple[str, str]]) -> np.
         return None
 
 
-def _read_image_bytes(path: Path, name: str) -> bytes:
+def _stored_mode(path: Path) -> str:
+    """The image mode as stored in the file ("" if it cannot be read again): a JPEG is decoded in grey
+    whatever it holds (prepare's draft), so the decoded image's mode does not tell."""
     try:
-        return read_regular(path)
-    except FileNotFoundError:
-        raise PredictionError("no such file (removed while being read)", name) from None
-    except OSError as e:
-        raise PredictionError(f"cannot read ({e.strerror or e})", name) from None
-
-
-def _stored_mode(raw: bytes) -> str:
-    """The image mode as stored in the file (a JPEG is decoded in grey whatever it holds: its own mode tells)."""
-    with Image.open(io.BytesIO(raw)) as image:
-        return image.mode
+        with open_regular(path) as f, Image.open(f) as image:
+            return image.mode
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return ""
 
 
 # ---------------------------------------------------------------------------
