@@ -173,6 +173,10 @@ def test_the_name_holds_the_absolute_path_so_a_run_remembers_where_its_data_was(
         recipe("seed", dataset="folder:")
     with pytest.raises(ConfigError, match="unknown dataset 'cifar'"):
         recipe("seed", dataset="cifar")
+    with pytest.raises(ConfigError, match="give it with its test file in the TOML file"):
+        recipe("seed", dataset="test.csv")  # what `sweep --dataset csv:train.csv,test.csv` makes of its list
+    with pytest.raises(ConfigError, match=r"a folder of images is folder:PATH\)$"):
+        recipe("seed", dataset="photos/digits")
 
 
 def test_a_moved_folder_is_found_with_data_dir(tree3, tmp_path):

@@ -56,7 +56,14 @@ def problem(name: str) -> str | None:
         # It is written into config.json and model.json, and shown on one line in every message.
         return (f"dataset {name[:MAX_NAME]!r}: a path of at most {MAX_NAME} printable characters is needed "
                 "(rename or move the folder)")
-    return f"unknown dataset {name!r}; known: {', '.join(KNOWN)}, or your own data as {SYNTAX}"
+    hint = ""
+    if name.lower().endswith(".csv"):
+        # e.g. `sweep --dataset csv:train.csv,test.csv`: the sweep's comma list cut it in two
+        hint = (" (a CSV dataset is csv:TRAIN.csv[,TEST.csv]; in `mnistlab sweep`, whose flags split at commas, "
+                "give it with its test file in the TOML file)")
+    elif "/" in name or os.sep in name:
+        hint = " (a folder of images is folder:PATH)"
+    return f"unknown dataset {name!r}; known: {', '.join(KNOWN)}, or your own data as {SYNTAX}{hint}"
 
 
 def short(name: str) -> str:
