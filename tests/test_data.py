@@ -277,8 +277,9 @@ def test_load_gives_uint8_images_and_int64_labels(tiny_idx_dir):
     assert ds.source == str(tiny_idx_dir)
 
 
-def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(DataError, match="known: mnist, fashion-mnist, kmnist, synthetic"):
+def test_unknown_dataset_lists_the_known_ones_and_the_syntax_of_your_own():
+    with pytest.raises(DataError, match="known: mnist, fashion-mnist, kmnist, qmnist, emnist-digits, emnist-letters, "
+                       "emnist-balanced, synthetic, or your own data as folder:PATH or csv:TRAIN.csv"):
         data.load("cifar")
 
 
@@ -372,13 +373,17 @@ def test_describe_reports_found_and_missing(empty_machine, tiny_idx_dir):
 
 
 def test_every_dataset_knows_its_files_checksums_and_two_mirrors():
+    assert tuple(DATASETS) == data.names.KNOWN == cli.DATASET_NAMES
     for spec in DATASETS.values():
-        assert len(spec.classes) == 10
+        assert len(set(spec.classes)) == len(spec.classes) >= 10
         if spec.name == "synthetic":
             continue
         assert list(spec.files) == list(data.ROLES)
-        assert all(len(md5) == 32 and int(md5, 16) >= 0 for _, md5 in spec.files.values())
+        # each file's official checksum, or the checksum of the official archive that holds them
+        md5s = [spec.archive[1]] if spec.archive else [md5 for _, md5 in spec.files.values()]
+        assert all(len(md5) == 32 and int(md5, 16) >= 0 for md5 in md5s)
         assert len(spec.mirrors) >= 2 and all(m.endswith("/") for m in spec.mirrors)
+    assert [len(DATASETS[f"emnist-{s}"].classes) for s in ("digits", "letters", "balanced")] == [10, 26, 47]
 
 
 # ---------------------------------------------------------------------------
@@ -388,13 +393,14 @@ class Mirrors(http.server.BaseHTTPRequestHandler):
     """Serves /<behaviour>/<file name>; `files` maps file names to their bytes."""
 
     files: dict[str, bytes] = {}
+    kmnist: dict[str, bytes] = {}  # served under /kmnist-good/: KMNIST's file names are MNIST's
     user_agents: list[str] = []
     release = threading.Event()
 
     def do_GET(self):
         Mirrors.user_agents.append(self.headers.get("User-Agent", ""))
         behaviour, _, name = self.path.strip("/").partition("/")
-        body = self.files.get(name)
+        body = self.kmnist.get(name) if behaviour == "kmnist-good" else self.files.get(name)
         if body is None or behaviour == "missing":
             return self.send_error(404, "Not Found")
         if behaviour == "html":  # a bot wall: status 200, an HTML page
@@ -403,6 +409,10 @@ class Mirrors(http.server.BaseHTTPRequestHandler):
             return self.reply(b"\n<html><body>Access denied</body></html>", "application/octet-stream")
         if behaviour == "other-file":  # a real gzip file, not the one asked for
             return self.reply(gzip.compress(b"\x00" * 64), "application/octet-stream")
+        if behaviour == "corrupt":  # the file asked for, one bit flipped on the way
+            damaged = bytearray(body)
+            damaged[len(damaged) // 2] ^= 0x10
+            return self.reply(bytes(damaged), "application/octet-stream")
         if behaviour == "short":  # promises the whole file, sends half, hangs up
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -566,7 +576,7 @@ def test_cli_datasets(capsys, empty_machine, tiny_idx_dir):
 
 def test_cli_datasets_shows_the_parsed_cache_and_clear_cache_empties_it(capsys, tiny_idx_dir):
     assert cli.main(["datasets"]) == 0
-    assert f"parsed cache   {data.parsed_cache_dir()}: 0 files, 0.0 MB\n" in capsys.readouterr().out
+    assert f"parsed cache     {data.parsed_cache_dir()}: 0 files, 0.0 MB\n" in capsys.readouterr().out
     data.load("mnist", tiny_idx_dir)
     size = data.cache_usage()["bytes"]
     assert cli.main(["datasets"]) == 0
@@ -606,3 +616,174 @@ def test_cli_train_offline_gives_the_download_advice_not_a_traceback(capsys, mon
     assert code == 1
     assert err.startswith("mnistlab train: error: could not download mnist")
     assert "Traceback" not in err and "--dataset synthetic" in err
+
+
+# ---------------------------------------------------------------------------
+# EMNIST (one official archive for every split, images stored transposed), QMNIST (labels as an
+# int32 table), KMNIST: their files served by the local server, with their checksums
+
+def idx_gz(array: np.ndarray) -> bytes:
+    return gzip.compress(data.encode_idx(array), mtime=0)
+
+
+def family(n_train: int, n_test: int, classes: int, first: int, seed: int) -> dict[str, np.ndarray]:
+    """Upright images and labels (from `first`) of a fake dataset: random pixels, every class in each split."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % classes + first).astype(np.uint8)
+    return arrays
+
+
+EMNIST_SPLITS = {"digits": (10, 0), "letters": (26, 1), "balanced": (47, 0)}
+
+
+@pytest.fixture(scope="module")
+def family_files(server) -> dict[str, dict[str, np.ndarray]]:
+    """The fake EMNIST archive, QMNIST and KMNIST files, added to what the server serves."""
+    import io
+    import zipfile
+
+    upright, served = {}, {}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for split, (classes, first) in EMNIST_SPLITS.items():
+            arrays = upright[f"emnist-{split}"] = family(2 * classes, classes, classes, first, seed=classes)
+            spec = DATASETS[f"emnist-{split}"]
+            for role, (fname, _) in spec.files.items():
+                array = arrays[role].transpose(0, 2, 1) if role.endswith("images") else arrays[role]
+                zf.writestr(f"gzip/{fname}", idx_gz(array))  # NIST stores each image column by column
+            zf.writestr(f"gzip/emnist-{split}-mapping.txt", "0 48\n")
+    served["gzip.zip"] = buffer.getvalue()
+    q = upright["qmnist"] = family(30, 20, 10, 0, seed=7)
+    for role, (fname, _) in DATASETS["qmnist"].files.items():
+        if role.endswith("labels"):  # class, then 7 columns of NIST provenance
+            table = np.stack([q[role].astype(np.int32)] + [np.full(len(q[role]), 1000 + c, np.int32) for c in range(7)], 1)
+            served[fname] = idx_gz(table)
+        else:
+            served[fname] = idx_gz(q[role])
+    k = upright["kmnist"] = family(30, 20, 10, 0, seed=8)
+    kmnist_files = {fname: idx_gz(k[role]) for role, (fname, _) in DATASETS["kmnist"].files.items()}
+    saved = dict(Mirrors.files)
+    Mirrors.files.update(served)
+    # KMNIST's file names are MNIST's: served under /kmnist-good/ (a mirror holding KMNIST)
+    Mirrors.kmnist = kmnist_files
+    yield upright
+    Mirrors.files = saved
+
+
+def served_spec(name: str, mirrors: list[str]) -> data.DatasetSpec:
+    """The dataset `name` with the checksums of the fake files the server holds, and these mirrors."""
+    spec = DATASETS[name]
+    files = Mirrors.kmnist if name == "kmnist" else Mirrors.files
+    if spec.archive:
+        return dataclasses.replace(spec, archive=(spec.archive[0], hashlib.md5(files["gzip.zip"]).hexdigest()),
+                                   mirrors=tuple(mirrors))
+    checksums = {role: (fname, hashlib.md5(files[fname]).hexdigest()) for role, (fname, _) in spec.files.items()}
+    return dataclasses.replace(spec, files=checksums, mirrors=tuple(mirrors))
+
+
+def assert_upright(ds: data.Dataset, arrays: dict[str, np.ndarray], first: int = 0) -> None:
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(getattr(ds, split).images.numpy(), arrays[f"{split}_images"])
+        np.testing.assert_array_equal(getattr(ds, split).labels.numpy(), arrays[f"{split}_labels"].astype(int) - first)
+
+
+def test_every_emnist_split_comes_from_one_archive_downloaded_once_and_turned_upright(
+        family_files, server, monkeypatch, empty_machine):
+    for split in EMNIST_SPLITS:
+        monkeypatch.setitem(DATASETS, f"emnist-{split}", served_spec(f"emnist-{split}", [f"{server}/good/"]))
+    Mirrors.user_agents.clear()
+    for split, (classes, first) in EMNIST_SPLITS.items():
+        ds = data.load(f"emnist-{split}", progress=False)
+        assert_upright(ds, family_files[f"emnist-{split}"], first)  # letters: labels 1-26 in the files, 0-25 here
+        assert len(ds.classes) == classes and ds.source == str(data.cache_root() / "emnist")
+    assert len(Mirrors.user_agents) == 1, "the archive is fetched once and kept for the other splits"
+    for split in EMNIST_SPLITS:  # the files of every split removed: the kept archive still holds them
+        for fname, _ in DATASETS[f"emnist-{split}"].files.values():
+            (data.cache_root() / "emnist" / fname).unlink()
+    rows = {row["name"]: row for row in data.describe()}
+    assert rows["emnist-letters"]["archive"] == str(data.cache_root() / "emnist" / "gzip.zip")
+    assert len(data.load("emnist-letters", download_missing=False).classes) == 26
+    assert len(Mirrors.user_agents) == 1
+    assert DATASETS["emnist-letters"].classes[0] == "a" and DATASETS["emnist-balanced"].classes[36] == "a"
+
+
+def test_a_corrupted_archive_is_refused_by_its_checksum_and_the_next_mirror_serves(
+        family_files, server, monkeypatch, empty_machine, tmp_path):
+    spec = served_spec("emnist-digits", [f"{server}/corrupt/", f"{server}/good/"])
+    paths = data.download(spec, tmp_path / "dl", timeout=0.5, progress=False)
+    assert sorted(p.name for p in paths.values()) == sorted(f for f, _ in spec.files.values())
+    only_corrupt = dataclasses.replace(spec, mirrors=(f"{server}/corrupt/",))
+    monkeypatch.setitem(DATASETS, "emnist-digits", only_corrupt)
+    with pytest.raises(DataError) as err:
+        data.load("emnist-digits", progress=False)
+    assert "gzip.zip: checksum mismatch" in str(err.value) and "put gzip.zip, or the files" in str(err.value)
+    assert list(data.download_dir(spec).iterdir()) == [], "nothing half-downloaded is kept"
+
+
+def test_qmnist_reads_the_class_column_of_its_label_table(family_files, server, monkeypatch, empty_machine):
+    monkeypatch.setitem(DATASETS, "qmnist", served_spec("qmnist", [f"{server}/corrupt/", f"{server}/good/"]))
+    ds = data.load("qmnist", progress=False)
+    assert_upright(ds, family_files["qmnist"])
+    assert sorted(p.name for p in data.download_dir(DATASETS["qmnist"]).iterdir()) == \
+        sorted(f for f, _ in DATASETS["qmnist"].files.values())
+
+
+def test_kmnist_downloads_with_its_checksums(family_files, server, monkeypatch, empty_machine):
+    monkeypatch.setitem(DATASETS, "kmnist", served_spec("kmnist", [f"{server}/corrupt/", f"{server}/kmnist-good/"]))
+    ds = data.load("kmnist", progress=False)
+    assert_upright(ds, family_files["kmnist"])
+
+
+def test_the_family_is_found_offline_in_torchvisions_layout(family_files, monkeypatch, empty_machine):
+    for name in ("emnist-letters", "qmnist", "kmnist"):
+        monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], mirrors=(closed_port_url(),)))
+    # torchvision unpacks every file in <root>/<Name>/raw (EMNIST and QMNIST uncompressed)
+    raw = empty_machine / ".pytorch" / "EMNIST_data" / "EMNIST" / "raw"
+    raw.mkdir(parents=True)
+    with zipfile_of(Mirrors.files["gzip.zip"]) as zf:
+        for fname, _ in DATASETS["emnist-letters"].files.values():
+            (raw / fname.removesuffix(".gz")).write_bytes(gzip.decompress(zf.read(f"gzip/{fname}")))
+    q = Path("data") / "QMNIST" / "raw"  # in the working directory: torchvision's usual root, ./data
+    q.mkdir(parents=True)
+    for fname, _ in DATASETS["qmnist"].files.values():
+        (q / fname.removesuffix(".gz")).write_bytes(gzip.decompress(Mirrors.files[fname]))
+    k = empty_machine / ".pytorch" / "MNIST_data" / "KMNIST" / "raw"
+    k.mkdir(parents=True)
+    for fname, body in Mirrors.kmnist.items():
+        (k / fname).write_bytes(body)
+    assert_upright(data.load("emnist-letters", progress=False), family_files["emnist-letters"], first=1)
+    assert_upright(data.load("qmnist", progress=False), family_files["qmnist"])
+    assert_upright(data.load("kmnist", progress=False), family_files["kmnist"])
+    rows = {row["name"]: row for row in data.describe()}
+    assert rows["emnist-letters"]["location"] == str(raw) and rows["qmnist"]["found"]
+
+
+def zipfile_of(body: bytes):
+    import io
+    import zipfile
+
+    return zipfile.ZipFile(io.BytesIO(body))
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda labels: labels[:, :1].copy(), "labels must be a table"),
+    (lambda labels: labels + 20, r"label 2\d out of range \(the dataset has 10 classes\)"),
+])
+def test_a_qmnist_label_table_that_does_not_fit_is_one_line(tmp_path, damage, expected):
+    spec = DATASETS["qmnist"]
+    folder = tmp_path / "q"
+    folder.mkdir()
+    arrays = family(20, 10, 10, 0, seed=3)
+    for role, (fname, _) in spec.files.items():
+        array = arrays[role]
+        if role.endswith("labels"):
+            array = np.stack([array.astype(np.int32)] * 8, 1)
+            array = damage(array) if role == "test_labels" else array
+            if array.shape[1] == 1:
+                array = array[:, 0]
+        data.write_idx(folder / fname, array)
+    with pytest.raises(DataError, match=expected):
+        data.load("qmnist", folder)

@@ -302,7 +302,8 @@ def test_a_fashion_model_on_mnist_files_and_an_mnist_model_on_fashion_files_are_
     (lambda m: m.__delitem__("normalization"), "normalization must be a JSON object"),
     (lambda m: m["normalization"].update(std=0), r"normalization.std must be a finite number > 0"),
     (lambda m: m["normalization"].update(mean=float("nan")), "normalization.mean must be a finite number"),
-    (lambda m: m.__delitem__("dataset"), "dataset must be one of mnist, fashion-mnist, kmnist, synthetic"),
+    (lambda m: m.__delitem__("dataset"), "dataset must be one of mnist, fashion-mnist, kmnist, qmnist, emnist-digits, "
+                                         "emnist-letters, emnist-balanced, synthetic, or folder:PATH or csv:TRAIN.csv"),
     (lambda m: m["architecture"].update(model="rnn"), "architecture.model must be mlp or cnn"),
     (lambda m: m["architecture"].update(input_shape=[1, -28, 28]), r"architecture.input_shape must be \[1, 28, 28\]"),
     (lambda m: m["architecture"].update(num_classes=0), r"architecture.num_classes must be 10"),

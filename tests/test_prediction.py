@@ -350,3 +350,150 @@ def test_the_test_index_figure_title_shows_the_true_label(tiny_run, tiny_idx_dir
                         lambda image, probs, classes, path, title=None: titles.append(title) or path)
     item = predict_test_index(tiny_run, 3, tiny_idx_dir, figure=tmp_path / "f.png")
     assert titles == [f"test[3] (true: {item['true_label']})"]
+
+
+# ---------------------------------------------------------------------------
+# Many images at once: folders and CSV files, batched, into a table
+
+def scribbles(folder, n: int, seed: int = 0) -> list:
+    """`n` pictures of one stroke each, as people send them: sizes from 28 to 90 pixels, dark on light
+    or light on dark, grey or colour, PNG or JPEG, in nested folders (10 a folder); their paths in
+    natural order."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        size = int(rng.integers(28, 90))
+        dark = bool(i % 2)
+        image = Image.new("L", (size, size), 255 if dark else 0)
+        points = [tuple(int(v) for v in rng.integers(2, size - 2, 2)) for _ in range(3)]
+        ImageDraw.Draw(image).line(points, fill=0 if dark else 255, width=max(2, size // 10))
+        if i % 3 == 0:
+            image = image.convert("RGB")
+        sub = folder / f"part{i // 10}"
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"img{i % 10}.{'jpg' if i % 4 == 1 else 'png'}"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def count_forward_passes(checkpoint: Checkpoint) -> list:
+    calls = []
+    checkpoint.model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    return calls
+
+
+def assert_same_as_one_by_one(checkpoint, answers, paths):
+    """Each answer is `predict`'s for that file alone: the same class, probabilities within float rounding."""
+    assert len(answers) == len(paths)
+    for answer, path in zip(answers, paths):
+        try:
+            alone = predict(checkpoint, path)
+        except PredictionError as e:
+            assert answer == {"file": str(path), "error": e.reason}
+            continue
+        assert answer["file"] == alone["file"] == str(path)
+        assert answer["prediction"] == alone["prediction"]
+        np.testing.assert_allclose(answer["probabilities"], alone["probabilities"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_bulk_predict_on_2000_images_in_one_call_equals_one_by_one(tmp_path, tiny_run):
+    from mnistlab.commands.prediction import BATCH, expand, predict_many
+
+    paths = scribbles(tmp_path / "photos", 2000)
+    checkpoint = load_checkpoint(tiny_run)
+    calls = count_forward_passes(checkpoint)
+    answers = list(predict_many(checkpoint, expand([tmp_path / "photos"])))
+    assert calls == [BATCH] * 3 + [2000 - 3 * BATCH], "one forward pass per batch, not per image"
+    assert len(answers) == 2000 and all("error" not in a for a in answers)
+    assert_same_as_one_by_one(checkpoint, answers, paths)
+
+
+def test_bulk_predict_keeps_the_order_given_and_an_unreadable_image_is_a_row_with_its_error(tmp_path, tiny_run):
+    from mnistlab.commands.prediction import expand, predict_many
+
+    paths = scribbles(tmp_path / "photos", 60)
+    (tmp_path / "photos" / "part1" / "img10.png").write_bytes(b"not a png")  # natural order: after img9
+    single = scribbles(tmp_path / "single", 1, seed=1)[0]
+    checkpoint = load_checkpoint(tiny_run)
+    calls = count_forward_passes(checkpoint)
+    answers = list(predict_many(checkpoint, expand([single, tmp_path / "photos", tmp_path / "missing.png"]),
+                                batch=16))
+    order = [single, *paths[:20], tmp_path / "photos" / "part1" / "img10.png", *paths[20:], tmp_path / "missing.png"]
+    assert [a["file"] for a in answers] == [str(p) for p in order]
+    assert answers[21] == {"file": str(order[21]), "error": "not an image (or a format Pillow cannot read)"}
+    assert answers[-1] == {"file": str(tmp_path / "missing.png"), "error": "no such file"}
+    assert calls == [16, 15, 16, 14]  # batches of 16 inputs; the two bad ones are not in a pass
+    assert_same_as_one_by_one(checkpoint, answers, order)
+
+
+def test_cli_csv_table_has_a_row_per_image_every_class_probability_and_the_errors(tmp_path, capsys, tiny_run):
+    paths = scribbles(tmp_path / "photos", 25)
+    (tmp_path / "photos" / "part0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "predictions.csv"
+    code = main(["predict", str(tiny_run), str(tmp_path / "photos"), "--csv", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 1, "an image failed: said by the exit code, after the whole table is written"
+    assert stdout == f"wrote {out}: 26 images, 25 predicted, 1 error\n"
+    assert stderr == f"error: {tmp_path / 'photos' / 'part0' / 'broken.png'}: not an image (or a format Pillow cannot read)\n"
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["id", "prediction", "probability", "error", *(f"prob_{d}" for d in range(10))]
+    assert len(rows) == 26 and rows[0]["id"] == str(tmp_path / "photos" / "part0" / "broken.png")
+    assert rows[0]["error"] and rows[0]["prediction"] == ""
+    checkpoint = load_checkpoint(tiny_run)
+    for row, path in zip(rows[1:11], paths[:10]):  # part0's ten images follow broken.png (natural order)
+        alone = predict(checkpoint, path)
+        assert row["id"] == str(path) and row["prediction"] == alone["label"] and row["error"] == ""
+        probs = [float(row[f"prob_{d}"]) for d in range(10)]
+        np.testing.assert_allclose(probs, alone["probabilities"], rtol=1e-5, atol=1e-6)
+        assert float(row["probability"]) == max(probs)
+
+
+def test_cli_a_csv_of_images_is_predicted_row_by_row_and_a_bad_row_is_a_row_with_its_error(tmp_path, capsys,
+                                                                                           tiny_run, tiny_idx_dir):
+    from mnistlab.base.data import load
+
+    test = load("mnist", tiny_idx_dir).test
+    rows = [",".join(map(str, image.flatten().tolist())) for image in test.images[:30]]
+    rows[7] = "dark," + rows[7].split(",", 1)[1]
+    (tmp_path / "test.csv").write_text("\n".join([",".join(f"pixel{k}" for k in range(784)), *rows]) + "\n")
+    code = main(["predict", str(tiny_run), str(tmp_path / "test.csv"), "--csv", "-", "--kaggle"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 1
+    lines = stdout.splitlines()
+    assert lines[0] == "ImageId,Label" and [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(1, 31)]
+    assert lines[8] == "8,"  # the bad row keeps its place, with no label
+    assert f"error: {tmp_path / 'test.csv'}#8: line 9: pixel0 is 'dark', not a number" in stderr
+    checkpoint = load_checkpoint(tiny_run)
+    expected = [str(int(k)) for k in predict_proba_argmax(checkpoint, test.images[:30])]
+    assert [line.split(",")[1] for line in lines[1:] if not line.endswith(",")] == expected[:7] + expected[8:]
+    assert stderr.strip().endswith("wrote stdout: 30 images, 29 predicted, 1 error (Kaggle's ImageId,Label; "
+                                   "an image in error has an empty Label)")
+
+
+def predict_proba_argmax(checkpoint, images):
+    return checkpoint.predict_proba(images).argmax(dim=1).tolist()
+
+
+def test_cli_a_long_input_shows_a_progress_line(tmp_path, capsys, monkeypatch, tiny_run):
+    monkeypatch.setenv("MNISTLAB_PROGRESS_SECONDS", "0")
+    scribbles(tmp_path / "photos", 40)
+    monkeypatch.setattr("mnistlab.commands.prediction.BATCH", 16)
+    assert main(["predict", str(tiny_run), str(tmp_path / "photos"), "--csv", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "predict: 16/40 images (40%), " in err and "predict: 32/40 images (80%), " in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--kaggle"], "--kaggle goes with --csv FILE"),
+    (["--csv", "t.csv", "--json"], "drop --json"),
+    (["--csv", "t.csv", "--test-index", "3"], "drop --test-index"),
+])
+def test_cli_table_flags_that_do_not_go_together(tmp_path, capsys, tiny_run, flags, message):
+    digit = save(seven(), tmp_path / "digit.png")
+    assert main(["predict", str(tiny_run), str(digit), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

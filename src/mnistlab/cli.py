@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .base.config import DEVICE_NAME, MEASURED, RECIPES, Config
+from .base.config import DATASET_NAMES, DEVICE_NAME, MEASURED, RECIPES, Config
+from .base.names import SYNTAX
 from .base.errors import Interrupted, MnistlabError, UsageError
 from .base.files import finite, json_text
 
@@ -334,7 +336,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               + ", ".join(f"{100 * a:.2f}%" for a in result.member_accuracy))
     print("per-class accuracy:")
     for name, acc in zip(result.classes, result.per_class_accuracy):
-        print(f"  {name:>12}  {100 * acc:6.2f}%")
+        print(f"  {name:>12}        -  (no test image)" if math.isnan(acc) else f"  {name:>12}  {100 * acc:6.2f}%")
     print("confusion matrix (rows: true class, columns: predicted):")
     print(result.confusion_text())
     return 0
@@ -342,12 +344,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="known datasets, where each is found or would be cached, "
-                       "and the parsed cache's size",
-                       description="List every dataset mnistlab knows: its classes, where its files were found "
-                       "(--data-dir, then $MNISTLAB_DATA, then the usual places) or where a download would put "
-                       "them, and the size of the parsed cache. With --data-dir, say which dataset the folder "
-                       "holds, recognised by its test labels, as train and evaluate do.")
+                       "and the parsed cache's size; or one dataset (your own too) read and summed up",
+                       description="Without NAME: every dataset known by name, its classes, where its files were "
+                       "found (--data-dir, then $MNISTLAB_DATA, then the usual places) or where a download would "
+                       "put them, and the size of the parsed cache; with --data-dir, which dataset the folder "
+                       "holds, recognised by its test labels, as train and evaluate do. With NAME (a known name, "
+                       "folder:PATH or csv:TRAIN.csv[,TEST.csv]): read the dataset as training would (checking it, "
+                       "caching it) and show its classes and how many images each split holds.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a dataset to read and sum up (nothing is downloaded)")
     data_dir_flag(p, "none: only the usual places")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="with a folder or CSV dataset: go on without the files or rows that cannot be read")
     p.add_argument("--clear-cache", action="store_true",
                    help="delete the parsed arrays cached for fast loading and say how much that freed; "
                    "downloaded IDX files are kept")
@@ -357,6 +364,22 @@ def add_datasets(sub) -> None:
 
 def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
+def _dataset_summary(args: argparse.Namespace) -> int:
+    """`mnistlab datasets NAME`: the dataset read, its source line, its classes with their counts."""
+    from .base.data import load, summary
+
+    found = summary(load(args.name, args.data_dir, download_missing=False, progress=True, any_data=True,
+                         skip_bad=args.skip_bad))
+    if args.json:
+        print_json(found)
+        return 0
+    print(f"{found['name']}: {found['title']}")
+    print(f"  {found['source']}")
+    print(f"  {len(found['classes'])} classes, {found['train']} training and {found['test']} test images:")
+    width = max(len(c["name"]) for c in found["classes"])
+    for c in found["classes"]:
+        print(f"    {c['name']:<{width}}  {c['train']:>7} train  {c['test']:>7} test")
+    return 0
 
 
 def _megabytes(n: int) -> str:
@@ -394,9 +417,14 @@ def _setting_line() -> str:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from .base.data import cache_usage, clear_cache, describe, holds
 
+    if args.name is not None and not args.clear_cache:
+        return _dataset_summary(args)
+    if args.skip_bad:
+        raise UsageError("--skip-bad goes with a folder or CSV dataset named as NAME")
     if args.clear_cache:
-        if args.data_dir is not None:
-            raise UsageError("--clear-cache removes the parsed cache only; drop --data-dir")
+        if args.data_dir is not None or args.name is not None:
+            raise UsageError(f"--clear-cache removes the parsed cache only; drop "
+                             f"{'--data-dir' if args.data_dir is not None else args.name}")
         freed = clear_cache()
         if args.json:
             print_json(freed)
@@ -408,13 +436,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    indent = " " * 15
+    indent = " " * 17
     if args.data_dir is not None:
         print(_holds_line(holds(args.data_dir)))
     else:
         print(_setting_line())
     for row in rows:
-        print(f"{row['name']:<14} {row['title']}")
+        print(f"{row['name']:<16} {row['title']}")
         if not row["files"]:
             print(f"{indent}{row['location']}")
         elif row["found"]:
@@ -422,6 +450,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         elif args.data_dir is not None:
             print(f"{indent}not found: {row['problems'][0]}")
             continue
+        elif "archive" in row:
+            print(f"{indent}not unpacked yet; {row['archive']} (downloaded) holds it")
         else:
             print(f"{indent}not found; would be downloaded to {row['location']}")
             print(f"{indent}(looked in {', '.join(row['searched'])})")
@@ -429,9 +459,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"{indent}passed over: {problem}")
     usage = cache_usage()
     if "problem" in usage:
-        print(f"{'parsed cache':<14} {usage['problem']}")
+        print(f"{'parsed cache':<16} {usage['problem']}")
         return 0
-    print(f"{'parsed cache':<14} {usage['folder']}: {_files(usage['files'])}, {_megabytes(usage['bytes'])}"
+    print(f"{'parsed cache':<16} {usage['folder']}: {_files(usage['files'])}, {_megabytes(usage['bytes'])}"
           + (" (mnistlab datasets --clear-cache empties it)" if usage["files"] else ""))
     return 0
 
@@ -441,21 +471,32 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def add_predict(sub) -> None:
     p = sub.add_parser(
-        "predict", help="classify your own images (photos, drawings) or an item of the test split",
+        "predict", help="classify your own images (photos, drawings, a folder, a CSV) or an item of the test split",
         description="Classify image files: PNG, JPEG, BMP, GIF, WebP, TIFF; grey, colour, palette or "
         "transparent (transparent pixels are paper); any size. Each is prepared the way MNIST was: "
         "EXIF rotation applied, ink made bright on black (dark ink on white is detected and inverted), "
         "the paper's level and shadows removed, cropped to the ink, fitted into 20x20 with its aspect "
-        "ratio kept, and placed in 28x28 with its centre of mass at the centre. A file that cannot be "
-        "read is reported on stderr and the others are still classified; the exit code is then 1.")
+        "ratio kept, and placed in 28x28 with its centre of mass at the centre. A folder stands for its "
+        "images (at any depth, in natural order), a CSV file for its rows (Kaggle's digit-recognizer layout, "
+        "each row a 28x28 image taken as it is); they are classified 512 at a time. --csv FILE writes one "
+        "row per image instead (--kaggle: ImageId,Label). A file that cannot be read is reported (on stderr, "
+        "or in the table's error column) and the others are still classified; the exit code is then 1.")
     p.add_argument("model", metavar="MODEL", help="run directory or checkpoint")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (optional with --test-index)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files, folders of images or CSV files (optional with --test-index)")
     p.set_defaults(more_files="images")
     p.add_argument("--top-k", type=_parse_type(int, "top-k"), default=3, metavar="K",
                    help="show the K most likely classes (default: 3)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per image per line (JSON Lines): file, prediction (class "
                    "index), label (class name), probabilities (all classes), top_k; or file and error")
+    p.add_argument("--csv", type=Path, metavar="FILE", dest="table",
+                   help="write a table instead, one row per image in the order given: id (the file, or "
+                   "FILE.csv#ROW), prediction (class name), probability, error, then prob_<class> for every "
+                   "class; '-' for stdout")
+    p.add_argument("--kaggle", action="store_true",
+                   help="with --csv: write Kaggle's submission format, ImageId (from 1, in the order given) "
+                   "and Label")
     p.add_argument("--figure", type=Path, metavar="PATH",
                    help="write the prepared image beside a bar chart of the class probabilities (PNG); "
                    "with several images, one file each named PATH plus '-<image name>' "
@@ -481,24 +522,39 @@ def _prediction_line(r: dict[str, Any]) -> str:
     return f"{line}   top-{len(r['top_k'])}: {top}"
 
 
+SHOWN_ERRORS = 10  # errors printed on stderr after a table; the table's error column has them all
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .commands.prediction import expand, figure_path, predict_many, predict_test_index
+    from .commands.progress import Count
     from .core.checkpoint import load_checkpoint
-    from .commands.prediction import figure_path, predict_files, predict_test_index
 
     if not args.images and args.test_index is None:
         raise UsageError("give at least one IMAGE, or --test-index N")
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {args.top_k})")
+    if args.kaggle and args.table is None:
+        raise UsageError("--kaggle goes with --csv FILE (e.g. --csv submission.csv)")
+    if args.table is not None and (args.json or args.figure or args.test_index is not None):
+        raise UsageError("--csv writes the table alone; drop "
+                         + ", ".join(f for f, v in (("--json", args.json), ("--figure", args.figure),
+                                                    ("--test-index", args.test_index is not None)) if v))
     checkpoint = load_checkpoint(args.model)
+    inputs = expand(args.images)
+    if args.table is not None:
+        return _predict_table(args, checkpoint, inputs)
     results = []
     # Errors of single files come back as results; a raised error stops everything.
     if args.test_index is not None:
         name = f"test-{args.test_index}"
-        figure = figure_path(args.figure, name, many=bool(args.images)) if args.figure else None
+        figure = figure_path(args.figure, name, many=bool(inputs)) if args.figure else None
         results.append(predict_test_index(checkpoint, args.test_index, args.data_dir, args.top_k,
                                           args.save_prepared, figure, any_data=args.any_data))
-    results += predict_files(checkpoint, args.images, top_k=args.top_k, invert=args.invert,
-                             save_prepared=args.save_prepared, figure=args.figure)
+    count = Count(len(inputs), "predict", "images", print_err)
+    results += predict_many(checkpoint, inputs, top_k=args.top_k, invert=args.invert,
+                            save_prepared=args.save_prepared, figure=args.figure, progress=count.update)
+    count.close()
     for r in results:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
@@ -510,6 +566,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 if key in r:
                     print(f"  {key}: {r[key]}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def _predict_table(args: argparse.Namespace, checkpoint, inputs) -> int:
+    """`predict --csv FILE`: the table (or Kaggle's submission) of every image, then one summary line."""
+    from .commands.prediction import predict_many, write_rows, write_table
+    from .commands.progress import Count
+
+    count = Count(len(inputs), "predict", "images", print_err)
+    answers = predict_many(checkpoint, inputs, invert=args.invert, save_prepared=args.save_prepared,
+                           progress=count.update)
+    to_stdout = str(args.table) == "-"
+    if to_stdout:
+        written = {"path": "stdout", **write_rows(sys.stdout, answers, checkpoint.classes, args.kaggle)}
+    else:
+        written = write_table(answers, checkpoint.classes, args.table, args.kaggle)
+    count.close()
+    errors = written["errors"]
+    for name, error in errors[:SHOWN_ERRORS]:
+        print_err(f"error: {name}: {error}")
+    if len(errors) > SHOWN_ERRORS:
+        print_err(f"... and {len(errors) - SHOWN_ERRORS} more errors (the table's error column has them all)"
+                  if not args.kaggle else f"... and {len(errors) - SHOWN_ERRORS} more errors")
+    report = print_err if to_stdout else print  # stdout holds the table itself
+    report(f"wrote {written['path']}: {written['rows']} images, {written['rows'] - len(errors)} predicted, "
+              f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+              + (" (Kaggle's ImageId,Label; an image in error has an empty Label)" if args.kaggle else ""))
+    return 1 if errors else 0
 
 
 # ---------------------------------------------------------------------------
@@ -548,7 +631,7 @@ def add_inspect(sub) -> None:
                    help="images in the batch (default: 64)")
     p.add_argument("--seed", type=_parse_type(int, "seed"), default=0,
                    help="picks the batch, the initial weights and the checked entries (default: 0)")
-    p.add_argument("--dataset", help="mnist, fashion-mnist, kmnist or synthetic "
+    p.add_argument("--dataset", help=f"{', '.join(DATASET_NAMES)}, or your own data as {SYNTAX} "
                    "(default: mnist, or the checkpoint's dataset)")
     data_dir_flag(p)
     p.add_argument("--lang", choices=("en", "fr"), default=None,

@@ -16,10 +16,11 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import names
 from .errors import UsageError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid")
-DATASET_NAMES = ("mnist", "fashion-mnist", "kmnist", "synthetic")
+DATASET_NAMES = names.KNOWN
 DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 MAX_WIDTH = 65536  # units per hidden layer: far beyond what MNIST needs, far below running out of memory
 MAX_WEIGHTS = 100_000_000  # an MLP's weights: 400 MB of float32, and as much again for gradients and momentum
@@ -41,7 +42,8 @@ class Config:
     """Everything a training run depends on (paths and output options are not here)."""
 
     recipe: str = _opt("default", "the recipe these values started from")
-    dataset: str = _opt("mnist", "dataset to train on", DATASET_NAMES)
+    dataset: str = _opt("mnist", f"dataset to train on: {', '.join(DATASET_NAMES)}, or your own data as "
+                        f"{names.SYNTAX} (see docs/data.md)")
     model: str = _opt("mlp", "mlp (the notebook's network) or cnn", ("mlp", "cnn"))
     hidden: tuple[int, ...] = _opt((128, 64), "hidden layer sizes of the mlp, e.g. --hidden 128 64")
     activation: str = _opt("relu", "activation after each hidden layer", ACTIVATIONS)
@@ -74,6 +76,13 @@ class Config:
     target_accuracy: float = _opt(0.0, "stop at the first epoch whose validation accuracy (the test accuracy "
                                   "without --val-size) reaches this, e.g. 0.98; the summary records the time to "
                                   "reach it (0: train every epoch)")
+    skip_bad: bool = _opt(False, "folder and CSV datasets: go on without the files (or rows) that cannot be "
+                          "read, instead of stopping")
+
+    def __post_init__(self) -> None:
+        # Your own data is named by its absolute path, so config.json says where it came from.
+        if isinstance(self.dataset, str):
+            object.__setattr__(self, "dataset", names.canonical(self.dataset))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -112,6 +121,9 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {getattr(self, f.name)!r})")
+        problem = names.problem(self.dataset)
+        if problem:
+            raise ConfigError(problem)
         if not DEVICE_NAME.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
         for name in ("epochs", "batch_size"):

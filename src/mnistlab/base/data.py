@@ -1,9 +1,12 @@
 """Datasets: described as data, found on disk or downloaded safely, parsed once.
 
 Each dataset is one entry of `DATASETS`: its class names, the official file
-names with their published MD5 checksums, and the mirrors that serve them.
-`load(name)` returns the train and test splits as uint8 tensors on the CPU;
-`to_device` is the one place where data moves to the training device.
+names with their published MD5 checksums (or the archive that holds them, with
+its checksum), how its files differ from MNIST's (EMNIST's transposed images,
+QMNIST's label table), and the mirrors that serve them. Your own data
+(`folder:PATH`, `csv:TRAIN.csv[,TEST.csv]`) is read by own.py and cached here
+the same way. `load(name)` returns the train and test splits as uint8 tensors on
+the CPU; `to_device` is the one place where data moves to the training device.
 
 Where files are looked for, in order:
   1. `--data-dir DIR` (`data_dir=` in Python) when given, and then only there;
@@ -29,6 +32,7 @@ import functools
 import gzip
 import hashlib
 import io
+import json
 import math
 import os
 import stat
@@ -46,8 +50,9 @@ import numpy as np
 import torch
 
 from .. import __version__
+from . import names, own
 from .errors import DataError, WriteError
-from .files import NotRegularFile, atomic_path, file_kind, open_regular, read_regular
+from .files import NotRegularFile, atomic_path, file_kind, hash_file, open_regular, read_regular
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -57,11 +62,18 @@ class DatasetSpec:
     name: str
     title: str
     classes: tuple[str, ...]
-    # role -> (official file name, MD5 of the official file)
+    # role -> (official file name, MD5 of the official file; "" for a file taken from `archive`)
     files: dict[str, tuple[str, str]] = field(default_factory=dict)
     mirrors: tuple[str, ...] = ()
     torchvision_name: str = ""
     homepage: str = ""
+    # (file name, MD5) of the official archive (a zip) holding the files under `archive_folder`
+    archive: tuple[str, str] | None = None
+    archive_folder: str = ""
+    folder: str = ""  # the download folder's name under the cache (default: `name`); shared by EMNIST's splits
+    transposed: bool = False  # images stored column by column (EMNIST): turned upright when read
+    label_column: int | None = None  # labels stored as a table (QMNIST: N x 8 int32): the class's column
+    label_offset: int = 0  # the first class's label in the files (EMNIST letters: 1)
 
 
 _IDX_FILES = {
@@ -76,11 +88,40 @@ def _files(*md5s: str) -> dict[str, tuple[str, str]]:
     return {role: (_IDX_FILES[role], md5) for role, md5 in zip(ROLES, md5s)}
 
 
+DIGITS = tuple(str(d) for d in range(10))
+# EMNIST's official archive (NIST), as torchvision downloads it: every split's IDX files, gzipped,
+# in its folder gzip/. Images are stored transposed. The balanced split merges the 15 letters
+# whose upper and lower case look alike (c i j k l m o p s u v w x y z) into the capital.
+EMNIST_ARCHIVE = ("gzip.zip", "58c8d27c78d21e728a6bc7b3cc06412e")
+EMNIST_MIRRORS = ("https://biometrics.nist.gov/cs_links/EMNIST/",
+                  "https://www.itl.nist.gov/iaui/vip/cs_links/EMNIST/")
+EMNIST_CLASSES = {
+    "digits": DIGITS,
+    # labels 1-26 in the files; each class holds both cases of its letter (torchvision's names)
+    "letters": tuple("abcdefghijklmnopqrstuvwxyz"),
+    "balanced": DIGITS + tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + tuple("abdefghnqrt"),
+}
+EMNIST_TITLES = {"digits": "EMNIST digits (NIST handwritten digits, 280,000 images)",
+                 "letters": "EMNIST letters (26 classes, each holding both cases of its letter)",
+                 "balanced": "EMNIST balanced (digits and letters, 47 classes of equal size)"}
+
+
+def _emnist(split: str) -> DatasetSpec:
+    names_ = {role: f"emnist-{split}-{'train' if role.startswith('train') else 'test'}-"
+                    f"{'images-idx3' if role.endswith('images') else 'labels-idx1'}-ubyte.gz" for role in ROLES}
+    return DatasetSpec(
+        name=f"emnist-{split}", title=EMNIST_TITLES[split], classes=EMNIST_CLASSES[split],
+        files={role: (fname, "") for role, fname in names_.items()}, mirrors=EMNIST_MIRRORS,
+        torchvision_name="EMNIST", homepage="https://www.nist.gov/itl/products-and-services/emnist-dataset",
+        archive=EMNIST_ARCHIVE, archive_folder="gzip/", folder="emnist", transposed=True,
+        label_offset=1 if split == "letters" else 0)
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
         title="MNIST handwritten digits",
-        classes=tuple(str(d) for d in range(10)),
+        classes=DIGITS,
         files=_files(
             "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             "d53e105ee54ea40749a09fcbcd1e9432",
@@ -133,15 +174,38 @@ DATASETS: dict[str, DatasetSpec] = {
         torchvision_name="KMNIST",
         homepage="https://github.com/rois-codh/kmnist",
     ),
+    "qmnist": DatasetSpec(
+        name="qmnist",
+        title="QMNIST (MNIST's digits reconstructed from NIST, with a 60,000-image test split)",
+        classes=DIGITS,
+        files={
+            "train_images": ("qmnist-train-images-idx3-ubyte.gz", "ed72d4157d28c017586c42bc6afe6370"),
+            "train_labels": ("qmnist-train-labels-idx2-int.gz", "0058f8dd561b90ffdd0f734c6a30e5e4"),
+            "test_images": ("qmnist-test-images-idx3-ubyte.gz", "1394631089c404de565df7b7aeaf9412"),
+            "test_labels": ("qmnist-test-labels-idx2-int.gz", "5b5b05890a5e13444e108efe57b788aa"),
+        },
+        # The publisher's repository is the only host; GitHub serves it under two names.
+        mirrors=("https://raw.githubusercontent.com/facebookresearch/qmnist/master/",
+                 "https://github.com/facebookresearch/qmnist/raw/master/"),
+        torchvision_name="QMNIST",
+        homepage="https://github.com/facebookresearch/qmnist",
+        label_column=0,  # the class; then the NIST series, writer, ... (8 int32 columns)
+    ),
+    "emnist-digits": _emnist("digits"),
+    "emnist-letters": _emnist("letters"),
+    "emnist-balanced": _emnist("balanced"),
     "synthetic": DatasetSpec(
         name="synthetic",
         title="Digits rendered from matplotlib's fonts (no files, no network)",
-        classes=tuple(str(d) for d in range(10)),
+        classes=DIGITS,
     ),
 }
 
-# IDX type code 0x08 = unsigned byte; the last byte of the magic is the number of dims.
+# IDX type codes: 0x08 unsigned byte (images, labels), 0x0C big-endian int32 (QMNIST's label
+# table); the last byte of the magic is the number of dimensions.
 IDX_UBYTE = 0x08
+IDX_INT32 = 0x0C
+IDX_TYPES = {IDX_UBYTE: np.dtype(np.uint8), IDX_INT32: np.dtype(">i4")}
 IMAGE_SHAPE = (28, 28)
 
 
@@ -170,7 +234,7 @@ class Dataset:
 
 def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise DataError(names.problem(name) or f"{name!r} is your own data, not a dataset known by name")
     return DATASETS[name]
 
 
@@ -206,12 +270,12 @@ def _decompress(raw: bytes, where: Path) -> bytes:
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
             head = f.read(4)
-            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 3:
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in IDX_TYPES or not 1 <= head[3] <= 3:
                 return head + f.read(64)  # not an IDX header: parse_idx says so
             dims = f.read(4 * head[3])
             if len(dims) < 4 * head[3]:
                 return head + dims
-            declared = math.prod(struct.unpack(f">{head[3]}I", dims))
+            declared = math.prod(struct.unpack(f">{head[3]}I", dims)) * IDX_TYPES[head[2]].itemsize
             if declared > MAX_IDX_BYTES:
                 raise DataError(f"{where}: the header declares {declared} bytes of data, more than the "
                                 f"{MAX_IDX_BYTES} an IDX file may hold here")
@@ -225,27 +289,28 @@ def _decompress(raw: bytes, where: Path) -> bytes:
 
 
 def parse_idx(data: bytes, where: str = "IDX data") -> np.ndarray:
-    """Decode IDX bytes (unsigned-byte type) into a numpy array, checking the header."""
+    """Decode IDX bytes (unsigned bytes, or QMNIST's int32) into a numpy array, checking the header."""
     if len(data) < 4:
         raise DataError(f"{where}: too short to be an IDX file ({len(data)} bytes)")
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    zero, code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or not 1 <= ndim <= 3:
         raise DataError(f"{where}: not an IDX file (magic number 0x{data[:4].hex()}, "
                         "expected 0x00000801 for labels or 0x00000803 for images)")
-    if dtype != IDX_UBYTE:
-        raise DataError(f"{where}: IDX type code 0x{dtype:02x} is not supported "
-                        f"(expected 0x{IDX_UBYTE:02x}, unsigned bytes)")
+    if code not in IDX_TYPES:
+        raise DataError(f"{where}: IDX type code 0x{code:02x} is not supported "
+                        f"(expected 0x{IDX_UBYTE:02x}, unsigned bytes, or 0x{IDX_INT32:02x}, int32)")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{where}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     # In Python integers: sizes up to (2^32-1)^3 cannot wrap around (numpy's int64 product of
     # 2^31 x 2^31 x 4 is 0), so a hostile header is refused before anything is allocated.
-    expected = math.prod(shape)
+    dtype = IDX_TYPES[code]
+    expected = math.prod(shape) * dtype.itemsize
     if len(data) - header != expected:
         raise DataError(f"{where}: header says {'x'.join(map(str, shape))} = {expected} "
                         f"bytes of data but the file holds {len(data) - header}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -254,8 +319,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def encode_idx(array: np.ndarray) -> bytes:
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, IDX_UBYTE, array.ndim)
+    """IDX bytes of `array`: big-endian int32 for an int32 array (QMNIST's labels), else unsigned bytes."""
+    array = np.asarray(array)
+    code = IDX_INT32 if array.dtype.kind == "i" and array.dtype.itemsize == 4 else IDX_UBYTE
+    array = np.ascontiguousarray(array, dtype=IDX_TYPES[code])
+    header = struct.pack(">HBB", 0, code, array.ndim)
     header += struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.tobytes()
 
@@ -425,7 +493,7 @@ def serves(folder: Path, spec: DatasetSpec) -> bool:
 
 
 def download_dir(spec: DatasetSpec) -> Path:
-    return cache_root() / spec.name
+    return cache_root() / (spec.folder or spec.name)
 
 
 def candidate_dirs(spec: DatasetSpec) -> list[Path]:
@@ -440,7 +508,10 @@ def candidate_dirs(spec: DatasetSpec) -> list[Path]:
         dirs.append(pytorch / "MNIST_data" / spec.torchvision_name / "raw")
         dirs += [d for d in sorted(pytorch.glob(f"*/{spec.torchvision_name}/raw")) if d not in dirs]
         dirs.append(Path("data") / spec.torchvision_name / "raw")
-    dirs.append(Path("/usr/share/datasets") / spec.name)
+    dirs.append(Path("/usr/share/datasets") / (spec.folder or spec.name))
+    if spec.archive_folder:
+        # the archive unpacked by hand: its folder (gzip/ for EMNIST) inside each of these
+        dirs = [d for folder in dirs for d in (folder, folder / spec.archive_folder.strip("/"))]
     return dirs
 
 
@@ -516,8 +587,13 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> dict
 USER_AGENT = f"mnistlab/{__version__} (+https://pypi.org/project/mnistlab/)"
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _fetch(url: str, dest: Path, md5: str, timeout: float, progress: bool) -> None:
     """Download `url` to `dest` through a temporary file; raise with a short reason."""
+    magic, kind = (ZIP_MAGIC, "zip") if dest.suffix == ".zip" else (GZIP_MAGIC, "gzip")
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         ctype = response.headers.get("Content-Type", "")
@@ -534,10 +610,10 @@ def _fetch(url: str, dest: Path, md5: str, timeout: float, progress: bool) -> No
         with atomic_path(dest) as tmp, open(tmp, "wb") as out, bar:
             first = True
             while chunk := response.read(1 << 16):
-                if first and not chunk.startswith(b"\x1f\x8b"):
+                if first and not chunk.startswith(magic):
                     if chunk.lstrip()[:1] == b"<":
                         raise ValueError("served an HTML page instead of the file")
-                    raise ValueError("the response is not a gzip file")
+                    raise ValueError(f"the response is not a {kind} file")
                 first = False
                 digest.update(chunk)
                 out.write(chunk)
@@ -564,7 +640,8 @@ def _reason(e: BaseException) -> str:
 
 def download(spec: DatasetSpec, dest_dir: Path | None = None, mirrors: tuple[str, ...] | None = None,
              timeout: float = 30.0, progress: bool = True) -> dict[str, Path]:
-    """Fetch every missing official file into `dest_dir`, trying each mirror in turn.
+    """Fetch every missing official file into `dest_dir`, trying each mirror in turn; for a dataset
+    shipped in an archive, fetch the archive (kept, for the other splits it holds) and unpack the files.
 
     `timeout` (seconds) bounds each connection attempt and each read, not a whole file.
     """
@@ -575,31 +652,61 @@ def download(spec: DatasetSpec, dest_dir: Path | None = None, mirrors: tuple[str
         raise DataError(f"cannot create the download folder {dest_dir} ({e.strerror or e}); "
                         "set MNISTLAB_DATA to a writable folder or pass --data-dir DIR") from None
     mirrors = list(spec.mirrors if mirrors is None else mirrors)
-    paths: dict[str, Path] = {}
-    for role, (fname, md5) in spec.files.items():
-        dest = dest_dir / fname
-        if _downloaded(dest, md5):
-            paths[role] = dest
-            continue
-        attempts = []
-        for mirror in mirrors:
-            url = mirror + fname
-            try:
-                _fetch(url, dest, md5, timeout, progress)
-                # Ask the mirror that worked first for the next files: a dead one costs a timeout each.
-                mirrors.remove(mirror)
-                mirrors.insert(0, mirror)
-                break
-            except Exception as e:  # noqa: BLE001 - every failure means: next mirror
-                attempts.append(f"  {url}: {_reason(e)}")
-        else:
-            raise DataError(
-                f"could not download {spec.name} file {fname}; every mirror failed:\n"
-                + "\n".join(attempts)
-                + f"\nTo continue offline, put the files {', '.join(f for f, _ in spec.files.values())}"
-                + f"\n(.gz or uncompressed) in {dest_dir}, or pass --data-dir DIR pointing at them,"
-                + "\nor try everything without data: --dataset synthetic")
-        paths[role] = dest
+    if spec.archive is not None:
+        found = find_files(spec, dest_dir)
+        if found is not None:
+            return found
+        archive = _fetch_any(spec, *spec.archive, dest_dir, mirrors, timeout, progress)
+        return _unpack(spec, archive, dest_dir)
+    return {role: _fetch_any(spec, fname, md5, dest_dir, mirrors, timeout, progress)
+            for role, (fname, md5) in spec.files.items()}
+
+
+def _fetch_any(spec: DatasetSpec, fname: str, md5: str, dest_dir: Path, mirrors: list[str], timeout: float,
+               progress: bool) -> Path:
+    """`dest_dir/fname`, already there with its official checksum or downloaded from the first mirror that
+    serves it; the mirror that worked moves to the front of `mirrors` (a dead one costs a timeout each)."""
+    dest = dest_dir / fname
+    if _downloaded(dest, md5):
+        return dest
+    attempts = []
+    for mirror in mirrors:
+        url = mirror + fname
+        try:
+            _fetch(url, dest, md5, timeout, progress)
+            mirrors.remove(mirror)
+            mirrors.insert(0, mirror)
+            return dest
+        except Exception as e:  # noqa: BLE001 - every failure means: next mirror
+            attempts.append(f"  {url}: {_reason(e)}")
+    files = ", ".join(f for f, _ in spec.files.values())
+    offline = f"{spec.archive[0]}, or the files {files}" if spec.archive else f"the files {files}"
+    raise DataError(
+        f"could not download {spec.name} file {fname}; every mirror failed:\n"
+        + "\n".join(attempts)
+        + f"\nTo continue offline, put {offline}"
+        + f"\n(.gz or uncompressed) in {dest_dir}, or pass --data-dir DIR pointing at them,"
+        + "\nor try everything without data: --dataset synthetic")
+
+
+def _unpack(spec: DatasetSpec, archive: Path, dest_dir: Path) -> dict[str, Path]:
+    """Copy the dataset's files out of its official archive (checksum already checked) into `dest_dir`."""
+    paths = {}
+    try:
+        with open_regular(archive) as f, zipfile.ZipFile(f) as zf:
+            for role, (fname, _) in spec.files.items():
+                member = spec.archive_folder + fname
+                try:
+                    info = zf.getinfo(member)
+                except KeyError:
+                    raise DataError(f"{archive}: {member} is missing from the archive") from None
+                if info.file_size > MAX_IDX_BYTES:  # a gzip file inside; its own size is bounded when parsed
+                    raise DataError(f"{archive}: {member} is {info.file_size} bytes, more than an IDX file may be")
+                paths[role] = dest_dir / fname
+                with atomic_path(paths[role]) as tmp:
+                    tmp.write_bytes(zf.read(info))  # zipfile checks each member's CRC-32
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise DataError(f"{archive}: corrupt archive ({e}); delete it to download it again") from None
     return paths
 
 
@@ -615,11 +722,7 @@ def _downloaded(dest: Path, md5: str) -> bool:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open_regular(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(path, "md5").hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -628,7 +731,9 @@ def _md5(path: Path) -> str:
 # The key is a SHA-256 of the four files' bytes as stored (about 11 MB of gzip for
 # MNIST), so a dataset read from two folders is cached once, and a changed file
 # gets a new entry. Cached arrays are validated on every load exactly like parsed
-# files: an entry that fails is ignored and rewritten, never trusted.
+# files: an entry that fails is ignored and rewritten, never trusted. Your own data's
+# entries also hold its class names and description ("own": JSON as bytes); their
+# key hashes every file's bytes too (own.py).
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes: older entries are then never read
 
@@ -637,9 +742,11 @@ def parsed_cache_dir() -> Path:
     return cache_root() / "parsed"
 
 
-def _read_sources(paths: dict[str, Path]) -> tuple[str, dict[str, bytes]]:
+def _read_sources(spec: DatasetSpec, paths: dict[str, Path]) -> tuple[str, dict[str, bytes]]:
     """(content key, the files' bytes): each file is read once, for the key and, if needed, for parsing."""
     digest = hashlib.sha256(f"mnistlab-parsed-v{CACHE_FORMAT};".encode())
+    if spec.transposed or spec.label_column is not None or spec.label_offset:  # what is made of the same bytes
+        digest.update(f"{spec.transposed};{spec.label_column};{spec.label_offset};".encode())
     contents = {}
     for role in ROLES:
         contents[role] = _read_raw(paths[role])
@@ -727,13 +834,42 @@ def clear_cache() -> dict[str, Any]:
     return {"folder": str(parsed_cache_dir()), "files": removed, "bytes": freed}
 
 
+def _conform(spec: DatasetSpec, arrays: dict[str, np.ndarray], names_: dict[str, str]) -> dict[str, np.ndarray]:
+    """The official files' arrays as every dataset is kept: upright uint8 images, one uint8 label per
+    image counted from 0 (EMNIST's images turned upright, QMNIST's class column, letters from 1 to 0)."""
+    out = {}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        where = names_[f"{split}_labels"]
+        if images.dtype != np.uint8:
+            raise DataError(f"{names_[f'{split}_images']}: holds {images.dtype} values, expected unsigned bytes")
+        if spec.transposed and images.ndim == 3:
+            images = np.ascontiguousarray(images.transpose(0, 2, 1))
+        if spec.label_column is not None:
+            if labels.ndim != 2 or labels.shape[1] <= spec.label_column:
+                raise DataError(f"{where}: labels must be a table with a row per image and the class in column "
+                                f"{spec.label_column} ({spec.name}'s layout), found shape {labels.shape}")
+            labels = labels[:, spec.label_column]
+        elif labels.dtype != np.uint8:
+            raise DataError(f"{where}: holds {labels.dtype} values, expected unsigned bytes")
+        labels = labels.astype(np.int64) - spec.label_offset
+        if labels.size and not 0 <= labels.min() <= labels.max() <= 255:
+            worst = int(labels.min() if labels.min() < 0 else labels.max()) + spec.label_offset
+            raise DataError(f"{where}: label {worst} out of range (the dataset has {len(spec.classes)} classes"
+                            + (f", labelled from {spec.label_offset})" if spec.label_offset else ")"))
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels.astype(np.uint8)
+    return out
+
+
 def read_files(spec: DatasetSpec, paths: dict[str, Path], use_cache: bool = True) -> dict[str, np.ndarray]:
     """Parse and validate the four files, or take them from the parsed cache (validated the same way)."""
-    key, contents = _read_sources(paths)
+    key, contents = _read_sources(spec, paths)
     arrays = _load_cached(key, spec) if use_cache else None
     if arrays is None:
-        arrays = {role: parse_idx(_decompress(contents[role], paths[role]), str(paths[role])) for role in ROLES}
-        _validate_arrays(spec, arrays, {role: str(paths[role]) for role in ROLES})
+        where = {role: str(paths[role]) for role in ROLES}
+        parsed = {role: parse_idx(_decompress(contents[role], paths[role]), where[role]) for role in ROLES}
+        arrays = _conform(spec, parsed, where)
+        _validate_arrays(spec, arrays, where)
         if use_cache:
             _store_cached(key, arrays)
     return arrays
@@ -748,11 +884,14 @@ def _to_dataset(spec: DatasetSpec, arrays: dict[str, np.ndarray], source: str) -
 
 
 def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, download_missing: bool = True,
-         progress: bool = True, any_data: bool = False) -> Dataset:
-    """The dataset `name` as uint8 tensors, from disk, the cache, or a download.
+         progress: bool = True, any_data: bool = False, skip_bad: bool = False) -> Dataset:
+    """The dataset `name` as uint8 tensors, from disk, the cache, or a download; or your own data
+    (`folder:PATH`, `csv:TRAIN.csv[,TEST.csv]`: see `load_own`).
 
     Files recognised as another dataset (`identify`) are a DataError, unless `any_data`.
     """
+    if names.own(name) is not None:
+        return load_own(name, data_dir, skip_bad=skip_bad, progress=progress)
     spec = get_spec(name)
     if name == "synthetic":
         if data_dir is not None:
@@ -770,9 +909,9 @@ def load(name: str = "mnist", data_dir: str | os.PathLike | None = None, downloa
         return _to_dataset(spec, arrays, "rendered from matplotlib fonts")
     paths = locate(spec, data_dir)
     if paths is None:
-        if not download_missing:
+        if not download_missing and _kept_archive(spec) is None:
             raise DataError(f"{name} not found in {', '.join(map(str, candidate_dirs(spec)))}")
-        paths = download(spec, progress=progress)
+        paths = download(spec, progress=progress)  # or unpacked from the archive kept by an earlier download
     arrays = read_files(spec, paths)
     dataset = _to_dataset(spec, arrays, str(paths["train_images"].parent))
     try:
@@ -799,6 +938,73 @@ def holds(folder: str | os.PathLike) -> dict[str, Any]:
     names = [spec.name for spec in DATASETS.values() if spec.files and serves(folder, spec)]
     return {"folder": str(folder), "datasets": names, "recognised": identity and identity[0],
             "how": identity and identity[1], "missing": []}
+
+
+# ---------------------------------------------------------------------------
+# Your own data: folder:PATH and csv:TRAIN.csv[,TEST.csv] (read by own.py)
+
+def load_own(name: str, data_dir: str | os.PathLike | None = None, skip_bad: bool = False,
+             progress: bool = False) -> Dataset:
+    """Your own data named `name`, parsed once and then taken from the parsed cache while its files
+    keep their content. `data_dir` stands for the data's folder when it has moved (a folder dataset's
+    folder; the folder of the CSV files, under their names). `skip_bad` goes on without the files or
+    rows that cannot be read. The dataset's `source` is one line: where, split how, taken how."""
+    problem = names.problem(name)
+    if problem:
+        raise DataError(problem)
+    name = names.canonical(name)
+    kind, paths = names.own(name)
+    if data_dir is not None:
+        folder = _data_dir(data_dir)
+        paths = (str(folder),) if kind == names.FOLDER else tuple(str(folder / Path(p).name) for p in paths)
+    source = own.scan(kind, paths)
+    key = source.key(skip_bad)
+    cached = _load_own_cached(key, name)
+    if cached is not None:
+        return cached
+    result = source.read(skip_bad, progress)
+    spec = _own_spec(name, result.classes)
+    _validate_arrays(spec, result.arrays, {role: f"{source.where} [{role}]" for role in ROLES})
+    info = json.dumps({"classes": list(result.classes), "description": result.description}).encode()
+    _store_cached(key, {**result.arrays, "own": np.frombuffer(info, dtype=np.uint8)})
+    return _to_dataset(spec, result.arrays, result.description)
+
+
+def _own_spec(name: str, classes: tuple[str, ...]) -> DatasetSpec:
+    kind, paths = names.own(name)
+    what = "a folder of images" if kind == names.FOLDER else "CSV files"
+    return DatasetSpec(name=name, title=f"your own data: {what}, {len(classes)} classes", classes=classes)
+
+
+def _load_own_cached(key: str, name: str) -> Dataset | None:
+    """The dataset cached under `key` if the entry exists and passes validation (its classes too), else None."""
+    path = parsed_cache_dir() / f"{key}.npz"
+    try:
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
+            arrays = {role: z[role] for role in ROLES}
+            info = json.loads(z["own"].tobytes().decode("utf-8"))
+        classes, description = info["classes"], info["description"]
+        if not (isinstance(classes, list) and 2 <= len(classes) <= own.MAX_CLASSES
+                and len(set(classes)) == len(classes)
+                and all(isinstance(c, str) and 1 <= len(c) <= own.MAX_CLASS_NAME and c.isprintable()
+                        for c in classes)
+                and isinstance(description, str) and description.isprintable()):
+            return None
+        spec = _own_spec(name, tuple(classes))
+        _validate_arrays(spec, arrays, {role: f"{path} [{role}]" for role in ROLES})
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error, zipfile.BadZipFile, MemoryError,
+            DataError):
+        return None  # unreadable or invalid: read the files again and overwrite the entry
+    return _to_dataset(spec, arrays, description)
+
+
+def summary(dataset: Dataset) -> dict[str, Any]:
+    """A dataset at a glance: its name, title, source line, split sizes and each class's counts."""
+    train = np.bincount(dataset.train.labels.numpy(), minlength=len(dataset.classes))
+    test = np.bincount(dataset.test.labels.numpy(), minlength=len(dataset.classes))
+    return {"name": dataset.spec.name, "title": dataset.spec.title, "source": dataset.source,
+            "train": len(dataset.train), "test": len(dataset.test),
+            "classes": [{"name": c, "train": int(a), "test": int(b)} for c, a, b in zip(dataset.classes, train, test)]}
 
 
 def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -834,12 +1040,25 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict]:
                 continue
             if paths is not None:
                 break
+        kept = _kept_archive(spec) if paths is None else None
         rows.append(row | {
             "found": paths is not None,
             "location": str(paths["train_images"].parent) if paths else str(download_dir(spec)),
             "searched": [str(place) for place in searched],
-        } | ({"problems": problems} if problems else {}))
+        } | ({"problems": problems} if problems else {}) | ({"archive": str(kept)} if kept else {}))
     return rows
+
+
+def _kept_archive(spec: DatasetSpec) -> Path | None:
+    """The official archive of `spec` in its download folder, checksum checked, if an earlier download
+    kept it (EMNIST's splits are unpacked from it without the network); else None."""
+    if spec.archive is None:
+        return None
+    path = download_dir(spec) / spec.archive[0]
+    try:
+        return path if _downloaded(path, spec.archive[1]) else None
+    except DataError:
+        return None
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -162,6 +163,15 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     if limit is not None and len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes, far more than such a file holds", os.fsdecode(path))
     return data
+
+
+def hash_file(path: str | os.PathLike, algorithm: str) -> Any:
+    """hashlib's `algorithm` (md5, sha256, ...) fed with the regular file's bytes, a megabyte at a time."""
+    digest = hashlib.new(algorithm)
+    with open_regular(path) as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest
 
 
 def display_name(path: str | bytes | os.PathLike) -> str:

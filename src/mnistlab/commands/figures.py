@@ -28,6 +28,8 @@ CELL = 1.0  # inches per image in a grid (120 px at DPI)
 LINE = 0.2  # inches per line of text above a grid image
 MAX_MISCLASSIFIED = 36
 SAMPLES_PER_CLASS = 4
+MAX_COLUMNS = 12  # classes side by side in the samples figure; more wrap, one image each
+MAX_NUMBERED = 20  # classes whose confusion-matrix cells show their counts; beyond, colour alone
 FIGURE_NAMES = ("curves.png", "confusion.png", "misclassified.png", "samples.png")
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -186,12 +188,14 @@ def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "") ->
 
     counts = np.asarray(confusion, dtype=np.int64)
     n = len(classes)
-    fig = new_figure(7.5, 6.5)
+    # 10 classes fit 6.5 inches; more classes get more room, and past MAX_NUMBERED their cells only a colour
+    grow = max(0.0, 0.3 * (n - 10))
+    fig = new_figure(7.5 + grow, 6.5 + grow)
     ax = fig.subplots()
     shown = ax.imshow(counts, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=max(1, counts.max())))
     fig.colorbar(shown, ax=ax, shrink=0.8, label="images")
     dark = 0.5 * counts.max()
-    for (i, j), v in np.ndenumerate(counts):
+    for (i, j), v in np.ndenumerate(counts) if n <= MAX_NUMBERED else ():
         ax.text(j, i, str(v), ha="center", va="center", fontsize=8 if v < 1000 else 7,
                 color="white" if v > dark else ("0.7" if v == 0 else "black"))
     long_names = max(len(c) for c in classes) > 2
@@ -236,15 +240,21 @@ def misclassified_figure(images: Any, true: Sequence[int], pred: Sequence[int], 
 
 def samples_figure(images: Any, labels: Any, classes: Sequence[str], per_class: int = SAMPLES_PER_CLASS,
                    name: str = "") -> "Figure":
-    """The first `per_class` training images of each class: one column per class."""
+    """The first `per_class` training images of each class: one column per class (or, past MAX_COLUMNS
+    classes, the first image of each class in rows of MAX_COLUMNS)."""
     labels = np.asarray(labels)
+    title = f"Training samples{': ' + name if name else ''}"
+    if len(classes) > MAX_COLUMNS:  # one image per class, in rows of MAX_COLUMNS (EMNIST balanced has 47)
+        firsts = [np.flatnonzero(labels == k)[:1] for k in range(len(classes))]
+        return image_grid([images[idx[0]] if len(idx) else None for idx in firsts], list(classes),
+                          ncols=MAX_COLUMNS, title=title)
     firsts = [np.flatnonzero(labels == k)[:per_class] for k in range(len(classes))]
     cells, titles = [], []
     for row in range(per_class):
         for k, idx in enumerate(firsts):
             cells.append(images[idx[row]] if row < len(idx) else None)
             titles.append(classes[k])
-    return image_grid(cells, titles, ncols=len(classes), title=f"Training samples{': ' + name if name else ''}")
+    return image_grid(cells, titles, ncols=len(classes), title=title)
 
 
 def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,

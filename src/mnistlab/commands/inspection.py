@@ -38,24 +38,26 @@ FD_ENTRIES = 5  # gradient entries checked by finite differences
 # The network and the batch
 
 def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None,
-                 hidden: tuple[int, ...] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh 'mlp'/'cnn' (the notebook's recipe, initialised from `seed`) or a trained checkpoint.
+                 hidden: tuple[int, ...] | None = None, data_dir: str | os.PathLike | None = None,
+                 ) -> tuple[nn.Module, dict[str, Any], data_mod.Dataset]:
+    """A fresh 'mlp'/'cnn' (the notebook's recipe, initialised from `seed`) or a trained checkpoint,
+    and the dataset it is inspected on (its classes give a fresh network its outputs).
 
-    Returns the network and where it came from: source, dataset, output kind, normalisation.
+    Returns the network, where it came from (source, dataset, output kind, normalisation) and the data.
     """
     name = str(model)
     if name in FRESH_MODELS:
         dataset = dataset or "mnist"
         config = RECIPES["seed"]  # the notebook's network and normalisation
-        spec = data_mod.get_spec(dataset)
-        arch = architecture(name, (1, *data_mod.IMAGE_SHAPE), len(spec.classes), tuple(hidden or config.hidden),
+        data = data_mod.load(dataset, data_dir)
+        arch = architecture(name, (1, *data_mod.IMAGE_SHAPE), len(data.classes), tuple(hidden or config.hidden),
                             config.activation, config.output)
         with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
             torch.manual_seed(seed)
             net = build_model(arch)
         return net, {"source": f"fresh {name} (untrained, initialised with seed {seed})", "trained": False,
                      "name": name, "init_seed": seed,
-                     "dataset": dataset, "output": config.output, "mean": config.mean, "std": config.std}
+                     "dataset": dataset, "output": config.output, "mean": config.mean, "std": config.std}, data
     if hidden:
         raise UsageError("hidden sizes apply to a fresh mlp only, not to a checkpoint")
     if not Path(name).exists():
@@ -63,14 +65,14 @@ def load_network(model: str | os.PathLike, seed: int, dataset: str | None = None
                               "nor an existing run directory or checkpoint")
     ckpt = load_checkpoint(name)
     dataset = dataset or ckpt.meta["dataset"]
-    if len(data_mod.get_spec(dataset).classes) != len(ckpt.classes):
-        raise UsageError(f"{name} has {len(ckpt.classes)} classes but {dataset} has "
-                           f"{len(data_mod.get_spec(dataset).classes)}")
-    recorded = ckpt.meta.get("data_dir") if dataset == ckpt.meta["dataset"] else None
+    if dataset == ckpt.meta["dataset"]:
+        data = ckpt.load_data(data_dir, any_data=True)  # where it was trained from, its own classes
+    else:
+        data = data_mod.load(dataset, data_dir)
+    if len(data.classes) != len(ckpt.classes):
+        raise UsageError(f"{name} has {len(ckpt.classes)} classes but {dataset} has {len(data.classes)}")
     return ckpt.model, {"source": f"checkpoint {name}", "trained": True, "name": name, "dataset": dataset,
-                        "output": ckpt.output, "mean": ckpt.mean, "std": ckpt.std,
-                        # where the checkpoint was trained from, when that folder still exists
-                        "data_dir": recorded if recorded and Path(recorded).is_dir() else None}
+                        "output": ckpt.output, "mean": ckpt.mean, "std": ckpt.std}, data
 
 
 def random_batch(split: data_mod.Split, batch_size: int, seed: int, mean: float,
@@ -256,8 +258,7 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
     check_lr(lr)
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1 (got {batch_size})")
-    net, origin = load_network(model, seed, dataset, hidden)
-    data = data_mod.load(origin["dataset"], data_dir if data_dir is not None else origin.get("data_dir"))
+    net, origin, data = load_network(model, seed, dataset, hidden, data_dir)
     indices, x, y = random_batch(data.train, batch_size, seed, origin["mean"], origin["std"])
     loss_fn = loss_function(origin["output"])
 

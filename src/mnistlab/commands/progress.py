@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any, Callable
 
 from ..core.events import lines, progress_line
@@ -78,3 +79,39 @@ class Printer:
             self.bar.close()
             self.bar = None
         self.last_time, self.last_step = 0.0, 0
+
+
+class Count:
+    """Progress through a known number of items (e.g. `mnistlab predict` on a folder): tqdm's bar on a
+    terminal when it takes more than a second, else a plain line every `interval()` seconds, so that a
+    short job adds no line and a long one shows life:
+    `predict: 12000/28000 images (42%), 1530 images/s`."""
+
+    def __init__(self, total: int, task: str, unit: str, log: Callable[[str], None], every: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter, terminal: bool | None = None):
+        self.total, self.task, self.unit, self.log, self.clock = total, task, unit, log, clock
+        self.every = interval() if every is None else every
+        self.start = self.last = clock()
+        self.done = 0
+        self.bar = None
+        if sys.stderr.isatty() if terminal is None else terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, desc=task, leave=False, file=sys.stderr, delay=1.0)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = self.clock()
+        if now - self.last < self.every or self.done >= self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        self.log(f"{self.task}: {self.done}/{self.total} {self.unit} ({100 * self.done // self.total}%), "
+                 f"{rate:.0f} {self.unit}/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -28,7 +28,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..base.config import ACTIVATIONS, DATASET_NAMES, MAX_WIDTH
+from ..base import names
+from ..base.config import ACTIVATIONS, MAX_WIDTH
+from ..base.own import MAX_CLASSES
 from ..base.errors import CheckpointError, DataError, shown
 from ..base.files import file_kind, read_json, read_regular, write_bytes, write_json
 from ..base import data
@@ -89,11 +91,17 @@ def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
         raise bad("architecture.activation", "one of " + ", ".join(ACTIVATIONS), arch.get("activation"))
     if not _is_one_of(arch.get("output", "logits"), OUTPUTS):
         raise bad("architecture.output", " or ".join(OUTPUTS), arch.get("output"))
-    if not _is_one_of(meta.get("dataset"), DATASET_NAMES):
-        raise bad("dataset", "one of " + ", ".join(DATASET_NAMES), meta.get("dataset"))
-    n = len(DATASETS[meta["dataset"]].classes)
-    if not _is_int(arch.get("num_classes"), n, n):
-        raise bad("architecture.num_classes", f"{n} (the classes of {meta['dataset']})", arch.get("num_classes"))
+    dataset = meta.get("dataset")
+    if not (isinstance(dataset, str) and names.problem(dataset) is None):
+        raise bad("dataset", f"one of {', '.join(names.KNOWN)}, or {names.SYNTAX}", dataset)
+    # A dataset known by name fixes its classes; your own data's come with the model.
+    if dataset in DATASETS:
+        n = len(DATASETS[dataset].classes)
+        if not _is_int(arch.get("num_classes"), n, n):
+            raise bad("architecture.num_classes", f"{n} (the classes of {dataset})", arch.get("num_classes"))
+    elif not _is_int(arch.get("num_classes"), 2, MAX_CLASSES):
+        raise bad("architecture.num_classes", f"2 to {MAX_CLASSES}", arch.get("num_classes"))
+    n = arch["num_classes"]
     classes = meta.get("classes")
     if not (isinstance(classes, list) and len(classes) == n
             and all(isinstance(c, str) and 1 <= len(c) <= MAX_CLASS_NAME and c.isprintable() for c in classes)):
@@ -198,19 +206,28 @@ class Checkpoint:
 
     def load_data(self, data_dir: str | os.PathLike | None = None, any_data: bool = False):
         """The dataset this model was trained on: from `data_dir`, else from the folder
-        it was trained from (if that still exists), else from the usual places.
+        it was trained from (if that still exists), else from the usual places. Your own
+        data is read from the path in its name (or from `data_dir` if it has moved), skipping
+        unreadable files if the run did (`skip_bad` in its config).
 
-        Files recognised as another dataset are a DataError naming both, unless `any_data`.
+        Files recognised as another dataset are a DataError naming both, unless `any_data`;
+        so is your own data whose classes are no longer the model's.
         """
         expected = self.meta["dataset"]
         if data_dir is None:
             recorded = self.meta.get("data_dir")
             data_dir = recorded if recorded and _is_dir(recorded) else None
-        dataset = data.load(expected, data_dir, any_data=True)
+        skip_bad = (self.meta.get("config") or {}).get("skip_bad") is True
+        dataset = data.load(expected, data_dir, any_data=True, skip_bad=skip_bad)
         problem = None if any_data else data.mismatch(dataset, expected)
         if problem:
             raise DataError(f"{problem}, which the model was trained on; point --data-dir at the {expected} "
                             "files, or pass --any-data to use these anyway")
+        if list(dataset.classes) != list(self.classes):
+            shown_ = ", ".join(dataset.classes[:12]) + (" ..." if len(dataset.classes) > 12 else "")
+            raise DataError(f"{dataset.spec.name} now holds the classes {shown_} ({len(dataset.classes)}); the model "
+                            f"was trained on {len(self.classes)}: {', '.join(self.classes[:12])}"
+                            f"{' ...' if len(self.classes) > 12 else ''}")
         return dataset
 
 

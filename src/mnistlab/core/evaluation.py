@@ -74,7 +74,9 @@ class Evaluation:
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> Evaluation:
     pred = predictions(model, x)
     cm = confusion_matrix(y, pred, len(classes)).cpu()
-    per_class = cm.diag().double() / cm.sum(dim=1).clamp(min=1).double()  # on the CPU: exact on any device
+    # On the CPU: exact on any device. A class with no test image (your own data may lack one) has no
+    # accuracy: NaN, shown as "-" and written as null, never a false 0%.
+    per_class = cm.diag().double() / cm.sum(dim=1).double()
     correct = int(cm.diag().sum())
     wrong = (pred != y).nonzero().flatten().cpu().tolist()
     return Evaluation(correct / len(y), correct, len(y), list(classes), per_class.tolist(),

@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import torch
 
 from .. import __version__
+from ..base import names
 from ..base.config import Config, ConfigError
 from ..base.errors import CheckpointError, RunError, WriteError, shown
 from ..base.files import (
@@ -690,8 +691,8 @@ def _visible_entries(path: Path) -> list[str]:
 
 
 def default_path(config: Config, root: str | os.PathLike = "runs") -> Path:
-    """runs/<recipe>-<dataset>, then -2, -3, ...: the first name not taken yet."""
-    base = Path(root) / f"{config.recipe}-{config.dataset}"
+    """runs/<recipe>-<dataset>, then -2, -3, ...: the first name not taken yet (your own data by its short name)."""
+    base = Path(root) / f"{config.recipe}-{names.short(config.dataset)}"
     path, k = base, 1
     while path.exists():
         k += 1

@@ -160,7 +160,7 @@ def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torc
     `progress`: a download's progress bar on stderr. `any_data`: files recognised as another dataset than
     the config's are used all the same.
     """
-    dataset = data_mod.load(config.dataset, data_dir, progress=progress, any_data=any_data)
+    dataset = data_mod.load(config.dataset, data_dir, progress=progress, any_data=any_data, skip_bad=config.skip_bad)
     train_split = dataset.train
     if config.train_size:
         train_split = data_mod.Split(train_split.images[:config.train_size], train_split.labels[:config.train_size])
