@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .base.config import DATASET_NAMES, DEVICE_NAME, MEASURED, RECIPES, Config
+from .base.config import DATASET_NAMES, MEASURED, RECIPES, Config
+from .base.devices import DEVICE_CHOICES, DEVICE_NAME
 from .base.names import SYNTAX
 from .base.errors import Interrupted, MnistlabError, UsageError
 from .base.files import finite, json_text
@@ -65,7 +66,7 @@ def _positive(kind: Any, name: str):
 
 def _device_name(text: str) -> str:
     if not DEVICE_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"--device {text}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+        raise argparse.ArgumentTypeError(f"--device {text}: unknown device; use {DEVICE_CHOICES}")
     return text
 
 

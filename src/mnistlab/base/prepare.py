@@ -29,7 +29,8 @@ from .errors import PredictionError
 from .files import NotRegularFile, display_name, open_regular
 
 SIZE = 28  # MNIST images are 28x28 ...
-BOX = 20  # ... with the digit fitted into a 20x20 box
+BOX = 20  # ... with the digit fitted into a 20x20 box ...
+CENTRE = SIZE / 2  # ... and its centre of mass at pixel index 14: MNIST's measure 14.00 (rows), 14.01 (columns)
 # Big pictures are shrunk (area averaging) so that the longer side is at most this
 # many pixels: time and memory stay bounded and sensor noise averages out. A digit
 # filling a twentieth of the picture's width still spans more than BOX pixels.
@@ -339,7 +340,7 @@ def fit_box(ink: np.ndarray) -> np.ndarray:
 
 
 def centre_by_mass(box: np.ndarray) -> np.ndarray:
-    """Paste into SIZE x SIZE so that the centre of mass lands on (SIZE/2, SIZE/2).
+    """Paste into SIZE x SIZE so that the centre of mass lands on (CENTRE, CENTRE).
 
     That is where it lies in MNIST (mean (14.0, 14.0) in pixel indices over the
     test set). The shift is rounded to whole pixels, and limited so no ink is cut.
@@ -348,8 +349,8 @@ def centre_by_mass(box: np.ndarray) -> np.ndarray:
     if not box.sum() > 0:
         raise PredictionError("no ink found (the ink vanished when fitted into 20x20)")
     cy, cx = ndimage.center_of_mass(box)  # in pixel indices of `box`
-    top = int(np.clip(round(SIZE / 2 - cy), 0, SIZE - h))
-    left = int(np.clip(round(SIZE / 2 - cx), 0, SIZE - w))
+    top = int(np.clip(round(CENTRE - cy), 0, SIZE - h))
+    left = int(np.clip(round(CENTRE - cx), 0, SIZE - w))
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
     canvas[top:top + h, left:left + w] = box
     return canvas

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..base import names
-from ..base.config import ACTIVATIONS, MAX_WIDTH
+from ..base.config import ACTIVATIONS, MAX_ENSEMBLE, MAX_WIDTH
 from ..base.own import MAX_CLASSES
 from ..base.errors import CheckpointError, DataError, shown
 from ..base.files import file_kind, read_json, read_regular, write_bytes, write_json
@@ -119,12 +119,11 @@ def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
             raise bad(name, "a JSON object", meta[name])
     if meta.get("data_dir") is not None and not isinstance(meta["data_dir"], str):
         raise bad("data_dir", "a folder name", meta["data_dir"])
-    if not _is_int(meta.get("ensemble", 1), 1, MAX_MEMBERS):
-        raise bad("ensemble", f"the number of networks, 1 to {MAX_MEMBERS}", meta.get("ensemble"))
+    if not _is_int(meta.get("ensemble", 1), 1, MAX_ENSEMBLE):
+        raise bad("ensemble", f"the number of networks, 1 to {MAX_ENSEMBLE}", meta.get("ensemble"))
     return meta
 
 
-MAX_MEMBERS = 4096  # networks in one ensemble checkpoint
 
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
 
@@ -199,8 +198,7 @@ class Checkpoint:
         """
         shape = tuple(self.meta["architecture"]["input_shape"])
         device = next(self.model.parameters()).device
-        x = torch.as_tensor(images, device=device).float().reshape(-1, *shape)
-        x = (x / 255 - self.mean) / self.std
+        x = data.normalize(torch.as_tensor(images, device=device).reshape(-1, *shape), self.mean, self.std)
         self.model.eval()
         return log_probabilities(self.model, self.output, x).exp()
 
