@@ -40,6 +40,8 @@ SAMPLES_PER_CLASS = 4
 MAX_COLUMNS = 12  # classes side by side in the samples figure; more wrap, one image each
 MAX_NUMBERED = 20  # classes whose confusion-matrix cells show their counts; beyond, colour alone
 FIGURE_NAMES = ("curves.png", "confusion.png", "misclassified.png", "samples.png")
+
+
 # ---------------------------------------------------------------------------
 # Plumbing: figures without pyplot, written atomically
 

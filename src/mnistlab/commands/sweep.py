@@ -252,8 +252,8 @@ def write_plan(folder: Path, plan: Plan) -> None:
     path = folder / PLAN
     if path.is_file():
         kept = read_plan(folder)
-        if kept.shards and plan.shards != kept.shards and {**kept.to_dict(), "shards": 0} == {**plan.to_dict(),
-                                                                                           "shards": 0}:
+        same_sweep = {**kept.to_dict(), "shards": None} == {**plan.to_dict(), "shards": None}
+        if same_sweep and kept.shards and plan.shards != kept.shards:
             raise UsageError(f"{folder} is split into {kept.shards} shards, as its first shard said; use --shard "
                              f"I/{kept.shards} (a shard of another split would leave configurations untrained)")
         if kept.to_dict() != plan.to_dict():

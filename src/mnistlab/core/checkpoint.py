@@ -124,7 +124,6 @@ def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
 
 
