@@ -186,16 +186,23 @@ class Checkpoint:
         """
         from ..base.models import log_probabilities
 
+        self.model.eval()
+        return log_probabilities(self.model, self.output, self.inputs(images)).exp()
+
+    def inputs(self, images: Any) -> torch.Tensor:
+        """Pixels as the network takes them: float (N, C, H, W) on the model's device, normalised as in
+        training. `images` as for `predict_proba`; a float tensor keeps its autograd graph (saliency maps
+        differentiate through this)."""
         shape = tuple(self.meta["architecture"]["input_shape"])
         device = next(self.model.parameters()).device
         x = torch.as_tensor(images, device=device).float().reshape(-1, *shape)
-        x = (x / 255 - self.mean) / self.std
-        self.model.eval()
-        return log_probabilities(self.model, self.output, x).exp()
+        return (x / 255 - self.mean) / self.std
 
-    def load_data(self, data_dir: str | os.PathLike | None = None, any_data: bool = False):
+    def load_data(self, data_dir: str | os.PathLike | None = None, any_data: bool = False,
+                  download: bool = True):
         """The dataset this model was trained on: from `data_dir`, else from the folder
-        it was trained from (if that still exists), else from the usual places.
+        it was trained from (if that still exists), else from the usual places (else downloaded,
+        unless `download` is False: then DataError).
 
         Files recognised as another dataset are a DataError naming both, unless `any_data`.
         """
@@ -205,7 +212,7 @@ class Checkpoint:
         if data_dir is None:
             recorded = self.meta.get("data_dir")
             data_dir = recorded if recorded and _is_dir(recorded) else None
-        dataset = data.load(expected, data_dir, any_data=True)
+        dataset = data.load(expected, data_dir, download_missing=download, any_data=True)
         problem = None if any_data else data.mismatch(dataset, expected)
         if problem:
             raise DataError(f"{problem}, which the model was trained on; point --data-dir at the {expected} "
