@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fake_digits
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from mnistlab.base.models import Ensemble, architecture, build_model, log_probabilities
 from mnistlab.base.prepare import BOX, centre_by_mass, prepare_image, prepare_steps
@@ -41,12 +41,12 @@ def network(kind: str, activation: str = "relu", seed: int = 0) -> Checkpoint:
     return checkpoint_of(model, arch)
 
 
-def seven(size: int = 280) -> Image.Image:
-    image = Image.new("RGB", (size, size), "white")
-    s = size / 280
-    ImageDraw.Draw(image).line([(80 * s, 60 * s), (200 * s, 60 * s), (120 * s, 230 * s)], fill="black",
-                               width=round(21 * s), joint="curve")
-    return image
+def flagged_one() -> np.ndarray:
+    """A 1 with a flag, dark ink on white, as an RGB array 240 high and 200 wide."""
+    picture = np.full((240, 200, 3), 255, np.uint8)
+    picture[40:200, 95:115] = 20  # the stem
+    picture[40:60, 70:115] = 20  # the flag
+    return picture
 
 
 # ---------------------------------------------------------------------------
@@ -54,16 +54,16 @@ def seven(size: int = 280) -> Image.Image:
 
 
 def test_the_steps_are_those_of_prepare_image_itself():
-    picture = seven()
+    picture = flagged_one()
     steps = prepare_steps(picture)
     assert np.array_equal(steps.image, prepare_image(picture))
     assert steps.inverted  # dark ink on white paper was turned over
-    assert np.array_equal(steps.grey, np.asarray(picture.convert("L"), dtype=np.float32))  # as drawn
+    assert np.array_equal(steps.grey, np.asarray(Image.fromarray(picture).convert("L"), dtype=np.float32))
     assert steps.ink.shape == steps.grey.shape and steps.ink.max() == 255 and steps.ink[0, 0] == 0
     rows, cols = steps.crop
     assert np.array_equal(steps.cropped, steps.ink[rows, cols])
     assert (steps.ink[:rows.start] < 127.5).all() and (steps.ink[rows.stop:] < 127.5).all()
-    assert max(steps.fitted.shape) == BOX  # the 7 is taller than wide: 20 high, narrower
+    assert max(steps.fitted.shape) == BOX  # the 1 is taller than wide: 20 high, narrower
     assert steps.fitted.shape[1] < BOX
     assert np.array_equal(steps.image, np.round(centre_by_mass(steps.fitted)).astype(np.uint8))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fake_digits
-from PIL import Image, ImageDraw
+from PIL import Image
 
 pytest.importorskip("fastapi", reason="mnistlab serve needs the serve extra: pip install -e '.[serve]'")
 anyio = pytest.importorskip("anyio")
@@ -27,26 +27,14 @@ from mnistlab.commands.serve import create_app, load_models  # noqa: E402
 from mnistlab.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from mnistlab.core.evaluation import evaluate  # noqa: E402
 from mnistlab.core.explain import first_layer, integrated_gradients  # noqa: E402
+from test_serve import canvas_seven, error_of, png  # noqa: E402
 
 EXTRAS = "?preparation=1&saliency=1&first_layer=1"
 
 
-def canvas_seven(size: int = 280) -> bytes:
-    """What the page sends: dark strokes on white paper, as a PNG."""
-    image = Image.new("RGB", (size, size), "white")
-    s = size / 280
-    ImageDraw.Draw(image).line([(80 * s, 60 * s), (200 * s, 60 * s), (120 * s, 230 * s)], fill="black",
-                               width=round(21 * s), joint="curve")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def error_of(response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"] and "\n" not in body["error"]
-    return body["error"]
+def canvas() -> bytes:
+    """What the page sends: a 280x280 PNG of dark strokes on white paper."""
+    return png(canvas_seven(280))
 
 
 def decoded(data_url: str) -> np.ndarray:
@@ -57,38 +45,31 @@ def decoded(data_url: str) -> np.ndarray:
         return np.asarray(image)
 
 
-@pytest.fixture(scope="module")
-def served(tiny_run):
-    return load_models([tiny_run])
+def untrained(folder, kind: str, data_dir) -> None:
+    """Save an untrained network of `kind` as a checkpoint trained from `data_dir`."""
+    torch.manual_seed(1)
+    arch = architecture(kind, (1, 28, 28), 10, hidden=(16,))
+    save_checkpoint(folder, build_model(arch).state_dict(), {
+        "architecture": arch, "dataset": "mnist", "classes": [str(d) for d in range(10)],
+        "normalization": {"mean": 0.5, "std": 0.5}, "metrics": {}, "data_dir": str(data_dir)})
 
 
 @pytest.fixture(scope="module")
-def client(served):
-    with TestClient(create_app(served)) as c:
+def client(tiny_run):
+    with TestClient(create_app(load_models([tiny_run]))) as c:
         yield c
 
 
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory):
-    """An untrained CNN saved as a checkpoint, without data: drawing works, exploring cannot."""
-    folder = tmp_path_factory.mktemp("runs") / "cnn-mnist"
-    torch.manual_seed(0)
-    arch = architecture("cnn", (1, 28, 28), 10)
-    save_checkpoint(folder, build_model(arch).state_dict(), {
-        "architecture": arch, "dataset": "mnist", "classes": [str(d) for d in range(10)],
-        "normalization": {"mean": 0.5, "std": 0.5}, "metrics": {}, "data_dir": str(folder / "gone")})
-    return folder
+def checkpoint_of(client, name: str = "tiny"):
+    """The checkpoint the app serves as `name`."""
+    return client.app.state.mnistlab.models[name].checkpoint
 
 
 @pytest.fixture(scope="module")
 def guessing_run(tmp_path_factory, tiny_idx_dir):
     """An untrained MLP on the tiny dataset: mistakes in many cells of its confusion matrix."""
     folder = tmp_path_factory.mktemp("runs") / "guessing"
-    torch.manual_seed(1)
-    arch = architecture("mlp", (1, 28, 28), 10, hidden=(16,))
-    save_checkpoint(folder, build_model(arch).state_dict(), {
-        "architecture": arch, "dataset": "mnist", "classes": [str(d) for d in range(10)],
-        "normalization": {"mean": 0.5, "std": 0.5}, "metrics": {}, "data_dir": str(tiny_idx_dir)})
+    untrained(folder, "mlp", tiny_idx_dir)
     return folder
 
 
@@ -184,8 +165,10 @@ def test_an_unknown_model_is_404_on_the_lab_routes_too(client):
     assert "tiny" in error_of(client.get("/api/models/nope/examples?true=1&predicted=1"), 404)
 
 
-def test_a_model_whose_test_data_cannot_be_found_is_503_and_still_draws(cnn_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))  # none of the usual places holds MNIST
+def test_a_model_whose_test_data_cannot_be_found_is_503_and_still_draws(tmp_path, monkeypatch):
+    cnn_run = tmp_path / "cnn-mnist"
+    untrained(cnn_run, "cnn", tmp_path / "gone")  # its data folder has gone ...
+    monkeypatch.setenv("HOME", str(tmp_path))  # ... and none of the usual places holds MNIST
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("mnistlab.base.data.download", lambda *a, **k: pytest.fail("the server downloaded"))
     with TestClient(create_app(load_models([cnn_run]))) as c:
@@ -193,7 +176,7 @@ def test_a_model_whose_test_data_cannot_be_found_is_503_and_still_draws(cnn_run,
             message = error_of(c.get(path), 503)
             assert "the test images of model 'cnn-mnist' cannot be loaded (mnist not found in" in message
             assert "drawing still works" in message
-        r = c.post(f"/api/predict{EXTRAS}", content=canvas_seven(), headers={"Content-Type": "image/png"})
+        r = c.post(f"/api/predict{EXTRAS}", content=canvas(), headers={"Content-Type": "image/png"})
         assert r.status_code == 200, r.text
         assert r.json()["first_layer"]["kind"] == "filters"
 
@@ -255,8 +238,8 @@ def test_requests_arriving_during_the_evaluation_wait_for_it_and_drawing_goes_on
 
 
 def test_the_preparation_steps_are_the_pipelines_own(client):
-    body = canvas_seven()
-    r = client.post(f"/api/predict?preparation=1", content=body, headers={"Content-Type": "image/png"})
+    body = canvas()
+    r = client.post("/api/predict?preparation=1", content=body, headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     answer = r.json()
     steps = prepare_steps(load_image(io.BytesIO(body)))
@@ -282,9 +265,9 @@ def test_an_array_sent_as_it_is_has_no_preparation_and_one_to_prepare_has(client
     assert [s["name"] for s in prepared["preparation"]] == ["drawn", "ink", "cropped", "fitted", "centred"]
 
 
-def test_the_saliency_map_is_integrated_gradients_of_the_predicted_or_the_chosen_class(client, served):
+def test_the_saliency_map_is_integrated_gradients_of_the_predicted_or_the_chosen_class(client):
     image = fake_digits(1, seed=4)[0][0]
-    checkpoint = served[0].checkpoint
+    checkpoint = checkpoint_of(client)
     answer = client.post("/api/predict?saliency=1", json={"image": image.tolist()}).json()
     saliency = answer["saliency"]
     expected = integrated_gradients(checkpoint, image, answer["prediction"])
@@ -306,14 +289,14 @@ def test_the_saliency_map_is_integrated_gradients_of_the_predicted_or_the_chosen
     ("first_layer=2", "first_layer: Input should be a valid boolean"),
 ])
 def test_bad_explanation_parameters_are_422_with_one_line(client, query, needle):
-    r = client.post(f"/api/predict?{query}", content=canvas_seven(), headers={"Content-Type": "image/png"})
+    r = client.post(f"/api/predict?{query}", content=canvas(), headers={"Content-Type": "image/png"})
     assert needle in error_of(r, 422)
 
 
-def test_the_first_layer_gives_the_most_active_units_with_their_weights(client, served):
+def test_the_first_layer_gives_the_most_active_units_with_their_weights(client):
     image = fake_digits(1, seed=5)[0][0]
     layer = client.post("/api/predict?first_layer=1", json={"image": image.tolist()}).json()["first_layer"]
-    expected = first_layer(served[0].checkpoint, image)
+    expected = first_layer(checkpoint_of(client), image)
     assert (layer["kind"], layer["description"], layer["size"]) == ("units", "Linear(784, 128) + ReLU", 128)
     assert [u["index"] for u in layer["units"]] == [u.index for u in expected.units]
     for unit, want in zip(layer["units"], expected.units):
@@ -322,7 +305,7 @@ def test_the_first_layer_gives_the_most_active_units_with_their_weights(client, 
 
 
 def test_the_page_asks_for_everything_in_one_request_and_the_answer_is_typed(client):
-    r = client.post(f"/api/predict{EXTRAS}&activations=1", content=canvas_seven(),
+    r = client.post(f"/api/predict{EXTRAS}&activations=1", content=canvas(),
                     headers={"Content-Type": "image/png"})
     assert r.status_code == 200
     answer = r.json()
