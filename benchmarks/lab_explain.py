@@ -26,7 +26,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnistlab.commands.bench import cpu_model
-from mnistlab.commands.serve import Extras, Picture, classify, load_models
+from mnistlab.commands.lab import Extras
+from mnistlab.commands.serve import Picture, classify, load_models
 from mnistlab.core.evaluation import answers
 from mnistlab.core.explain import integrated_gradients
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from mnistlab.base.models import architecture, build_model  # noqa: E402
 from mnistlab.base.prepare import load_image, prepare_steps  # noqa: E402
-from mnistlab.commands import serve  # noqa: E402
+from mnistlab.commands import lab  # noqa: E402
 from mnistlab.commands.serve import create_app, load_models  # noqa: E402
 from mnistlab.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from mnistlab.core.evaluation import evaluate  # noqa: E402
@@ -81,7 +81,7 @@ class Counting:
         self.hold = threading.Event()
         self.hold.set()
         self.entered = threading.Event()
-        real = serve.answers
+        real = lab.answers
 
         def answers(checkpoint, split):
             self.calls += 1
@@ -89,7 +89,7 @@ class Counting:
             self.hold.wait(30)
             return real(checkpoint, split)
 
-        monkeypatch.setattr(serve, "answers", answers)
+        monkeypatch.setattr(lab, "answers", answers)
 
 
 # ---------------------------------------------------------------------------
@@ -367,10 +367,10 @@ except ImportError:  # the test below is skipped by lab_schema's importorskip
     schemathesis = None
 
 if schemathesis is not None:
-    lab = schemathesis.pytest.from_fixture("named_schema")
+    named = schemathesis.pytest.from_fixture("named_schema")
 
     @pytest.mark.slow
-    @lab.parametrize()
+    @named.parametrize()
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     def test_the_lab_routes_never_answer_5xx_nor_outside_their_description(case):
         case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,

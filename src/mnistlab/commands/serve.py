@@ -6,8 +6,9 @@ predict` would say (the class, every class's probability), each step of the
 preparation to the 28x28 image the network sees, which pixels pushed the class
 up (integrated gradients), and what its hidden and first layers make of it.
 Explore: the model's confusion matrix on its test set and the test images
-behind each cell. The API behind it (`/api/...`) is described by the app's
-OpenAPI document (`/openapi.json`).
+behind each cell (what these views need beyond an answer: lab.py). The API
+behind it (`/api/...`) is described by the app's OpenAPI document
+(`/openapi.json`).
 
 Classification goes through the very functions `predict` uses
 (`prepare.load_image`, `prepare.prepare_steps` (prepare_image with its steps
@@ -21,7 +22,6 @@ that are refused with 503.
 
 from __future__ import annotations
 
-import base64
 import io
 import ipaddress
 import json
@@ -29,7 +29,6 @@ import os
 import re
 import socket
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Sequence
@@ -37,7 +36,6 @@ from typing import Annotated, Any, Callable, Sequence
 import anyio
 import numpy as np
 import torch
-from PIL import Image
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -51,16 +49,16 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..core.activations import ActivationTap
 from ..core.checkpoint import Checkpoint, load_checkpoint
-from ..core.evaluation import Answers, answers
-from ..core.explain import first_layer, integrated_gradients
 from ..base.errors import CheckpointError, DataError, PredictionError, UsageError
+from .lab import (MAX_EXAMPLES, AnswerCache, Answered, Confusion, Examples, Extras, FirstLayerOut,
+                  PreparationStep, SaliencyOut, confusion_out, examples_out, first_layer_out, preparation_out,
+                  saliency_out)
 from .prediction import predict_array, result
-from ..base.prepare import BOX, SIZE, Preparation, load_image, prepare_steps
+from ..base.prepare import SIZE, Preparation, load_image, prepare_steps
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes: a request body larger than this is refused (413)
 BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive; slower ones get 408
 QUEUE = 32  # requests that may wait for a busy worker; more at once get 503
-MAX_EXAMPLES = 100  # test images in one answer of /api/models/NAME/examples
 STATIC = Path(__file__).parent.parent / "static"
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 # The page loads nothing from elsewhere; the browser is told to refuse it too.
@@ -84,44 +82,6 @@ class LayerActivation(BaseModel):
     description: str = Field(description="the layer and its activation, e.g. 'Linear(784, 128) + ReLU'")
     shape: list[int] = Field(description="[units] for an MLP layer, [channels, height, width] for feature maps")
     values: list[float] = Field(description="the outputs for this image, flattened in row-major order")
-
-
-class PreparationStep(BaseModel):
-    name: str = Field(description="drawn, ink, cropped, fitted or centred")
-    title: str = Field(description="what the step did, for people")
-    width: int
-    height: int
-    image: str = Field(description="the step's picture as a data: URL of a grey PNG (0 black .. 255 white)")
-    box: list[int] | None = Field(None, description="for 'ink': the crop that the next step keeps, "
-                                  "[top, left, bottom, right] in its pixels (bottom and right excluded)")
-
-
-class SaliencyOut(BaseModel):
-    method: str = Field(description="'integrated gradients'")
-    baseline: str = Field(description="the image the path starts from: 'black' (MNIST's background)")
-    steps: int = Field(description="steps of the path integral (midpoint rule)")
-    target: int = Field(description="the class explained: the predicted one unless ?saliency_class says")
-    label: str = Field(description="that class's name")
-    values: list[list[float]] = Field(description="28x28: each pixel's share of the change of the class's "
-                                      "log-probability (nats); positive pixels push the class up")
-    change: float = Field(description="log p(class | image) - log p(class | black image): what the "
-                          "values add up to, up to the integration error")
-    total: float = Field(description="the sum of the values")
-
-
-class FirstLayerUnit(BaseModel):
-    index: int = Field(description="the unit's or filter's place in the layer")
-    activation: float = Field(description="MLP: the unit's output for this image; CNN: the mean of the "
-                              "filter's feature map")
-    weights: list[list[float]] = Field(description="an MLP unit's 784 weights as 28x28, or a 3x3 conv filter")
-
-
-class FirstLayerOut(BaseModel):
-    kind: str = Field(description="'units' (an MLP's first Linear layer) or 'filters' (a CNN's first Conv2d)")
-    description: str = Field(description="e.g. 'Linear(784, 128) + ReLU'")
-    size: int = Field(description="units or filters in the layer")
-    units: list[FirstLayerUnit] = Field(description="the most active for this image first: 8 of an MLP's "
-                                        "units, all of a CNN's filters")
 
 
 class PredictionOut(BaseModel):
@@ -205,36 +165,6 @@ class ModelInfo(BaseModel):
     metrics: Metrics
     parameters: int = Field(description="number of trained weights")
     hidden_layers: list[HiddenLayer] = Field(description="the layers whose outputs ?activations=1 returns")
-
-
-class Confusion(BaseModel):
-    model: str
-    dataset: str
-    commit: str | None = Field(description="the model version these counts are for (null outside a run)")
-    classes: list[str]
-    total: int = Field(description="test images")
-    correct: int
-    accuracy: float = Field(description="correct / total (0..1)")
-    per_class_accuracy: list[float] = Field(description="per true class, in class order (0..1)")
-    confusion: list[list[int]] = Field(description="confusion[t][p]: test images of true class t predicted as p")
-
-
-class Example(BaseModel):
-    index: int = Field(description="the image's place in the test set")
-    image: list[list[int]] = Field(description="28x28 grey levels (0..255, ink bright), as the network sees it")
-    probabilities: list[float] = Field(description="one per class, in class order")
-
-
-class Examples(BaseModel):
-    model: str
-    true: int
-    predicted: int
-    true_label: str
-    predicted_label: str
-    total: int = Field(description="test images in this cell of the confusion matrix")
-    offset: int
-    examples: list[Example] = Field(description="the most confident first (by the predicted class's "
-                                    "probability): off the diagonal, the most confidently wrong first")
 
 
 class Health(BaseModel):
@@ -353,16 +283,6 @@ def _one_torch_thread() -> None:
         _worker.single = True
 
 
-@dataclass(frozen=True)
-class Extras:
-    """What an answer may carry beyond the class and the hidden layers: the Draw view's explanations."""
-
-    preparation: bool = False  # each step of the preparation, as PNGs
-    saliency: bool = False  # the integrated-gradients map ...
-    saliency_class: int | None = None  # ... of this class (None: the predicted one)
-    first_layer: bool = False  # the first layer's most active units or filters
-
-
 def classify(served: ServedModel, source: Picture | Array, activations: bool,
              extras: Extras = Extras()) -> PredictionOut:
     """What `mnistlab predict` does for one image, plus the prepared image and, if asked, the hidden
@@ -401,9 +321,9 @@ def classify(served: ServedModel, source: Picture | Array, activations: bool,
             LayerActivation(name=layer.name, description=layer.description, shape=list(layer.values.shape),
                             values=np.round(layer.values.ravel(), 4).tolist())
             for layer in layers],
-        preparation=_preparation_out(steps) if extras.preparation and steps is not None else None,
-        saliency=_saliency_out(checkpoint, image, target) if extras.saliency else None,
-        first_layer=_first_layer_out(checkpoint, image) if extras.first_layer else None)
+        preparation=preparation_out(steps) if extras.preparation and steps is not None else None,
+        saliency=saliency_out(checkpoint, image, target) if extras.saliency else None,
+        first_layer=first_layer_out(checkpoint, image) if extras.first_layer else None)
 
 
 def _prepare(image: Any) -> Preparation:
@@ -411,51 +331,6 @@ def _prepare(image: Any) -> Preparation:
         return prepare_steps(image)
     except PredictionError as e:
         raise ApiError(422, f"{e.reason}; draw or upload a darker or larger character") from None
-
-
-def _png(pixels: np.ndarray) -> str:
-    """Grey levels (0..255, any float or int type) as a data: URL of an 8-bit grey PNG."""
-    buffer = io.BytesIO()
-    # compress_level 1: a 512x512 step in about a millisecond, a few times larger than at the default 6
-    Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)).save(buffer, "PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _rounded(values: np.ndarray, decimals: int) -> list:
-    """Nested lists of floats rounded in float64: a float32 rounded to 4 decimals still prints with 17
-    digits (0.12340000271797180), three times the JSON."""
-    return np.round(values.astype(np.float64), decimals).tolist()
-
-
-def _preparation_out(steps: Preparation) -> list[PreparationStep]:
-    rows, cols = steps.crop
-    shown = [
-        ("drawn", "as drawn, in grey levels" + (" (ink dark: turned over next)" if steps.inverted else ""),
-         steps.grey, None),
-        ("ink", "ink made bright on black: paper, shadows and specks removed; the box is the crop",
-         steps.ink, [rows.start, cols.start, rows.stop, cols.stop]),
-        ("cropped", "cropped to the ink", steps.cropped, None),
-        ("fitted", f"scaled to fit {BOX}x{BOX}, aspect ratio kept", steps.fitted, None),
-        ("centred", f"centred by mass in {SIZE}x{SIZE}: what the network sees", steps.image, None),
-    ]
-    return [PreparationStep(name=name, title=title, width=pixels.shape[1], height=pixels.shape[0],
-                            image=_png(pixels), box=box) for name, title, pixels, box in shown]
-
-
-def _saliency_out(checkpoint: Checkpoint, image: np.ndarray, target: int) -> SaliencyOut:
-    map_ = integrated_gradients(checkpoint, image, target)
-    return SaliencyOut(method="integrated gradients", baseline="black", steps=map_.steps, target=target,
-                       label=checkpoint.classes[target], values=_rounded(map_.values, 6),
-                       change=map_.change, total=float(map_.values.sum(dtype=np.float64)))
-
-
-def _first_layer_out(checkpoint: Checkpoint, image: np.ndarray) -> FirstLayerOut | None:
-    layer = first_layer(checkpoint, image)
-    if layer is None:
-        return None
-    return FirstLayerOut(kind=layer.kind, description=layer.description, size=layer.size, units=[
-        FirstLayerUnit(index=u.index, activation=u.activation, weights=_rounded(u.weights, 4))
-        for u in layer.units])
 
 
 class Workers:
@@ -486,56 +361,6 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-# ---------------------------------------------------------------------------
-# The test set's answers (the Explore view), computed once per model version
-
-def model_version(checkpoint: Checkpoint) -> tuple[str, str | None]:
-    """What identifies a model's weights: its file and the run's commit id (models in a run directory change
-    under a running server, one commit at a time; a checkpoint outside a run has no commit)."""
-    return str(checkpoint.path), checkpoint.meta.get("commit")
-
-
-@dataclass
-class Answered:
-    answers: Answers
-    images: np.ndarray  # uint8 (N, 28, 28): the test images answered
-
-
-class AnswerCache:
-    """Each served model's answers on its test set, computed on first use, in one thread of their own (a
-    CNN takes seconds: the prediction workers stay free), one model at a time; the last `keep` versions
-    are kept."""
-
-    def __init__(self, keep: int = 8):
-        self.keep = keep
-        self._done: OrderedDict[tuple[str, str | None], Answered] = OrderedDict()
-        self._limiter: anyio.CapacityLimiter | None = None
-
-    async def get(self, served: ServedModel) -> Answered:
-        key = model_version(served.checkpoint)
-        if key not in self._done:
-            if self._limiter is None:
-                self._limiter = anyio.CapacityLimiter(1)
-            await anyio.to_thread.run_sync(lambda: self._compute(served, key), limiter=self._limiter)
-        self._done.move_to_end(key)
-        return self._done[key]
-
-    def _compute(self, served: ServedModel, key: tuple[str, str | None]) -> None:
-        if key in self._done:  # computed while this request waited for the thread
-            return
-        _one_torch_thread()
-        checkpoint = served.checkpoint
-        try:
-            test = checkpoint.load_data(download=False).test
-        except DataError as e:
-            raise ApiError(503, f"the test images of model {served.name!r} cannot be loaded "
-                           f"({str(e).splitlines()[0]}); put the {checkpoint.meta['dataset']} files there or "
-                           "set MNISTLAB_DATA, then try again (drawing still works)") from None
-        self._done[key] = Answered(answers(checkpoint, test), test.images.numpy())
-        while len(self._done) > self.keep:
-            self._done.popitem(last=False)
 
 
 # ---------------------------------------------------------------------------
@@ -665,6 +490,16 @@ State = Annotated[ServerState, Depends(get_state)]
 Model = Annotated[ServedModel, Depends(get_model)]
 
 
+async def _answered(state: ServerState, served: ServedModel) -> Answered:
+    """The model's answers on its test set (503 when its data cannot be found)."""
+    try:
+        return await state.answers.get(served.checkpoint)
+    except DataError as e:
+        raise ApiError(503, f"the test images of model {served.name!r} cannot be loaded "
+                       f"({str(e).splitlines()[0]}); put the {served.info.dataset} files there or set "
+                       "MNISTLAB_DATA, then try again (drawing still works)") from None
+
+
 def _class_of(served: ServedModel, parameter: str, value: int | None) -> int | None:
     """`value` if it is one of the model's classes (or None); else a 422 naming `parameter`."""
     count = len(served.info.classes)
@@ -726,14 +561,7 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
              summary="the model's confusion matrix and per-class accuracy on its test set")
     async def confusion(name: str, state: State) -> Confusion:
         served = await get_model(state, name)
-        found = (await state.answers.get(served)).answers
-        counts = found.confusion()
-        per_class = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
-        return Confusion(model=served.name, dataset=served.info.dataset,
-                         commit=served.checkpoint.meta.get("commit"), classes=found.classes,
-                         total=len(found.labels), correct=found.correct,
-                         accuracy=found.correct / max(len(found.labels), 1),
-                         per_class_accuracy=per_class.tolist(), confusion=counts.tolist())
+        return confusion_out(served.name, served.checkpoint, (await _answered(state, served)).answers)
 
     @app.get("/api/models/{name}/examples", response_model=Examples, responses=_errors(404, 422, 503),
              summary="the test images of one cell of the confusion matrix, with their probabilities")
@@ -745,14 +573,7 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
         served = await get_model(state, name)
         _class_of(served, "true", true)
         _class_of(served, "predicted", predicted)
-        tested = await state.answers.get(served)
-        found, images = tested.answers, tested.images
-        cell = found.cell(true, predicted)
-        return Examples(model=served.name, true=true, predicted=predicted, true_label=found.classes[true],
-                        predicted_label=found.classes[predicted], total=len(cell), offset=offset,
-                        examples=[Example(index=int(i), image=images[i].tolist(),
-                                          probabilities=found.probabilities[i].tolist())
-                                  for i in cell[offset:offset + limit]])
+        return examples_out(served.name, await _answered(state, served), true, predicted, offset, limit)
 
     @app.get("/api/health", response_model=Health, summary="whether the server answers, and its load")
     async def health(state: State) -> Health:
