@@ -30,7 +30,6 @@ const page = {
   current: null,    // the stroke being drawn
   version: 0,       // bumped at each change of the drawing
   model: null,      // the chosen model's name
-  info: null,       // /api/models/{name}
   target: null,     // the class the saliency map explains (null: the predicted one)
   inFlight: false,
   again: false,     // the drawing changed while a request was in flight
@@ -544,7 +543,6 @@ export const view = {
   // A model was chosen (or its details changed): ask again for what is drawn.
   setModel(info) {
     page.model = info.name;
-    page.info = info;
     page.target = null;
     page.version++;
     buildBars(info.classes);

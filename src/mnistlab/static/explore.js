@@ -12,7 +12,6 @@ const root = $("view-explore");
 
 const state = {
   model: null,      // the model shown
-  info: null,
   confusion: null,  // /api/models/{name}/confusion
   cell: null,       // [true, predicted] shown below the matrix
   shown: 0,         // images of that cell on the page
@@ -176,7 +175,6 @@ export const view = {
 
   setModel(info) {
     state.model = info.name;
-    state.info = info;
     state.confusion = null;
     if (this.visible) load();
   },
