@@ -186,8 +186,12 @@ class Checkpoint:
         """
         from ..base.models import log_probabilities
 
+        shape = tuple(self.meta["architecture"]["input_shape"])
+        device = next(self.model.parameters()).device
+        x = torch.as_tensor(images, device=device).float().reshape(-1, *shape)
+        x = (x / 255 - self.mean) / self.std
         self.model.eval()
-        return log_probabilities(self.model, self.output, self.inputs(images)).exp()
+        return log_probabilities(self.model, self.output, x).exp()
 
     def inputs(self, images: Any) -> torch.Tensor:
         """Pixels as the network takes them: float (N, C, H, W) on the model's device, normalised as in
@@ -199,10 +203,9 @@ class Checkpoint:
         return (x / 255 - self.mean) / self.std
 
     def load_data(self, data_dir: str | os.PathLike | None = None, any_data: bool = False,
-                  download: bool = True):
+                  download: bool = True):  # download=False: a DataError when not found instead of a download
         """The dataset this model was trained on: from `data_dir`, else from the folder
-        it was trained from (if that still exists), else from the usual places (else downloaded,
-        unless `download` is False: then DataError).
+        it was trained from (if that still exists), else from the usual places.
 
         Files recognised as another dataset are a DataError naming both, unless `any_data`.
         """
