@@ -106,7 +106,7 @@ def test_the_confusion_matrix_is_evaluates_on_the_test_set(client, tiny_run):
     assert (matrix["correct"], matrix["total"]) == (expected.correct, expected.total) == (expected.correct, 200)
     assert matrix["accuracy"] == pytest.approx(expected.accuracy)
     assert matrix["classes"] == expected.classes and matrix["dataset"] == "mnist" and matrix["model"] == "tiny"
-    assert matrix["commit"] is None  # a run written before commit ids
+    assert matrix["commit"] == json.loads((tiny_run / "model.json").read_text()).get("commit")  # the version
 
 
 def test_a_cells_images_are_the_test_images_with_their_probabilities_most_confident_first(guessing_run):
