@@ -3,18 +3,17 @@
 The page (static files in `static/`, served by the app itself: it works offline)
 has views. Draw: a person draws a character and sees, live, what `mnistlab
 predict` would say (the class, every class's probability), each step of the
-preparation to the 28x28 image the network sees, which pixels pushed the class
-up (integrated gradients), and what its hidden and first layers make of it.
-Explore: the model's confusion matrix on its test set and the test images
-behind each cell (what these views need beyond an answer: lab.py). The API
-behind it (`/api/...`) is described by the app's OpenAPI document
-(`/openapi.json`).
+preparation (`prepare.prepare_steps`: prepare_image with its steps kept) to the
+28x28 image the network sees, which pixels pushed the class up (integrated
+gradients), and what its hidden and first layers make of it. Explore: the
+model's confusion matrix on its test set (`evaluation.answers`, whose counts are
+`evaluate`'s) and the test images behind each cell. What these views need beyond
+an answer is in lab.py. The API behind it (`/api/...`) is described by the app's
+OpenAPI document (`/openapi.json`).
 
 Classification goes through the very functions `predict` uses
-(`prepare.load_image`, `prepare.prepare_steps` (prepare_image with its steps
-kept), `prediction.predict_array`), so page, API and CLI agree; the test set's
-answers are `evaluation.answers`, whose counts are `evaluate`'s. Bad input of any
-kind is a 4xx with `{"error": "..."}`.
+(`prepare.load_image`, `prepare.prepare_image`, `prediction.predict_array`), so
+page, API and CLI agree. Bad input of any kind is a 4xx with `{"error": "..."}`.
 The CPU work runs in a small pool of worker threads, one per core, each using
 one torch thread; requests beyond the pool wait in a bounded queue, and beyond
 that are refused with 503.

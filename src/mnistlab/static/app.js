@@ -78,7 +78,7 @@ async function start() {
     select.addEventListener("change", () => chooseModel(select.value));
     await chooseModel(list.default);
   } catch (err) {
-    draw.error(`cannot reach the server (${err.message})`);
+    draw.error(err.message);  // the server's own line (e.g. a refusal), or that it did not answer
   }
 }
 
