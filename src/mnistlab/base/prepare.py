@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -356,17 +357,37 @@ def centre_by_mass(box: np.ndarray) -> np.ndarray:
     return canvas
 
 
+@dataclass
+class Preparation:
+    """Every step of `prepare_steps` for one picture, as the pipeline computed it (float32, 0..255)."""
+
+    grey: np.ndarray  # the picture in grey levels, at most WORK_SIZE pixels a side, as drawn
+    inverted: bool  # whether the grey levels were turned over to make the ink bright
+    ink: np.ndarray  # bright ink on black (paper 0, stroke cores 255), dust and shadow residue dropped
+    crop: tuple[slice, slice]  # rows and columns of `ink` holding the ink
+    fitted: np.ndarray  # the cropped ink fitted into BOX x BOX (one side BOX, aspect ratio kept)
+    image: np.ndarray  # uint8 (SIZE, SIZE): `fitted` centred by mass, what the network sees
+
+    @property
+    def cropped(self) -> np.ndarray:
+        return self.ink[self.crop]
+
+
+def prepare_steps(image: Any, invert: bool | None = None) -> Preparation:
+    """`prepare_image`, keeping what each step made (the page shows them); same arguments and errors."""
+    grey = _shrink(_grey(image))  # grey levels 0..255, at most WORK_SIZE pixels a side
+    inverted = invert if invert is not None else ink_is_dark(grey)
+    ink = writing(remove_background(255 - grey if inverted else grey))  # MNIST's ink is bright
+    crop = ink_box(ink)
+    fitted = fit_box(ink[crop])  # into 20x20, aspect ratio kept, thin strokes thickened
+    return Preparation(grey, inverted, ink, crop, fitted, np.round(centre_by_mass(fitted)).astype(np.uint8))
+
+
 def prepare_image(image: Any, invert: bool | None = None) -> np.ndarray:
     """Any picture of one character -> MNIST-style uint8 (28, 28): bright ink on black, centred.
 
     `image`: a PIL image of any mode or a numpy array (H, W) grey or (H, W, 3|4) uint8.
     `invert`: None detects whether the ink is dark; True/False forces it.
-    Raises PredictionError when there is no ink.
+    Raises PredictionError when there is no ink. Its steps: `prepare_steps`.
     """
-    grey = _shrink(_grey(image))  # grey levels 0..255, at most WORK_SIZE pixels a side
-    if invert if invert is not None else ink_is_dark(grey):
-        grey = 255 - grey  # MNIST's ink is bright
-    ink = writing(remove_background(grey))  # paper 0, stroke cores 255, no dust or shadow residue
-    rows, cols = ink_box(ink)
-    box = fit_box(ink[rows, cols])  # into 20x20, aspect ratio kept, thin strokes thickened
-    return np.round(centre_by_mass(box)).astype(np.uint8)
+    return prepare_steps(image, invert).image

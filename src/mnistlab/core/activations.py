@@ -44,7 +44,7 @@ class ActivationTap:
             taps = taps[:1]  # the first block: maps still at the input's resolution
         self._handles = []
         for number, i in enumerate(taps, start=1):
-            self._names.append((f"hidden {number}", _describe(modules, i)))
+            self._names.append((f"hidden {number}", describe_layer(modules, i)))
             self._handles.append(modules[i].register_forward_hook(self._hook(number - 1)))
 
     @property
@@ -78,7 +78,7 @@ class ActivationTap:
         self._handles = []
 
 
-def _describe(modules: list[nn.Module], index: int) -> str:
+def describe_layer(modules: list[nn.Module], index: int) -> str:
     """The layer that feeds activation `index`, and the activation: `Linear(784, 128) + ReLU`."""
     activation = type(modules[index]).__name__
     for module in reversed(modules[:index]):
