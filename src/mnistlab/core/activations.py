@@ -42,10 +42,9 @@ class ActivationTap:
         taps = [i for i, m in enumerate(modules) if isinstance(m, activation_types)]
         if isinstance(model, CNN):
             taps = taps[:1]  # the first block: maps still at the input's resolution
-        self._handles = []
         for number, i in enumerate(taps, start=1):
             self._names.append((f"hidden {number}", describe_layer(modules, i)))
-            self._handles.append(modules[i].register_forward_hook(self._hook(number - 1)))
+            modules[i].register_forward_hook(self._hook(number - 1))  # for the model's life: served models keep it
 
     @property
     def layers(self) -> list[tuple[str, str]]:
@@ -71,11 +70,6 @@ class ActivationTap:
             self._local.record = None
         return out, [Layer(name, description, record[i])
                      for i, (name, description) in enumerate(self._names) if i in record]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 def describe_layer(modules: list[nn.Module], index: int) -> str:
