@@ -96,6 +96,12 @@ def device_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> Non
                    help=f"auto, cpu, cuda, cuda:N or mps (default: {default or 'auto'})")
 
 
+def tensorboard_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the run's curves and its misclassified test digits for TensorBoard, into "
+                   "RUN/tensorboard/ (view them with: tensorboard --logdir runs/; needs mnistlab[tensorboard])")
+
+
 def json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
@@ -197,6 +203,7 @@ def add_train(sub) -> None:
                    "the data it was trained on")
     any_data_flag(p, "resume")
     p.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    tensorboard_flag(p)
     p.add_argument("--verbose", action="store_true", help="print the full configuration first")
     json_flag(p, "the summary at the end (progress goes to stderr)")
     add_config_flags(p)
@@ -212,14 +219,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'} "
                              "(only --epochs, --data-dir and --any-data go with --resume)")
         result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, any_data=args.any_data,
-                        on_event=printer, progress=True)
+                        on_event=printer, progress=True, tensorboard=args.tensorboard)
     else:
         if args.any_data:
             raise UsageError("--any-data goes with --resume (a new run takes the data it is given)")
         config = config_from_args(args)
         if args.verbose:
             log(f"config: {config.to_json()}")
-        result = train(config, out=args.out, data_dir=args.data_dir, on_event=printer, progress=True)
+        result = train(config, out=args.out, data_dir=args.data_dir, on_event=printer, progress=True,
+                       tensorboard=args.tensorboard)
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports for the job
         return 0
     s = result.summary
@@ -827,6 +835,7 @@ def add_sweep(sub) -> None:
     data_dir_flag(p)
     device_flag(p, default=None)
     p.add_argument("--no-plots", action="store_true", help="do not write results.png")
+    tensorboard_flag(p)
     json_flag(p, "the table (progress goes to stderr)")
     group = p.add_argument_group("values (each a comma list; every combination is trained)")
     for f in SWEEP_FIELDS:
@@ -853,7 +862,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         recipes = args.recipe.split(",") if args.recipe else values.pop("recipe", None)
         plan = make_plan(values, recipes, args.seeds)
     folder, results = run_sweep(plan, out=args.out, resume=args.resume, shard=args.shard, device=args.device,
-                                data_dir=args.data_dir, log=log, plots=not args.no_plots)
+                                data_dir=args.data_dir, log=log, plots=not args.no_plots, tensorboard=args.tensorboard)
     return _print_sweep(args, results, folder) if results is not None else 0
 
 
