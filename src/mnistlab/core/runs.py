@@ -63,7 +63,6 @@ from .checkpoint import (
     validate_meta,
 )
 from .events import EVENTS, EventLog, parse_line
-from .tensorboard import FOLDER as TENSORBOARD
 from .tensorboard import TensorBoard
 
 CONFIG = "config.json"
