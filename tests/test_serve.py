@@ -461,7 +461,7 @@ def test_the_page_and_its_assets_come_from_the_app_itself(client):
             assert r.headers["content-type"].startswith("text/javascript"), asset
             assets += [f"/static/{name}" for name in re.findall(r'from "\./([\w.-]+\.js)"', r.text)]
     assert seen == {f"/static/{name}" for name in ("app.js", "api.js", "draw.js", "explore.js", "pictures.js",
-                                                  "style.css")}
+                                                  "train.js", "runs.js", "chart.js", "style.css")}
     assert "docs" not in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
 
@@ -469,7 +469,8 @@ def test_the_page_and_its_assets_come_from_the_app_itself(client):
 def test_the_openapi_document_describes_every_endpoint_and_its_errors(client):
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/api/predict", "/api/models", "/api/models/{name}", "/api/health",
-                                 "/api/models/{name}/confusion", "/api/models/{name}/examples"}
+                                 "/api/models/{name}/confusion", "/api/models/{name}/examples", "/api/training",
+                                 "/api/runs", "/api/runs/{name}", "/api/runs/{name}/events", "/api/events"}
     predict = spec["paths"]["/api/predict"]["post"]
     assert set(predict["requestBody"]["content"]) >= {"image/png", "multipart/form-data", "application/json"}
     assert {"400", "404", "408", "413", "415", "422", "503"} <= set(predict["responses"])

@@ -771,31 +771,63 @@ def _port(text: str) -> int:
 
 def add_serve(sub) -> None:
     p = sub.add_parser(
-        "serve", help="a drawing page and an HTTP API: draw a digit, watch the network think",
+        "serve", help="the lab: a page to train, draw on and explore networks, and its HTTP API",
         description="Serve a page where you draw (mouse, pen or finger) or drop a picture and see, live, the "
-        "class, every class's probability, the 28x28 image the network sees and its hidden layers' "
-        "activations; and the HTTP API behind it (POST /api/predict, GET /api/models, /api/models/NAME, "
-        "/api/health; described at /openapi.json). Images are prepared exactly as by `mnistlab predict`. "
-        "Several models appear as a choice on the page. Ctrl-C stops the server.")
-    p.add_argument("models", nargs="+", metavar="RUN_OR_CHECKPOINT", help="run directories or checkpoints")
+        "class, every class's probability, how the picture was prepared, which pixels pushed the answer and what "
+        "the layers make of it; explore a model's mistakes on its test set; and, serving a folder of runs, train "
+        "networks from the page and watch them learn (the HTTP API behind it is described at /openapi.json). "
+        "Images are prepared exactly as by `mnistlab predict`. Ctrl-C stops the server (and the trainings it "
+        "started: their runs stay resumable).")
+    p.add_argument("models", nargs="+", metavar="RUN_OR_CHECKPOINT",
+                   help="run directories or checkpoints; or one folder of runs (e.g. runs/; an empty one to start): "
+                   "every run in it is served as it trains, and the page trains new ones into it")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to "
                    "the network, without authentication)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0: any free port)")
     p.add_argument("--max-upload", type=_byte_size, default=2 * 1024 ** 2, metavar="SIZE",
                    help="largest request body accepted, e.g. 2M, 500K (default: 2M)")
+    group = p.add_argument_group("training from the page (serving a folder of runs)")
+    data_dir_flag(group)
+    group.add_argument("--train-jobs", type=_count("train-jobs"), default=None, metavar="N",
+                       help="training processes at once, one torch thread each (default: one per core this process "
+                       "may use; 0: no training from the page)")
+    group.add_argument("--train-queue", type=_count("train-queue"), default=8, metavar="N",
+                       help="training jobs that may wait for a free process (default: 8)")
+    group.add_argument("--train-per-client", type=_count("train-per-client", 1), default=2, metavar="N",
+                       help="training jobs one client address may have running or waiting (default: 2)")
+    group.add_argument("--max-epochs", type=_count("max-epochs", 1), default=20, metavar="N",
+                       help="epochs per run at most (default: 20)")
+    group.add_argument("--max-train-size", type=_count("max-train-size"), default=0, metavar="N",
+                       help="training images per run at most (default: 0, no cap)")
     p.set_defaults(func=cmd_serve)
+
+
+def _count(name: str, least: int = 0):
+    """An argparse type: a whole number >= `least`, else a one-line error (exit 2)."""
+
+    def count(text: str) -> int:
+        if not text.isdigit() or int(text) < least or int(text) > 10**9:
+            raise argparse.ArgumentTypeError(f"--{name} must be a whole number from {least} (got {text})")
+        return int(text)
+
+    return count
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .commands.serve import serve
+        from .commands.jobs import Bounds
+        from .commands.serve import default_workers, serve
     except ModuleNotFoundError as e:
         if e.name not in ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart", "anyio"):
             raise
         raise UsageError(f"mnistlab serve needs {e.name}: pip install 'mnistlab[serve]'") from None
     try:
-        serve(args.models, host=args.host, port=args.port, max_upload=args.max_upload, log=print_flush)
+        bounds = Bounds(jobs=default_workers() if args.train_jobs is None else args.train_jobs,
+                        queue=args.train_queue, per_client=args.train_per_client, max_epochs=args.max_epochs,
+                        max_train_size=args.max_train_size)
+        serve(args.models, host=args.host, port=args.port, max_upload=args.max_upload, bounds=bounds,
+              data_dir=args.data_dir, log=print_flush)
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     return 0

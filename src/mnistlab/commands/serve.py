@@ -32,12 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Sequence
 
+import asyncio
+import contextlib
+
 import anyio
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers, UploadFile
@@ -48,7 +52,10 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..core.activations import ActivationTap
 from ..core.checkpoint import Checkpoint, load_checkpoint
+from ..core.runs import is_run
 from ..base.errors import CheckpointError, DataError, PredictionError, UsageError
+from .jobs import (Bounds, Jobs, ModelFolder, Refused, RunList, RunOut, Started, Stopped, Training,
+                   TrainSettings)
 from .lab import (MAX_EXAMPLES, AnswerCache, Answered, Confusion, Examples, Extras, FirstLayerOut,
                   PreparationStep, SaliencyOut, confusion_out, examples_out, first_layer_out, preparation_out,
                   saliency_out)
@@ -56,6 +63,7 @@ from .prediction import predict_array, result
 from ..base.prepare import SIZE, Preparation, load_image, prepare_steps
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes: a request body larger than this is refused (413)
+MAX_SETTINGS = 16 * 1024  # bytes: a training request's JSON body at most
 BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive; slower ones get 408
 QUEUE = 32  # requests that may wait for a busy worker; more at once get 503
 STATIC = Path(__file__).parent.parent / "static"
@@ -124,7 +132,8 @@ class ModelSummary(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelSummary]
-    default: str = Field(description="the model used when a request names none")
+    default: str | None = Field(description="the model used when a request names none: the first model given, or "
+                                "in a served folder the run that committed an epoch last (null: no model yet)")
 
 
 class Architecture(BaseModel):
@@ -242,6 +251,20 @@ def serve_model(name: str, checkpoint: Checkpoint) -> ServedModel:
 def load_models(paths: Sequence[str | os.PathLike]) -> list[ServedModel]:
     """Load each checkpoint once (on the CPU) and name it after its run folder."""
     return [serve_model(name, load_checkpoint(path)) for name, path in zip(model_names(paths), paths)]
+
+
+def model_folder(folder: str | os.PathLike) -> ModelFolder[ServedModel]:
+    """The models of the runs under `folder`, following it (see `jobs.ModelFolder`), looked at once now."""
+    models = ModelFolder(Path(folder).resolve(), lambda name, run_dir: serve_model(name, load_checkpoint(run_dir)),
+                         lambda served: served.checkpoint.meta.get("commit"))
+    models.refresh()
+    return models
+
+
+def is_folder_of_runs(path: str | os.PathLike) -> bool:
+    """Whether `path` is served as a folder of runs (a folder that is not itself a run), rather than as one model."""
+    path = Path(path)
+    return path.is_dir() and not is_run(path)
 
 
 # ---------------------------------------------------------------------------
@@ -464,11 +487,19 @@ def _validation_line(errors: Sequence[Any]) -> str:
 @dataclass
 class ServerState:
     models: dict[str, ServedModel]
-    default: str
+    default: str | None
     workers: Workers
     max_upload: int
     body_timeout: float
     answers: AnswerCache = field(default_factory=AnswerCache)
+    folder: ModelFolder[ServedModel] | None = None  # a served folder: the models follow its runs
+    jobs: Jobs | None = None  # ... and the page trains into it
+
+    async def refresh(self, now: bool = False) -> None:
+        """In a served folder, the models as its runs are now (at most a second old; `now`: looked at now)."""
+        if self.folder is not None:
+            self.models = await self.folder.current(now)
+            self.default = self.folder.default
 
 
 # Dependencies are coroutines: FastAPI runs plain functions in its thread pool, one hop per request each.
@@ -478,15 +509,48 @@ async def get_state(request: Request) -> ServerState:
 
 async def get_model(state: Annotated[ServerState, Depends(get_state)],
               model: Annotated[str | None, Query(description="a name from /api/models "
-                                                 "(default: the first model)")] = None) -> ServedModel:
+                                                 "(default: /api/models' default)")] = None) -> ServedModel:
+    await state.refresh()
     name = state.default if model is None else model
+    if name is not None and name not in state.models:
+        await state.refresh(now=True)  # a run that has just committed its first epoch
+    if name is None:
+        raise ApiError(404, "no model is served yet: train one (the page's Train view, or mnistlab train --out "
+                       "FOLDER/NAME), then try again")
     if name not in state.models:
-        raise ApiError(404, f"no model named {name!r}; the models are: {', '.join(state.models)}")
+        shown = name if name.isprintable() and len(name) < 200 else "given"
+        raise ApiError(404, f"no model named {shown!r}; the models are: {', '.join(state.models) or '(none yet)'}")
     return state.models[name]
+
+
+async def get_jobs(state: Annotated[ServerState, Depends(get_state)]) -> Jobs:
+    if state.jobs is None:
+        raise ApiError(404, NO_FOLDER)
+    return state.jobs
+
+
+NO_FOLDER = ("this server serves the models it was given, not a folder of runs; start it as mnistlab serve FOLDER "
+             "to train from the page")
+
+
+def client_of(request: Request) -> str:
+    """Who asks, for the per-client bounds: the address the request came from."""
+    return request.client.host if request.client else "unknown"
+
+
+def is_operator(request: Request) -> bool:
+    """Whether the request comes from the server's own machine (loopback)."""
+    try:
+        return ipaddress.ip_address(client_of(request)).is_loopback
+    except ValueError:
+        return False
 
 
 State = Annotated[ServerState, Depends(get_state)]
 Model = Annotated[ServedModel, Depends(get_model)]
+JobsOf = Annotated[Jobs, Depends(get_jobs)]
+RunName = Annotated[str, Path_(description="a run's name as GET /api/runs lists it (its folder under the served "
+                                             "folder, e.g. seed-mnist or seed-mnist-lrs/runs/lr0.01)")]
 
 
 async def _answered(state: ServerState, served: ServedModel) -> Answered:
@@ -508,18 +572,30 @@ def _class_of(served: ServedModel, parameter: str, value: int | None) -> int | N
     return value
 
 
-def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, workers: int | None = None,
-               queue: int = QUEUE, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
-    """The ASGI app: the page at `/`, the API under `/api/`, the OpenAPI document at `/openapi.json`."""
-    if not models:
+def create_app(models: Sequence[ServedModel] = (), max_upload: int = MAX_UPLOAD, workers: int | None = None,
+               queue: int = QUEUE, body_timeout: float = BODY_TIMEOUT, folder: str | os.PathLike | None = None,
+               bounds: Bounds | None = None, data_dir: str | os.PathLike | None = None) -> FastAPI:
+    """The ASGI app: the page at `/`, the API under `/api/`, the OpenAPI document at `/openapi.json`.
+
+    `models`, or a `folder` of runs: its runs are the models, as they are at each request, and the page trains
+    new ones into it within `bounds` (on the data in `data_dir`, else the usual places).
+    """
+    if not models and folder is None:
         raise UsageError("give at least one model to serve")
+    if models and folder is not None:
+        raise UsageError("serve one folder of runs, or run directories and checkpoints, not both")
     # No /docs or /redoc: their pages load scripts from a CDN, and this app works offline.
-    app = FastAPI(title="mnistlab", version=__version__, docs_url=None, redoc_url=None,
+    app = FastAPI(title="mnistlab", version=__version__, docs_url=None, redoc_url=None, lifespan=_lifespan,
                   description="Classify drawings and pictures of single characters with models trained "
-                  "by mnistlab. Every error is a 4xx or 503 with {\"error\": \"...\"}.")
+                  "by mnistlab, and train them. Every error is a 4xx or 503 with {\"error\": \"...\"}.")
     app.state.mnistlab = ServerState(
-        models={m.name: m for m in models}, default=models[0].name,
+        models={m.name: m for m in models}, default=models[0].name if models else None,
         workers=Workers(workers or default_workers(), queue), max_upload=max_upload, body_timeout=body_timeout)
+    if folder is not None:
+        state = app.state.mnistlab
+        state.folder = model_folder(folder)
+        state.models, state.default = state.folder.models, state.folder.default
+        state.jobs = Jobs(folder, bounds or Bounds(jobs=default_workers()), data_dir)
     _add_error_handlers(app)
     app.add_middleware(SecurityHeaders)
     @app.post("/api/predict", response_model=PredictionOut, openapi_extra={"requestBody": PREDICT_BODY},
@@ -546,23 +622,21 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
 
     @app.get("/api/models", response_model=ModelList, summary="the models this server holds")
     async def list_models(state: State) -> ModelList:
+        await state.refresh()
         return ModelList(default=state.default, models=[
             ModelSummary(name=m.name, dataset=m.info.dataset, model=m.info.architecture.model,
                          classes=m.info.classes, test_accuracy=m.info.metrics.test_accuracy)
             for m in state.models.values()])
 
-    @app.get("/api/models/{name}", response_model=ModelInfo, responses=_errors(404),
-             summary="one model: architecture, dataset, classes, metrics")
-    async def model_info(name: str, state: State) -> ModelInfo:
-        return (await get_model(state, name)).info
-
-    @app.get("/api/models/{name}/confusion", response_model=Confusion, responses=_errors(404, 503),
+    # Names may hold '/' (a run of a comparison: seed-mnist-lrs/runs/lr0.01): the routes below the model
+    # come before the model's own.
+    @app.get("/api/models/{name:path}/confusion", response_model=Confusion, responses=_errors(404, 503),
              summary="the model's confusion matrix and per-class accuracy on its test set")
     async def confusion(name: str, state: State) -> Confusion:
         served = await get_model(state, name)
         return confusion_out(served.name, served.checkpoint, (await _answered(state, served)).answers)
 
-    @app.get("/api/models/{name}/examples", response_model=Examples, responses=_errors(404, 422, 503),
+    @app.get("/api/models/{name:path}/examples", response_model=Examples, responses=_errors(404, 422, 503),
              summary="the test images of one cell of the confusion matrix, with their probabilities")
     async def examples(name: str, state: State,
                        true: Annotated[int, Query(ge=0, description="the true class (a row of the matrix)")],
@@ -574,8 +648,16 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
         _class_of(served, "predicted", predicted)
         return examples_out(served.name, await _answered(state, served), true, predicted, offset, limit)
 
+    @app.get("/api/models/{name:path}", response_model=ModelInfo, responses=_errors(404),
+             summary="one model: architecture, dataset, classes, metrics")
+    async def model_info(name: str, state: State) -> ModelInfo:
+        return (await get_model(state, name)).info
+
+    _add_training_routes(app)
+
     @app.get("/api/health", response_model=Health, summary="whether the server answers, and its load")
     async def health(state: State) -> Health:
+        await state.refresh()
         return Health(status="ok", version=__version__, models=len(state.models),
                       workers=state.workers.workers, in_flight=state.workers.in_flight,
                       max_upload_bytes=state.max_upload)
@@ -588,6 +670,103 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+SETTINGS_BODY = {"required": True, "content": {"application/json": {"schema": TrainSettings.model_json_schema()}}}
+EVENT_STREAM = {200: {"description": "server-sent events (text/event-stream), until the run ends",
+                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+def _add_training_routes(app: FastAPI) -> None:
+    """The Train and Runs views' API: the runs of the served folder, and training jobs (jobs.py)."""
+
+    @app.get("/api/training", response_model=Training, summary="what the page may train here: recipes, datasets, "
+             "the server's bounds and how busy it is")
+    async def training(request: Request, state: State) -> Training:
+        if state.jobs is None:
+            return Jobs.off(NO_FOLDER)
+        return await anyio.to_thread.run_sync(state.jobs.training, client_of(request))
+
+    @app.get("/api/runs", response_model=RunList, summary="every run in the served folder, with its state and "
+             "curves, and the jobs waiting to start")
+    async def list_runs(request: Request, state: State) -> RunList:
+        if state.jobs is None:
+            return RunList(runs=[])
+        return RunList(runs=await anyio.to_thread.run_sync(state.jobs.list_runs, client_of(request)))
+
+    @app.post("/api/runs", status_code=202, response_model=Started, openapi_extra={"requestBody": SETTINGS_BODY},
+              responses=_errors(400, 403, 404, 408, 413, 415, 422, 429, 503, 507),
+              summary="train: one run (lr), or learning rates compared as one batched group (lrs); the names "
+              "of the runs, started now or queued")
+    async def start_run(request: Request, state: State, jobs: JobsOf) -> Started:
+        body = await read_body(request, MAX_SETTINGS, state.body_timeout)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(415, f"unsupported Content-Type {media or '(none)'!r}: send the settings as "
+                           "application/json, e.g. {\"recipe\": \"seed\", \"lr\": 0.01}")
+        try:
+            settings = TrainSettings.model_validate_json(body)
+        except ValidationError as e:
+            errors = e.errors()
+            if errors[0]["type"] == "json_invalid":
+                raise ApiError(400, f"malformed JSON ({errors[0]['msg'].removeprefix('Invalid JSON: ')})") from None
+            raise ApiError(422, _validation_line(errors)) from None
+        return await anyio.to_thread.run_sync(jobs.submit, settings, client_of(request))
+
+    @app.get("/api/events", responses={**EVENT_STREAM, **_errors(404, 422)},
+             summary="several runs' events in one stream (a browser holds few connections to a server)")
+    async def run_events(jobs: JobsOf, run: Annotated[list[str], Query(
+            min_length=1, max_length=16, description="a run's name; repeated for each run followed")]) -> Response:
+        for name in run:
+            jobs.run(name, "")  # 404 for a name that is no run, before the stream begins
+        return _event_stream(jobs.events(list(dict.fromkeys(run)), wrap=True))
+
+    @app.get("/api/runs/{name:path}/events", responses={**EVENT_STREAM, **_errors(404)},
+             summary="the run's events (core/events.py) as server-sent events: from its start, then live, until "
+             "it ends; then an 'end' event with its state")
+    async def events(request: Request, name: RunName, jobs: JobsOf) -> Response:
+        jobs.run(name, "")
+        last = request.headers.get("last-event-id", "")
+        return _event_stream(jobs.events([name], wrap=False, start=int(last) if last.isdigit() else 0))
+
+    @app.get("/api/runs/{name:path}", response_model=RunOut, responses=_errors(404),
+             summary="one run: state, settings, curves")
+    async def get_run(request: Request, name: RunName, jobs: JobsOf) -> RunOut:
+        return await anyio.to_thread.run_sync(jobs.run, name, client_of(request))
+
+    @app.delete("/api/runs/{name:path}", response_model=Stopped, responses=_errors(403, 404, 409),
+                summary="stop a run (its whole comparison) or take it off the queue; what is committed is kept, "
+                "and the run can be resumed")
+    async def stop_run(request: Request, name: RunName, jobs: JobsOf) -> Stopped:
+        return await anyio.to_thread.run_sync(jobs.stop, name, client_of(request), is_operator(request))
+
+
+def _event_stream(chunks) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    """With a served folder: start waiting jobs as processes free up (about once a second), and stop the
+    jobs this process started when the server stops."""
+    jobs: Jobs | None = app.state.mnistlab.jobs
+    if jobs is None:
+        yield
+        return
+
+    async def tick() -> None:
+        while True:
+            with contextlib.suppress(Refused, OSError):
+                jobs.tick()
+            await anyio.sleep(1.0)
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    try:
+        yield
+    finally:
+        ticker.cancel()
+        await anyio.to_thread.run_sync(jobs.close)
 
 
 class SecurityHeaders:
@@ -612,7 +791,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     """Every error answer is {"error": "one line"}, whoever raised it."""
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(Refused)
+    async def api_error(request: Request, exc: ApiError | Refused) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
@@ -633,6 +813,27 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 # ---------------------------------------------------------------------------
 # Running the server
+
+def served_folder(paths: Sequence[str | os.PathLike]) -> Path | None:
+    """The folder of runs to serve when `paths` is one, else None (UsageError when a folder of runs comes
+    with other paths)."""
+    folders = [Path(p) for p in paths if is_folder_of_runs(p)]
+    if not folders:
+        return None
+    if len(paths) > 1:
+        raise UsageError(f"{folders[0]}: serve one folder of runs alone, or run directories and checkpoints")
+    return folders[0]
+
+
+def training_line(bounds: Bounds) -> str:
+    """What the page may train, for the operator."""
+    if bounds.jobs < 1:
+        return "training from the page: off (--train-jobs 0)"
+    cap = f", at most {bounds.max_train_size} training images" if bounds.max_train_size else ""
+    return (f"training from the page: {bounds.jobs} process{'es' if bounds.jobs > 1 else ''} at once, "
+            f"{bounds.queue} waiting at most, {bounds.per_client} per client, at most {bounds.max_epochs} epochs"
+            f"{cap} a run")
+
 
 def listen(host: str, port: int) -> socket.socket:
     """A bound TCP socket for host:port (port 0: any free port); UsageError when that is impossible."""
@@ -668,20 +869,30 @@ def page_url(host: str, sock: socket.socket) -> str:
 
 
 def serve(paths: Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 8000,
-          max_upload: int = MAX_UPLOAD, log: Callable[[str], None] = print) -> None:
-    """Load the models, then serve the page and the API until interrupted (KeyboardInterrupt on Ctrl-C)."""
+          max_upload: int = MAX_UPLOAD, bounds: Bounds | None = None, data_dir: str | os.PathLike | None = None,
+          log: Callable[[str], None] = print) -> None:
+    """Load the models (or follow the folder of runs given alone), then serve the page and the API until
+    interrupted (KeyboardInterrupt on Ctrl-C)."""
     import uvicorn
 
-    models = load_models(paths)
+    folder = served_folder(paths)
+    models = load_models(paths) if folder is None else []
+    bounds = bounds or Bounds(jobs=default_workers())
     sock = listen(host, port)
-    app = create_app(models, max_upload=max_upload)
+    app = create_app(models, max_upload=max_upload, folder=folder, bounds=bounds, data_dir=data_dir)
+    if folder is not None:
+        models = list(app.state.mnistlab.models.values())
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=5))
     if not is_loopback(sock):
         log(f"warning: listening on {host}, reachable from other machines; the server has no authentication")
     sock.listen(2048)  # from here connections wait in the kernel's queue until uvicorn takes them
     names = ", ".join(f"{m.name} ({m.info.dataset}, {m.info.architecture.model})" for m in models)
-    log(f"serving {names}")
+    if folder is None:
+        log(f"serving {names}")
+    else:
+        log(f"serving the runs in {folder}: {names or 'no model yet'}")
+        log(training_line(bounds))
     log(f"open {page_url(host, sock)}   (Ctrl-C to stop)")
     with sock:
         server.run(sockets=[sock])
