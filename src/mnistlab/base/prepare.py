@@ -30,6 +30,11 @@ from .files import NotRegularFile, display_name, open_regular
 
 SIZE = 28  # MNIST images are 28x28 ...
 BOX = 20  # ... with the digit fitted into a 20x20 box
+# Pictures are decoded only up to this many pixels (a JPEG's after `_draft` has reduced its
+# scale; other formats decode every pixel): a 24-megapixel phone photo (5712x4284) fits. The
+# limit is checked from the file's header, before decoding, and bounds the time and memory one
+# picture may cost; PIL's own decompression-bomb limit (89 megapixels) is kept beyond it.
+MAX_PIXELS = 25_000_000
 # Big pictures are shrunk (area averaging) so that the longer side is at most this
 # many pixels: time and memory stay bounded and sensor noise averages out. A digit
 # filling a twentieth of the picture's width still spans more than BOX pixels.
@@ -71,9 +76,10 @@ def load_image(source: str | bytes | os.PathLike | IO[bytes], name: str | None =
     Only a regular file is opened: a FIFO, a device or a folder named like an
     image is refused by name (opening a FIFO would wait for a writer forever).
     A JPEG is decoded as preparation needs it (see `_draft`): in grey, and a big
-    one at a reduced scale. PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
-    is kept, checked on the picture's full size, and crossing it is an error rather
-    than a warning.
+    one at a reduced scale. A picture that would decode to more than MAX_PIXELS is
+    refused from its header (TooManyPixels) before any pixel is decoded. PIL's
+    decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is kept, checked on the
+    picture's full size, and crossing it is an error rather than a warning.
     """
     if isinstance(source, (str, bytes, os.PathLike)):
         name = name or display_name(source)
@@ -97,13 +103,20 @@ def _opened(path: str | bytes | os.PathLike, name: str) -> IO[bytes]:
         raise PredictionError(f"not a file name ({e})", name) from None
 
 
+class TooManyPixels(PredictionError):
+    """A picture larger than MAX_PIXELS, refused before it is decoded."""
+
+
 def _decode(f: IO[bytes], name: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(f) as image:
+            with Image.open(f) as image:  # reads the header only
                 _draft(image)
+                _check_pixels(image, name)
                 image.load()  # decoding is lazy: a truncated file only fails here; the pixels stay
+    except TooManyPixels:
+        raise
     except UnidentifiedImageError:
         raise PredictionError("not an image (or a format Pillow cannot read)", name) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -111,6 +124,15 @@ def _decode(f: IO[bytes], name: str):
     except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
         raise PredictionError(f"truncated or corrupt image ({str(e) or type(e).__name__})", name) from None
     return image
+
+
+def _check_pixels(image: Image.Image, name: str) -> None:
+    """TooManyPixels when decoding `image` (at the scale `_draft` chose) would give more than MAX_PIXELS."""
+    w, h = image.size
+    if w * h > MAX_PIXELS:
+        raise TooManyPixels(f"too large to decode: {w}x{h} pixels ({w * h / 1e6:.1f} megapixels), more than "
+                            f"the limit of {MAX_PIXELS / 1e6:g}; scale the picture down (one character needs "
+                            "far fewer pixels)", name)
 
 
 def _draft(image: Image.Image) -> None:
