@@ -77,6 +77,26 @@ def server(mnist_run):
 
 
 @pytest.fixture(scope="module")
+def classroom(mnist_run):
+    """`mnistlab serve --host 0.0.0.0`: the token address it prints for this machine."""
+    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(mnist_run), "--port", "0",
+                                "--host", "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [process.stdout.readline() for _ in range(2)]
+        match = re.search(r"http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_-]+", "".join(lines))
+        assert match, f"no token address printed: {lines!r}"
+        yield match.group(0)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver_path:
@@ -284,3 +304,21 @@ def test_on_a_phone_the_page_is_one_column_and_a_finger_draws_instead_of_scrolli
     assert answer(browser) == "7"
     assert browser.execute_script("return window.scrollY") == before
     assert canvas_pixel(browser, 0.5, 0.22) < 60
+
+
+def test_a_classroom_server_refuses_the_page_without_its_token_and_works_from_the_token_address(
+        browser, classroom):
+    plain = classroom.split("?")[0]
+    browser.delete_all_cookies()
+    browser.get(plain)  # the address without its token: the page loads, its API calls are refused
+    wait_for(browser, "document.body.dataset.state === 'error'")
+    assert "needs its token" in browser.find_element("id", "status").text
+
+    open_page(browser, classroom, 1200, 860, scale=1)  # the printed address: the page keeps the token
+    assert browser.current_url == plain  # redirected: the token is not left in the address bar
+    draw(browser, SEVEN)
+    assert answer(browser) == "7"
+    browser.refresh()  # and it still works when reloaded from the plain address
+    wait_for(browser, "document.body.dataset.state === 'empty' && document.querySelectorAll('.bar-row').length")
+    draw(browser, ONE)
+    assert answer(browser) == "1"

@@ -422,6 +422,8 @@ async function start() {
   try {
     const response = await fetch("/api/models");
     const list = await response.json();
+    // e.g. 401: a classroom server opened without the token in its address (the error says so)
+    if (!response.ok) { showError(list.error || `the server answered ${response.status}`); return; }
     const select = $("model");
     for (const m of list.models) {
       const option = document.createElement("option");
