@@ -62,6 +62,8 @@ MIN_STROKE = 1.3
 BLOB_SIZE = 128
 SPECK = 0.05
 EDGE_SHARE = 0.1
+# The EXIF tag saying how a photo is rotated (values 2 to 8 ask for a transposition).
+ORIENTATION = 0x0112
 # 8-connectivity: pixels touching at a corner belong to the same blob (a slanted
 # stroke one pixel wide stays one blob).
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -162,7 +164,8 @@ def _grey(image: Any) -> np.ndarray:
     if not isinstance(image, Image.Image):
         raise PredictionError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
     try:
-        image = ImageOps.exif_transpose(image)  # phone photos are stored sideways plus a rotation tag
+        if image.getexif().get(ORIENTATION, 1) in range(2, 9):  # a phone photo stored sideways plus this tag
+            image = ImageOps.exif_transpose(image)  # (without one it would only copy the picture)
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
             return _levels(np.asarray(image))  # keep the full depth; _levels rescales it
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
@@ -254,7 +257,7 @@ def ink_is_dark(grey: np.ndarray) -> bool:
     """
     lo, hi = float(grey.min()), float(grey.max())
     near = EXTREME * (hi - lo)
-    return int((grey >= hi - near).sum()) > int((grey <= lo + near).sum())
+    return np.count_nonzero(grey >= hi - near) > np.count_nonzero(grey <= lo + near)
 
 
 def paper_level(grey: np.ndarray) -> np.ndarray:
