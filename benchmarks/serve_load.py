@@ -362,10 +362,10 @@ class Training:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         deadline = time.monotonic() + 300
-        while not any(line.startswith("epoch ") for line in self.lines) and time.monotonic() < deadline:
+        while len(self._epochs()) < 3 and time.monotonic() < deadline:
             if self.process.poll() is not None:
                 sys.exit(f"serve_load: the training run ended: {''.join(self.lines)[-500:]}")
-            time.sleep(0.2)  # one epoch done: data loaded, training at full speed
+            time.sleep(0.2)  # three epochs without the load: its speed alone
         self.started = len(self._epochs())
         return self
 
@@ -375,7 +375,7 @@ class Training:
 
     def _epochs(self) -> list[float]:
         """Seconds of each epoch finished so far, from the `epoch k/n ... 0.42s` lines."""
-        return [float(m.group(1)) for m in (re.search(r"^epoch \d+/\d+ .* ([\d.]+)s$", line.strip())
+        return [float(m.group(1)) for m in (re.search(r"^epoch\s+\d+/\d+ .* ([\d.]+)s$", line.strip())
                                             for line in self.lines) if m]
 
     def __exit__(self, *exc) -> None:
@@ -390,8 +390,9 @@ class Training:
     def summary(self) -> dict:
         epochs = self._epochs()
         during = epochs[self.started:]
+        alone = epochs[:self.started]
         return {"epochs_before_load": self.started, "epochs_during_load": len(during),
-                "first_epoch_seconds": epochs[0] if epochs else None,
+                "median_epoch_seconds_before_load": sorted(alone)[len(alone) // 2] if alone else None,
                 "median_epoch_seconds_during_load": sorted(during)[len(during) // 2] if during else None}
 
 

@@ -136,13 +136,13 @@ def run(make_app: Callable[[], Any], sock: socket.socket, processes: int, limits
 
     def start(number: int) -> None:
         # Workers start with the stop signals blocked: they set their own handlers first, then unblock.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        _mask(signal.SIG_BLOCK)
         try:
             process = context.Process(target=_worker, args=(make_app, sock, limits),
                                       name=f"mnistlab-serve-{number}")
             process.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            _mask(signal.SIG_UNBLOCK)
         workers[number] = (process, time.monotonic())
 
     try:
@@ -162,6 +162,11 @@ def run(make_app: Callable[[], Any], sock: socket.socket, processes: int, limits
                 start(number)
     finally:
         _stop_workers([process for process, _ in workers.values()], limits.graceful + 2, stop)
+
+
+def _mask(how: int) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows, where a worker starts afresh anyway
+        signal.pthread_sigmask(how, STOP_SIGNALS)
 
 
 def _stop_workers(processes: list, timeout: float, stop: StopSignals) -> None:
@@ -192,7 +197,7 @@ def _worker(make_app: Callable[[], Any], sock: socket.socket, limits: Limits) ->
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # the supervisor's, inherited through fork
     _end_with_parent()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _mask(signal.SIG_UNBLOCK)
     try:
         app = make_app()
         config = uvicorn.Config(app, http=guarded_protocol(limits, _open_files()), log_level="error",
