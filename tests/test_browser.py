@@ -54,17 +54,15 @@ def mnist_run(real_mnist, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(mnist_run):
-    """`mnistlab serve` on 127.0.0.1, on a free port chosen by the system; its address."""
-    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(mnist_run), "--port", "0"],
+def serving(mnist_run: Path, *flags: str):
+    """`mnistlab serve RUN --port 0 FLAGS` until the generator is closed: yields the address it printed
+    for this machine (with its token, if any); stopped with Ctrl-C, which must end it cleanly."""
+    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(mnist_run), "--port", "0", *flags],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [process.stdout.readline() for _ in range(2)]
-        match = re.search(r"http://127\.0\.0\.1:\d+/", "".join(lines))
+        match = re.search(r"http://127\.0\.0\.1:\d+/(\?token=[A-Za-z0-9_-]+)?", "".join(lines))
         assert match, f"no address printed: {lines!r} {process.stderr.read() if process.poll() else ''}"
-        with urllib.request.urlopen(match.group(0) + "api/health", timeout=30) as r:
-            assert r.status == 200
         yield match.group(0)
     finally:
         process.send_signal(signal.SIGINT)
@@ -74,26 +72,23 @@ def server(mnist_run):
             process.kill()
             raise
     assert process.returncode == 0 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def server(mnist_run):
+    """`mnistlab serve` on 127.0.0.1, on a free port chosen by the system; its address."""
+    for url in serving(mnist_run):
+        with urllib.request.urlopen(url + "api/health", timeout=30) as r:
+            assert r.status == 200
+        yield url
 
 
 @pytest.fixture(scope="module")
 def classroom(mnist_run):
     """`mnistlab serve --host 0.0.0.0`: the token address it prints for this machine."""
-    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(mnist_run), "--port", "0",
-                                "--host", "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = [process.stdout.readline() for _ in range(2)]
-        match = re.search(r"http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_-]+", "".join(lines))
-        assert match, f"no token address printed: {lines!r}"
-        yield match.group(0)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            _, err = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0 and "Traceback" not in err, err
+    for url in serving(mnist_run, "--host", "0.0.0.0"):
+        assert "?token=" in url
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -212,9 +212,9 @@ def test_predict_array_uses_the_checkpoint_normalisation(tiny_run):
     np.testing.assert_allclose(predict_array(checkpoint, image), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_predict_array_on_grey_levels_is_bitwise_the_normalise_then_forward_of_training(tiny_run):
-    """The normalisation is looked up per grey level (faster): every image gives exactly the probabilities
-    of normalising it with torch as training does, then running the model."""
+def test_predict_array_is_bitwise_the_normalise_then_forward_of_training(tiny_run):
+    """However predict_array normalises (a faster way must round alike), every image, uint8 or float, gives
+    exactly the probabilities of normalising it with torch as training does, then running the model."""
     import torch
 
     from mnistlab.base.models import log_probabilities

@@ -76,6 +76,16 @@ def answer(sock: socket.socket, timeout: float = 5) -> bytes:
     return data
 
 
+def dribble(sock: socket.socket, piece: bytes, times: int = 20) -> None:
+    """Send `piece` every 0.1 s until the server closes the connection (or `times` pieces are sent)."""
+    for _ in range(times):
+        try:
+            sock.sendall(piece)
+        except OSError:
+            return
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def served(tiny_run):
     return load_models([tiny_run])
@@ -121,12 +131,7 @@ def test_headers_dribbled_slowly_get_408_at_the_head_timeout(guarded):
     with socket.create_connection(("127.0.0.1", guarded)) as slow:
         t0 = time.monotonic()
         slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        for _ in range(20):  # one header line every 0.1 s, never the blank line that ends them
-            try:
-                slow.sendall(b"X-Slow: a\r\n")
-            except OSError:
-                break
-            time.sleep(0.1)
+        dribble(slow, b"X-Slow: a\r\n")  # never the blank line that ends the headers
         data = answer(slow)
     assert data.startswith(b"HTTP/1.1 408")
     assert "headers did not arrive within 0.6 s" in json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
@@ -137,12 +142,7 @@ def test_a_body_dribbled_slowly_is_cut_off_with_408(guarded):
     with socket.create_connection(("127.0.0.1", guarded)) as slow:
         slow.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                      b"Content-Length: 100000\r\n\r\n")
-        for _ in range(20):
-            try:
-                slow.sendall(b"x")
-            except OSError:
-                break
-            time.sleep(0.1)
+        dribble(slow, b"x")
         data = answer(slow)
     assert data.startswith(b"HTTP/1.1 408")
     assert "body did not arrive" in json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]

@@ -621,7 +621,7 @@ def add_serve(sub) -> None:
     p.add_argument("--max-upload", type=_byte_size, default=2 * 1024 ** 2, metavar="SIZE",
                    help="largest request body accepted, e.g. 2M, 500K (default: 2M)")
     p.add_argument("--processes", type=_positive_count, default=None, metavar="N",
-                   help="server processes (default: two per core, at most 16)")
+                   help="server processes (default: one per core, at most 16)")
     p.add_argument("--token", type=_token, default=None,
                    help="the token the API asks for (default: a new random one when --host is not loopback, "
                    "none on loopback); at least 8 letters, digits, '-' or '_'")

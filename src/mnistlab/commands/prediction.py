@@ -8,7 +8,6 @@ accuracy.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,26 +31,15 @@ def predict_array(checkpoint: Checkpoint, image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.shape != shape[1:]:
         raise PredictionError(f"the model takes {shape[1]}x{shape[2]} images, got shape {image.shape}")
-    model = checkpoint.model
-    device = next(model.parameters()).device
-    if image.dtype == np.uint8:  # the training normalisation, looked up: one numpy step, not four torch ones
-        x = torch.from_numpy(_normalised_levels(checkpoint.mean, checkpoint.std)[image]).to(device)
-    else:
-        x = (torch.as_tensor(image, dtype=torch.float32, device=device) / 255 - checkpoint.mean) / checkpoint.std
-    if model.training:
-        model.eval()
-    with torch.inference_mode():
-        probs = log_probabilities(model, checkpoint.output, x.reshape(1, *shape)).exp()[0].cpu().numpy()
-    if not np.isfinite(probs).all():  # the weights are finite (checked at load): an overflow inside
+    device = next(checkpoint.model.parameters()).device
+    x = torch.as_tensor(image, dtype=torch.float32, device=device).reshape(1, *shape)
+    x = (x / 255 - checkpoint.mean) / checkpoint.std  # the training normalisation
+    checkpoint.model.eval()
+    with torch.no_grad():
+        probs = log_probabilities(checkpoint.model, checkpoint.output, x).exp()
+    if not torch.isfinite(probs).all():  # the weights are finite (checked at load): an overflow inside
         raise PredictionError("the model's outputs overflow for this image (its probabilities would be NaN)")
-    return probs
-
-
-@functools.lru_cache(maxsize=64)
-def _normalised_levels(mean: float, std: float) -> np.ndarray:
-    """(level / 255 - mean) / std for the 256 grey levels, computed by torch exactly as for a whole
-    image (float32, elementwise: each level's value is the same wherever it appears)."""
-    return ((torch.arange(256, dtype=torch.float32) / 255 - mean) / std).numpy()
+    return probs[0].cpu().numpy()
 
 
 def result(name: str, probs: np.ndarray, classes: Sequence[str], top_k: int = 3) -> dict[str, Any]:
