@@ -30,15 +30,15 @@ from .files import NotRegularFile, display_name, open_regular
 
 SIZE = 28  # MNIST images are 28x28 ...
 BOX = 20  # ... with the digit fitted into a 20x20 box
+# Big pictures are shrunk (area averaging) so that the longer side is at most this
+# many pixels: time and memory stay bounded and sensor noise averages out. A digit
+# filling a twentieth of the picture's width still spans more than BOX pixels.
+WORK_SIZE = 512
 # Pictures are decoded only up to this many pixels (a JPEG's after `_draft` has reduced its
 # scale; other formats decode every pixel): a 24-megapixel phone photo (5712x4284) fits. The
 # limit is checked from the file's header, before decoding, and bounds the time and memory one
 # picture may cost; PIL's own decompression-bomb limit (89 megapixels) is kept beyond it.
 MAX_PIXELS = 25_000_000
-# Big pictures are shrunk (area averaging) so that the longer side is at most this
-# many pixels: time and memory stay bounded and sensor noise averages out. A digit
-# filling a twentieth of the picture's width still spans more than BOX pixels.
-WORK_SIZE = 512
 # Ink must differ from the paper by this many grey levels (of 255), else: no ink.
 MIN_CONTRAST = 24.0
 # Pixels within this fraction of the grey range from an end count as near that end.
