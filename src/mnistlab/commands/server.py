@@ -203,8 +203,8 @@ def _worker(make_app: Callable[[], Any], sock: socket.socket, limits: Limits) ->
         config = uvicorn.Config(app, http=guarded_protocol(limits, _open_files()), log_level="error",
                                 access_log=False, timeout_keep_alive=limits.idle_timeout,
                                 timeout_graceful_shutdown=limits.graceful)
-        # What start-up built lives as long as the process: the garbage collector need not scan it
-        # again at every collection (a collection comes every few requests).
+        # What start-up built (modules, models, the app) lives as long as the process: frozen, the
+        # garbage collector's full collections no longer walk it.
         gc.collect()
         gc.freeze()
         _worker_server(config).run(sockets=[sock])
