@@ -1,15 +1,24 @@
-"""A bounded load test of `mnistlab serve` on loopback: canvas PNGs posted by concurrent clients.
+"""A bounded load test of `mnistlab serve` on loopback: canvas PNGs posted by concurrent clients,
+alone, or beside clients that hold on (idle, slow, oversized) or beside a training run.
 
     python benchmarks/serve_load.py RUN_OR_CHECKPOINT [--requests 5000] [--clients 8] [--size 280]
+        [--body png|array] [--adversaries] [--train DATA_DIR] [--processes N]
 
 Starts `mnistlab serve RUN --port 0` on 127.0.0.1 (or uses --url, a server already
 running on this machine), posts --requests drawings from --clients threads, each
 with its own keep-alive connection, and prints requests per second, latency
-percentiles, errors, and the server's resident memory before and after. The
-drawings are digits drawn as strokes, dark on white paper, as the page exports
-them; how many the model gets right is printed too (a sanity check, not a
-benchmark of accuracy). The clients run on the same machine as the server and
-take CPU from it.
+percentiles, errors, the CPU time the server (all its processes) spent per request
+and its memory. The drawings are digits drawn as strokes, dark on white paper, as
+the page exports them; how many the model gets right is printed too (a sanity
+check, not a benchmark of accuracy). The clients run on the same machine as the
+server and take CPU from it.
+
+--adversaries measures the normal clients three times in one run: alone, while
+1,000 idle sockets, slow clients (headers or bodies dribbled a byte at a time),
+clients sending 100 MB headers and clients posting 88-megapixel PNGs hit the same
+server, and alone again. --train DATA_DIR does the same with a training run of the
+seed recipe on the real MNIST in DATA_DIR (`python -m mnistlab train --recipe seed`)
+in place of the adversaries.
 """
 
 from __future__ import annotations
@@ -23,9 +32,13 @@ import os
 import platform
 import random
 import re
+import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -76,20 +89,53 @@ def drawings(n: int, size: int, seed: int = 0) -> list[tuple[int, bytes]]:
     return out
 
 
-def rss_mb(pid: int) -> dict[str, float]:
-    """Resident memory now and at its peak (Linux /proc), in MiB."""
-    fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M))
-    return {"rss": int(fields["VmRSS"]) / 1024, "peak": int(fields["VmHWM"]) / 1024}
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the server's worker processes), from Linux /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """The server's memory in MiB over all its processes: proportional set size (pages shared by
+    forked workers counted once in all), and the largest peak resident size of one process."""
+    pss, peak = 0.0, 0.0
+    for p in tree(pid):
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        pss += int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.M).group(1)) / 1024
+        peak = max(peak, int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024)
+    return {"pss": pss, "peak": peak}
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    """CPU time (user + system, all threads) the process and its descendants have used so far (Linux /proc)."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
 
 
-def start_server(model: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", model, "--port", "0"],
+def start_server(model: str, processes: int | None) -> tuple[subprocess.Popen, str]:
+    flags = ["--processes", str(processes)] if processes else []
+    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", model, "--port", "0", *flags],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(5):
         line = process.stdout.readline()
@@ -165,6 +211,191 @@ def run_load(url: str, images: list[tuple[int, bytes]], requests: int, clients: 
             "right": right[0]}
 
 
+# ---------------------------------------------------------------------------
+# Clients that hold on, and a training run alongside
+
+
+def huge_png() -> bytes:
+    """An 88-megapixel PNG (one bit per pixel, a stroke on white) of tens of kilobytes."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("1", (9380, 9380), 1)
+    ImageDraw.Draw(image).line([(2800, 1900), (6500, 1900), (4200, 8000)], fill=0, width=470)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Adversaries:
+    """Idle sockets, slowloris clients (headers, bodies), 100 MB headers and 88 MP PNGs, in threads,
+    each reconnecting as soon as the server cuts it off, until stopped. Counts how they were cut off."""
+
+    def __init__(self, port: int, idle: int = 1000, slow_headers: int = 20, slow_bodies: int = 20,
+                 huge_headers: int = 2, huge_pictures: int = 2):
+        self.port = port
+        self.counts = {"idle": idle, "slow_headers": slow_headers, "slow_bodies": slow_bodies,
+                       "huge_headers": huge_headers, "huge_pictures": huge_pictures}
+        self.cut_off = {name: 0 for name in self.counts}
+        self.answers: dict[str, int] = {}
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.picture = huge_png()
+
+    def __enter__(self) -> Adversaries:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))
+        for kind, count in self.counts.items():
+            for _ in range(count if kind != "idle" else 1):
+                thread = threading.Thread(target=getattr(self, kind), daemon=True)
+                thread.start()
+                self.threads.append(thread)
+        time.sleep(2)  # all connected before the normal clients start
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def _connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=30)
+
+    def _ended(self, kind: str, sock: socket.socket) -> None:
+        """Record how the server ended this connection (its status line, or a close without a word)."""
+        try:
+            sock.settimeout(5)
+            first = sock.recv(64).split(b"\r\n", 1)[0].decode("latin-1") or "closed"
+        except OSError:
+            first = "reset"
+        with self.lock:
+            self.cut_off[kind] += 1
+            self.answers[f"{kind}: {first}"] = self.answers.get(f"{kind}: {first}", 0) + 1
+        sock.close()
+
+    def idle(self) -> None:
+        """Keeps `idle` silent sockets open, replacing each the server closes."""
+        sockets = []
+        while not self.stopping.is_set():
+            while len(sockets) < self.counts["idle"] and not self.stopping.is_set():
+                try:
+                    sockets.append(self._connect())
+                except OSError:
+                    time.sleep(0.1)
+                    break
+            time.sleep(0.5)
+            still = []
+            for s in sockets:
+                s.setblocking(False)
+                try:
+                    closed = s.recv(1) == b""
+                except BlockingIOError:
+                    closed = False
+                except OSError:
+                    closed = True
+                if closed:
+                    with self.lock:
+                        self.cut_off["idle"] += 1
+                    s.close()
+                else:
+                    still.append(s)
+            sockets = still
+        for s in sockets:
+            s.close()
+
+    def _dribble(self, kind: str, head: bytes, piece: bytes) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock = self._connect()
+                sock.sendall(head)
+                while not self.stopping.is_set():
+                    sock.sendall(piece)
+                    time.sleep(0.5)
+            except OSError:
+                pass
+            if self.stopping.is_set():
+                return
+            self._ended(kind, sock)
+
+    def slow_headers(self) -> None:
+        self._dribble("slow_headers", b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-a: b\r\n")
+
+    def slow_bodies(self) -> None:
+        self._dribble("slow_bodies", b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: image/png\r\nContent-Length: 1000000\r\n\r\n", b"x")
+
+    def huge_headers(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock = self._connect()
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+                for _ in range(1600):  # 100 MiB
+                    sock.sendall(b"a" * 65536)
+            except OSError:
+                pass
+            self._ended("huge_headers", sock)
+
+    def huge_pictures(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock = self._connect()
+                sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.picture), self.picture))
+            except OSError:
+                pass
+            self._ended("huge_pictures", sock)
+
+
+class Training:
+    """`python -m mnistlab train --recipe seed` on real MNIST in a temporary folder, alongside the load."""
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+        self.lines: list[str] = []
+
+    def __enter__(self) -> Training:
+        self.folder = tempfile.mkdtemp(prefix="serve-load-train-")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mnistlab", "train", "--recipe", "seed", "--epochs", "100", "--data-dir",
+             self.data_dir, "--out", str(Path(self.folder) / "run"), "--no-plots"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + 300
+        while len(self._epochs()) < 3 and time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                sys.exit(f"serve_load: the training run ended: {''.join(self.lines)[-500:]}")
+            time.sleep(0.2)  # three epochs without the load: its speed alone
+        self.started = len(self._epochs())
+        return self
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def _epochs(self) -> list[float]:
+        """Seconds of each epoch finished so far, from the `epoch k/n ... 0.42s` lines."""
+        return [float(m.group(1)) for m in (re.search(r"^epoch\s+\d+/\d+ .* ([\d.]+)s$", line.strip())
+                                            for line in self.lines) if m]
+
+    def __exit__(self, *exc) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.reader.join(5)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def summary(self) -> dict:
+        epochs = self._epochs()
+        during = epochs[self.started:]
+        alone = epochs[:self.started]
+        return {"epochs_before_load": self.started, "epochs_during_load": len(during),
+                "median_epoch_seconds_before_load": sorted(alone)[len(alone) // 2] if alone else None,
+                "median_epoch_seconds_during_load": sorted(during)[len(during) // 2] if during else None}
+
+
 def machine() -> str:
     cpu = platform.processor()
     try:
@@ -174,11 +405,35 @@ def machine() -> str:
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
+def measure(process: subprocess.Popen | None, url: str, images, args, query: str, content_type: str) -> dict:
+    """One load of --requests requests, with the server's and the clients' CPU time per request."""
+    server_cpu, client_cpu = cpu_seconds(process.pid) if process else math.nan, time.process_time()
+    result = run_load(url, images, args.requests, args.clients, query, time.perf_counter() + args.max_seconds,
+                      content_type)
+    client_cpu = time.process_time() - client_cpu
+    server_cpu = cpu_seconds(process.pid) - server_cpu if process else math.nan
+    result.update(server_cpu_ms_per_request=1000 * server_cpu / max(1, result["requests"]),
+                  client_cpu_ms_per_request=1000 * client_cpu / max(1, result["requests"]),
+                  load_average=os.getloadavg()[0])
+    return result
+
+
+def show(name: str, result: dict) -> None:
+    print(f"{name}: {result['ok']} answers, errors {result['errors']}"
+          + (f" (first: {result['first_errors']})" if result["errors"] else ""))
+    print(f"  throughput {result['requests_per_second']:.1f} requests/s over {result['seconds']:.1f} s; latency "
+          f"p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  "
+          f"max {result['max_ms']:.1f} ms")
+    print(f"  CPU per request: server {result['server_cpu_ms_per_request']:.2f} ms, clients "
+          f"{result['client_cpu_ms_per_request']:.2f} ms (load average {result['load_average']:.1f}); "
+          f"answers matching the drawn digit: {result['right']}/{result['ok']}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="run directory or checkpoint to serve (not with --url)")
     parser.add_argument("--url", help="a server already running on this machine, e.g. http://127.0.0.1:8000/")
-    parser.add_argument("--requests", type=int, default=5000, help="requests in all (default: 5000)")
+    parser.add_argument("--requests", type=int, default=5000, help="requests in all, per phase (default: 5000)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default: 8)")
     parser.add_argument("--size", type=int, default=280, help="canvas side in pixels (default: 280)")
     parser.add_argument("--images", type=int, default=50, help="distinct drawings, posted in turn (default: 50)")
@@ -186,7 +441,12 @@ def main() -> int:
     parser.add_argument("--body", choices=["png", "array"], default="png",
                         help="png: canvas PNGs (default); array: the same drawings as prepared 28x28 JSON arrays, "
                         "to measure everything but the image preparation")
-    parser.add_argument("--max-seconds", type=float, default=1200, help="stop after this long (default: 1200)")
+    parser.add_argument("--processes", type=int, help="the server's --processes (default: its own default)")
+    parser.add_argument("--adversaries", action="store_true",
+                        help="measure alone, beside idle, slow and oversized clients, and alone again")
+    parser.add_argument("--train", metavar="DATA_DIR",
+                        help="measure alone, beside a seed-recipe training run on the MNIST in DATA_DIR, and alone again")
+    parser.add_argument("--max-seconds", type=float, default=1200, help="stop a phase after this long (default: 1200)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if (args.model is None) == (args.url is None):
@@ -194,24 +454,37 @@ def main() -> int:
     host = urlsplit(args.url).hostname if args.url else "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be on this machine (127.0.0.1, localhost or ::1)")
+    if args.adversaries and args.train:
+        parser.error("--adversaries or --train, one at a time")
 
     images = drawings(args.images, args.size)
     content_type = "image/png"
     if args.body == "array":
         images, content_type = as_arrays(images), "application/json"
-    process, url = start_server(args.model) if args.model else (None, args.url)
+    process, url = start_server(args.model, args.processes) if args.model else (None, args.url)
+    phases: dict[str, dict] = {}
+    extra: dict = {}
     try:
-        before = rss_mb(process.pid) if process else None
+        before = memory_mb(process.pid) if process else None
         query = "?activations=1" if args.activations else ""
         warm = run_load(url, images, min(20, args.requests), 2, query, time.perf_counter() + 120, content_type)
         if warm["errors"]:
             sys.exit(f"serve_load: warm-up failed: {warm['first_errors']}")
-        server_cpu, client_cpu = cpu_seconds(process.pid) if process else math.nan, time.process_time()
-        result = run_load(url, images, args.requests, args.clients, query,
-                          time.perf_counter() + args.max_seconds, content_type)
-        client_cpu = time.process_time() - client_cpu
-        server_cpu = cpu_seconds(process.pid) - server_cpu if process else math.nan
-        after = rss_mb(process.pid) if process else None
+        if args.adversaries or args.train:
+            phases["alone"] = measure(process, url, images, args, query, content_type)
+            if args.adversaries:
+                with Adversaries(urlsplit(url).port) as adversaries:
+                    phases["beside adversaries"] = measure(process, url, images, args, query, content_type)
+                extra["adversaries"] = {"clients": adversaries.counts, "cut_off": adversaries.cut_off,
+                                        "how": adversaries.answers}
+            else:
+                with Training(args.train) as training:
+                    phases["beside training"] = measure(process, url, images, args, query, content_type)
+                extra["training"] = training.summary()
+            phases["alone again"] = measure(process, url, images, args, query, content_type)
+        else:
+            phases["load"] = measure(process, url, images, args, query, content_type)
+        after = memory_mb(process.pid) if process else None
     finally:
         if process:
             process.send_signal(signal.SIGINT)
@@ -219,34 +492,29 @@ def main() -> int:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    result.update(machine=machine(), clients=args.clients, size=args.size, activations=args.activations, body=args.body,
-                  body_bytes=sum(len(b) for _, b in images) / len(images),
-                  rss_before_mb=before and before["rss"], rss_after_mb=after and after["rss"],
-                  rss_peak_mb=after and after["peak"],
-                  server_cpu_ms_per_request=1000 * server_cpu / max(1, result["requests"]),
-                  client_cpu_ms_per_request=1000 * client_cpu / max(1, result["requests"]),
-                  load_average=os.getloadavg())
+    result = {"machine": machine(), "clients": args.clients, "size": args.size, "activations": args.activations,
+              "body": args.body, "body_bytes": sum(len(b) for _, b in images) / len(images),
+              "memory_before_mb": before, "memory_after_mb": after, "phases": phases, **extra}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"machine: {result['machine']}")
         what = (f"{args.size}x{args.size} canvas PNGs" if args.body == "png"
                 else f"prepared 28x28 JSON arrays (from {args.size}x{args.size} canvases)")
-        print(f"{result['requests']} requests of {what} "
-              f"(mean {result['body_bytes'] / 1024:.1f} KiB) from {args.clients} clients"
-              + (", with activations" if args.activations else ""))
-        print(f"errors: {result['errors']}" + (f"  first: {result['first_errors']}" if result["errors"] else ""))
-        print(f"throughput: {result['requests_per_second']:.1f} requests/s over {result['seconds']:.1f} s")
-        print(f"latency: p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms"
-              f"  max {result['max_ms']:.1f} ms")
-        print(f"CPU per request: server {result['server_cpu_ms_per_request']:.1f} ms, clients "
-              f"{result['client_cpu_ms_per_request']:.1f} ms (both on this machine; load average at the end "
-              f"{result['load_average'][0]:.1f})")
+        print(f"{args.requests} requests per phase of {what} (mean {result['body_bytes'] / 1024:.1f} KiB) from "
+              f"{args.clients} clients" + (", with activations" if args.activations else ""))
+        for name, phase in phases.items():
+            show(name, phase)
+        if "adversaries" in extra:
+            print(f"adversaries: {extra['adversaries']['clients']}; cut off by the server: "
+                  f"{extra['adversaries']['cut_off']}; how: {extra['adversaries']['how']}")
+        if "training" in extra:
+            print(f"training (seed recipe): {extra['training']}")
         if before:
-            print(f"server memory (RSS): {before['rss']:.0f} MiB before, {after['rss']:.0f} MiB after "
-                  f"(peak {after['peak']:.0f} MiB)")
-        print(f"answers matching the drawn digit: {result['right']}/{result['ok']}")
-    return 1 if result["errors"] or result["requests"] < args.requests else 0
+            print(f"server memory (all processes, PSS): {before['pss']:.0f} MiB before, {after['pss']:.0f} MiB "
+                  f"after (largest peak RSS of one process {after['peak']:.0f} MiB)")
+    failed = any(phase["errors"] or phase["requests"] < args.requests for phase in phases.values())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

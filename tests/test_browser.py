@@ -59,17 +59,15 @@ def mnist_run(real_mnist, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(mnist_run):
-    """`mnistlab serve` on 127.0.0.1, on a free port chosen by the system; its address."""
-    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(mnist_run), "--port", "0"],
+def serving(mnist_run: Path, *flags: str):
+    """`mnistlab serve RUN --port 0 FLAGS` until the generator is closed: yields the address it printed
+    for this machine (with its token, if any); stopped with Ctrl-C, which must end it cleanly."""
+    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(mnist_run), "--port", "0", *flags],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [process.stdout.readline() for _ in range(2)]
-        match = re.search(r"http://127\.0\.0\.1:\d+/", "".join(lines))
+        match = re.search(r"http://127\.0\.0\.1:\d+/(\?token=[A-Za-z0-9_-]+)?", "".join(lines))
         assert match, f"no address printed: {lines!r} {process.stderr.read() if process.poll() else ''}"
-        with urllib.request.urlopen(match.group(0) + "api/health", timeout=30) as r:
-            assert r.status == 200
         yield match.group(0)
     finally:
         process.send_signal(signal.SIGINT)
@@ -79,6 +77,23 @@ def server(mnist_run):
             process.kill()
             raise
     assert process.returncode == 0 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def server(mnist_run):
+    """`mnistlab serve` on 127.0.0.1, on a free port chosen by the system; its address."""
+    for url in serving(mnist_run):
+        with urllib.request.urlopen(url + "api/health", timeout=30) as r:
+            assert r.status == 200
+        yield url
+
+
+@pytest.fixture(scope="module")
+def classroom(mnist_run):
+    """`mnistlab serve --host 0.0.0.0`: the token address it prints for this machine."""
+    for url in serving(mnist_run, "--host", "0.0.0.0"):
+        assert "?token=" in url
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -435,3 +450,23 @@ def test_a_confusion_cell_opens_its_test_images_and_an_image_opens_in_the_draw_v
     browser.back()
     wait_for(browser, "document.body.dataset.view === 'explore'")
     assert browser.execute_script("return document.querySelector('#matrix button.chosen').dataset.predicted") == str(p)
+
+
+
+
+def test_a_classroom_server_refuses_the_page_without_its_token_and_works_from_the_token_address(
+        browser, classroom):
+    plain = classroom.split("?")[0]
+    browser.delete_all_cookies()
+    browser.get(plain)  # the address without its token: the page loads, its API calls are refused
+    wait_for(browser, "document.body.dataset.state === 'error'")
+    assert "needs its token" in browser.find_element("id", "status").text
+
+    open_page(browser, classroom, 1200, 860, scale=1)  # the printed address: the page keeps the token
+    assert browser.current_url == plain  # redirected: the token is not left in the address bar
+    draw(browser, SEVEN)
+    assert answer(browser) == "7"
+    browser.refresh()  # and it still works when reloaded from the plain address
+    wait_for(browser, "document.body.dataset.state === 'empty' && document.querySelectorAll('.bar-row').length")
+    draw(browser, ONE)
+    assert answer(browser) == "1"

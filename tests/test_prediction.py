@@ -212,6 +212,25 @@ def test_predict_array_uses_the_checkpoint_normalisation(tiny_run):
     np.testing.assert_allclose(predict_array(checkpoint, image), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_predict_array_is_bitwise_the_normalise_then_forward_of_training(tiny_run):
+    """However predict_array normalises (a faster way must round alike), every image, uint8 or float, gives
+    exactly the probabilities of normalising it with torch as training does, then running the model."""
+    import torch
+
+    from mnistlab.base.models import log_probabilities
+
+    checkpoint = load_checkpoint(tiny_run)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (28, 28)).astype(np.uint8) for _ in range(50)]
+    images.append((np.arange(784) % 256).astype(np.uint8).reshape(28, 28))  # every level, everywhere
+    for image in images:
+        x = (torch.as_tensor(image, dtype=torch.float32).reshape(1, 1, 28, 28) / 255 - checkpoint.mean) / checkpoint.std
+        with torch.no_grad():
+            expected = log_probabilities(checkpoint.model, checkpoint.output, x).exp()[0].numpy()
+        assert np.array_equal(predict_array(checkpoint, image), expected)
+        assert np.array_equal(predict_array(checkpoint, image.astype(np.float32)), expected)  # the general path
+
+
 def bad_files(tmp_path, monkeypatch) -> dict[str, str]:
     """One of each kind of bad input: file name -> the reason expected in its error."""
     (tmp_path / "notes.png").write_text("not an image at all")

@@ -163,3 +163,15 @@ def test_the_decompression_bomb_limit_applies_to_the_full_size_of_a_jpeg(monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2400 * 1800 // 3)  # beyond twice the limit: PIL's error
     with pytest.raises(PredictionError, match="decompression bomb"):
         load_image(io.BytesIO(data), name="big.jpg")
+
+
+def test_growing_the_writing_mask_by_one_pixel_is_exactly_a_3x3_maximum_filter():
+    from scipy import ndimage
+
+    from mnistlab.base.prepare import _dilate
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = rng.integers(1, 140, 2)
+        mask = rng.random((h, w)) < rng.random() * 0.3
+        assert np.array_equal(_dilate(mask), ndimage.maximum_filter(mask, size=3))

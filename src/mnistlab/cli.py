@@ -783,10 +783,18 @@ def add_serve(sub) -> None:
                    "every run in it is served as it trains, and the page trains new ones into it")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to "
-                   "the network, without authentication)")
+                   "the network: the API then needs a token, carried by the printed address)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0: any free port)")
     p.add_argument("--max-upload", type=_byte_size, default=2 * 1024 ** 2, metavar="SIZE",
                    help="largest request body accepted, e.g. 2M, 500K (default: 2M)")
+    p.add_argument("--processes", type=_positive_count, default=None, metavar="N",
+                   help="server processes (default: one per core, at most 16)")
+    p.add_argument("--token", type=_token, default=None,
+                   help="the token the API asks for (default: a new random one when --host is not loopback, "
+                   "none on loopback); at least 8 letters, digits, '-' or '_'")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name (e.g. a reverse proxy's or a DNS name of "
+                   "this machine); repeatable. Other names are refused, against DNS rebinding")
     group = p.add_argument_group("training from the page (serving a folder of runs)")
     data_dir_flag(group)
     group.add_argument("--train-jobs", type=_count("train-jobs"), default=None, metavar="N",
@@ -801,6 +809,18 @@ def add_serve(sub) -> None:
     group.add_argument("--max-train-size", type=_count("max-train-size"), default=0, metavar="N",
                        help="training images per run at most (default: 0, no cap)")
     p.set_defaults(func=cmd_serve)
+
+
+def _positive_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"--processes must be a number from 1 to 256 (got {text})")
+    return int(text)
+
+
+def _token(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{8,128}", text):
+        raise argparse.ArgumentTypeError("--token must be 8 to 128 letters, digits, '-' or '_'")
+    return text
 
 
 def _count(name: str, least: int = 0):
@@ -826,10 +846,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bounds = Bounds(jobs=default_workers() if args.train_jobs is None else args.train_jobs,
                         queue=args.train_queue, per_client=args.train_per_client, max_epochs=args.max_epochs,
                         max_train_size=args.max_train_size)
-        serve(args.models, host=args.host, port=args.port, max_upload=args.max_upload, bounds=bounds,
-              data_dir=args.data_dir, log=print_flush)
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        serve(args.models, host=args.host, port=args.port, max_upload=args.max_upload, processes=args.processes,
+              token=args.token, allow_hosts=args.allow_host, bounds=bounds, data_dir=args.data_dir, log=print_flush)
+    except KeyboardInterrupt:  # Ctrl-C while the models load; once serving, serve() returns
+        pass
+    print("stopped", file=sys.stderr)
     return 0
 
 

@@ -198,21 +198,3 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-
-
-def allow_open_files(wanted: int) -> int:
-    """Raise this process's limit on open files towards `wanted` (up to the hard limit the system sets) and
-    return the limit now in force. macOS gives processes 256 by default, far below its hard limit."""
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit to speak of
-        return max(wanted, 8192)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return wanted if soft == resource.RLIM_INFINITY else soft

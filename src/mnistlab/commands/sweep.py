@@ -41,7 +41,8 @@ except ImportError:  # Python 3.10
 
 from ..base.config import RECIPES, Config, ConfigError
 from ..base.errors import Interrupted, RunError, UsageError
-from ..base.files import allow_open_files, read_json, write_json, write_text
+from ..base.files import read_json, write_json, write_text
+from ..base.system import allow_open_files
 from ..core import distributed, runs
 from ..core.batched import group_key
 from ..core.engine import train_group

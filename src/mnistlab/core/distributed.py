@@ -9,13 +9,10 @@ every process at the end (each trains its own share of the configurations);
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import os
 import signal
 import socket
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..base.errors import UsageError
+from ..base.system import end_with_parent
 from .evaluation import predictions
 from .training import Trainee
 
@@ -71,29 +69,12 @@ def local_device(device: torch.device, process: Process) -> torch.device:
     return torch.device("cuda", process.local_rank % torch.cuda.device_count())
 
 
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
-
-
-def stop_with_launcher() -> None:
-    """Ask Linux to send this process SIGTERM when its parent (torchrun's agent) ends, however it ends.
-
-    torchrun killed with SIGKILL cannot pass a signal on to its ranks: without this they would train on as
-    orphans, holding the run. SIGTERM stops a rank as Ctrl-C does: what is committed is kept, the lock goes.
-    Elsewhere (macOS, Windows) the ranks notice when a collective with a lost peer fails.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the launcher ended before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def join(backend: str, timeout: timedelta | None = None) -> None:
     """Join the process group torchrun's variables describe (MASTER_ADDR, MASTER_PORT)."""
-    if launched() is not None and sys.platform.startswith("linux"):
-        stop_with_launcher()
+    # torchrun killed with SIGKILL cannot pass a signal on to its ranks: without this they would train on as
+    # orphans, holding the run. SIGTERM stops a rank as Ctrl-C does: what is committed is kept.
+    if launched() is not None and not end_with_parent():
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher ended before we asked
     if not dist.is_initialized():
         dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
         # Who is who, so that a process whose peer died can say which one (see _who_failed).

@@ -25,7 +25,7 @@ MISTAKES = 16  # misclassified test digits shown when a run ends
 def require() -> None:
     """UsageError naming the extra when the tensorboard package is missing: said before any training."""
     try:
-        import tensorboard  # noqa: F401
+        import tensorboard  # noqa: F401 (only whether it is there)
     except ImportError:
         raise UsageError(f"--tensorboard needs the tensorboard package: {EXTRA_HINT}") from None
 

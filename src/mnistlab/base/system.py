@@ -1,0 +1,51 @@
+"""The operating system's limits and signals that long-running commands live with.
+
+`allow_open_files` raises this process's open-file limit as far as the system lets it (a sweep's group
+holds two files a run; the server one socket a connection). `end_with_parent` has Linux stop this process
+when the one that started it dies, however it dies: torchrun's ranks, the server's workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
+
+
+def allow_open_files(wanted: int) -> int:
+    """Raise this process's limit on open files towards `wanted` (up to the hard limit the system sets) and
+    return the limit now in force. macOS gives processes 256 by default, far below its hard limit."""
+    if resource is None:  # Windows: no such limit to speak of
+        return max(wanted, 8192)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else soft
+
+
+def end_with_parent() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent ends, even by SIGKILL (a parent killed so cannot
+    pass a signal on). SIGTERM stops mnistlab's commands cleanly. Returns False when the parent is already
+    gone (the caller then ends itself); elsewhere than Linux there is no such request, and True."""
+    if not sys.platform.startswith("linux"):
+        return True
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return os.getppid() == parent and parent != 1
