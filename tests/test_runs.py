@@ -259,6 +259,13 @@ def test_a_run_that_fails_before_training_starts_leaves_nothing_behind(tmp_path)
     assert not (tmp_path / "new" / "r").exists()
 
 
+def test_a_run_that_fails_before_training_starts_in_an_empty_folder_given_leaves_it_empty(tmp_path, tiny_idx_dir):
+    (tmp_path / "given").mkdir()  # as the page's jobs reserve their run's name
+    with pytest.raises(RunError, match="leaves no training data"):
+        train(quick(val_size=100000), out=tmp_path / "given", data_dir=tiny_idx_dir)
+    assert list((tmp_path / "given").iterdir()) == []  # no config.json: not a "resumable" run of 0 epochs
+
+
 def test_out_that_is_a_file_is_one_line(tmp_path, tiny_idx_dir):
     (tmp_path / "f").write_text("")
     with pytest.raises(RunError, match="a file of that name is in the way"):

@@ -578,7 +578,8 @@ class Jobs:
     # -- stopping
 
     def stop(self, name: str, client: str, operator: bool) -> Stopped:
-        """Stop the run `name` (its whole job: a comparison stops as one), or take it off the queue.
+        """Stop the run `name` (its whole job: a comparison stops as one), take it off the queue, or dismiss
+        a job that failed before its runs began.
 
         Clients may stop the runs they started; the server's own machine (`operator`) may stop any."""
         with self._exclusive():
@@ -587,23 +588,24 @@ class Jobs:
             run_dir = self._run_dir(name)
             if run_dir is None and job is None:
                 raise Refused(404, self._unknown(name))
-            if not operator and (job is None or job.client != client):
-                raise Refused(403, f"run {name} was not started by you; only its owner, or the server's own machine, "
-                              "can stop it")
-            if job is not None and job.waiting:
-                self._forget(job)
-                return Stopped(runs=job.runs, message=f"taken off the queue: {', '.join(job.runs)}")
+            # A held lock names a live process (the lock goes with it); a job's own process id, before it holds
+            # its run, is checked to be mnistlab's still.
             pid = lock_holder(run_dir) if run_dir is not None and runs.is_running(run_dir) else None
-            if pid is None and job is not None and job.active and _alive(job.pid):
+            if pid is None and job is not None and job.active and _alive(job.pid) and _is_mnistlab(job.pid):
                 pid = job.pid  # started, not yet writing its run
-            if pid is None or not _is_mnistlab(pid):
-                if job is not None and not job.active and not any(self._run_dir(n) for n in job.runs):
-                    self._forget(job)  # a job that failed before its runs began: dismissed
-                    return Stopped(runs=job.runs, message=f"removed: {', '.join(job.runs)}")
-                state = runs.info(run_dir).state if run_dir is not None else "failed"
+            failed = job is not None and not job.active and not any(self._run_dir(n) for n in job.runs)
+            if not (job is not None and job.waiting) and not failed and pid is None:
+                state = runs.info(run_dir).state if run_dir is not None else "ended"
                 why = ("it is written on another machine" if run_dir is not None and runs.is_running(run_dir)
                        else f"it is {state}")
                 raise Refused(409, f"run {name} is not running here ({why}); nothing to stop")
+            if not operator and (job is None or job.client != client):
+                raise Refused(403, f"run {name} was not started by you; only its owner, or the server's own machine, "
+                              "can stop it")
+            if job is not None and (job.waiting or failed):
+                self._forget(job)
+                what = "taken off the queue" if job.waiting else "removed"
+                return Stopped(runs=job.runs, message=f"{what}: {', '.join(job.runs)}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             if job is not None:

@@ -541,6 +541,7 @@ class Run:
     config: Config
     state: dict[str, Any] | None = None  # the last commit
     created: list[Path] = field(default_factory=list)  # folders this process made, deepest first
+    new: bool = False  # this process wrote its config.json (create): a failure before epoch 0 leaves nothing
     _fd: int | None = field(default=None, repr=False)
     writing: bool = True
     resume_command: str = ""  # how to continue it, when not `mnistlab train --resume RUN`
@@ -662,11 +663,12 @@ class Run:
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
         self.close()
-        if kind is not None and self.state is None and self.created:
+        if kind is not None and self.state is None and (self.created or self.new):
             self.discard()
 
     def discard(self) -> None:
-        """Remove a run that never committed an epoch 0 (failed before training), with the folders made for it."""
+        """Remove a run that never committed an epoch 0 (failed before training), with the folders made for it
+        (an empty folder it was given stays)."""
         for name in (CONFIG, EVENTS, LOCK):
             with contextlib.suppress(OSError):  # a read-only folder: the error that got us here is the one to show
                 (self.path / name).unlink(missing_ok=True)
@@ -753,6 +755,7 @@ def create(path: str | os.PathLike, config: Config) -> Run:
         for derived in (STATE, METRICS, SUMMARY, WEIGHTS, META, EVENTS):  # from a run stopped in its first epoch
             (path / derived).unlink(missing_ok=True)
         write_json(path / CONFIG, config.to_dict())
+        run.new = True
     except BaseException:
         run.close()
         raise
