@@ -1,9 +1,10 @@
 // The Train view: choose the settings, start a run (or several learning rates at once), and watch the
 // training loss fall and the accuracy rise, live, with other runs overlaid on the same axes.
 //
-// A run's curves come from the engine's events (GET /api/events: the runs followed, in one stream, from
-// their start), and, for runs that ended before the page opened, from their committed epochs
-// (GET /api/runs/NAME). The runs on the chart are remembered by this browser.
+// A run's curves come from the engine's events (GET /api/events: the runs on the chart, in one stream,
+// from their start: a run that ended is replayed once, a live one followed until it ends); until its
+// events have come, from its committed epochs (GET /api/runs). The runs on the chart are remembered by
+// this browser.
 "use strict";
 
 import { api } from "./api.js";
@@ -113,11 +114,11 @@ function keep() {
 
 function run(name) {
   if (!state.runs.has(name)) state.runs.set(name, { info: null, loss: [], acc: [], val: [], epochs: 0,
-    status: "", hint: "", progress: null, live: false });
+    status: "", hint: "", progress: null, streaming: false, replayed: false });
   return state.runs.get(name);
 }
 
-// The curves of a run that is not followed live: its committed epochs.
+// The curves of a run whose events have not come yet: its committed epochs.
 function fromRows(r) {
   const rows = r.info.rows;
   r.loss = rows.map((row) => [row.epoch, row.train_loss]);
@@ -142,26 +143,30 @@ async function refresh() {
   for (const name of state.shown) {
     const r = run(name);
     r.info = byName.get(name);
-    if (!r.live) fromRows(r);
+    if (!r.replayed && !r.streaming) fromRows(r);
   }
   follow();
   render();
 }
 
-// One stream for every live run on the chart: a browser holds only a few connections to a server.
+// One stream for the runs on the chart that are live or whose events have not come yet: a browser holds
+// only a few connections to a server.
 function follow() {
-  const live = state.shown.filter((name) => LIVE.includes(state.runs.get(name)?.info?.state));
+  const live = state.shown.filter((name) => {
+    const r = state.runs.get(name);
+    return r?.info && (LIVE.includes(r.info.state) || !r.replayed);
+  });
   const key = live.join("\n");
   if (key === state.streamed && state.stream) return;
   if (state.stream) state.stream.close();
+  for (const r of state.runs.values()) r.streaming = false;
   state.stream = null;
   state.streamed = key;
-  for (const r of state.runs.values()) r.live = false;
   if (!live.length) return;
   const stream = new EventSource(`/api/events?${live.map((n) => `run=${encodeURIComponent(n)}`).join("&")}`);
   state.stream = stream;
   stream.onopen = () => {  // (re)connected: the events come again from each run's start
-    for (const name of live) Object.assign(run(name), { loss: [], acc: [], val: [], live: true, progress: null });
+    for (const name of live) Object.assign(run(name), { loss: [], acc: [], val: [], streaming: true, progress: null });
   };
   stream.onmessage = (message) => {
     const { name, event } = JSON.parse(message.data);
@@ -171,7 +176,7 @@ function follow() {
   stream.addEventListener("end", () => {
     stream.close();
     if (state.stream === stream) { state.stream = null; state.streamed = ""; }
-    for (const name of live) run(name).live = false;
+    for (const name of live) Object.assign(run(name), { streaming: false, replayed: true });
     state.hooks.models();
     refresh();
   });
@@ -205,6 +210,7 @@ function apply(r, e) {
     r.hint = e.message;
   } else if (e.type === "ended") {
     r.status = e.status;
+    r.replayed = true;  // its whole story has come
     if (e.message) r.hint = e.message;
   }
 }
