@@ -18,7 +18,11 @@ server and take CPU from it.
 clients sending 100 MB headers and clients posting 88-megapixel PNGs hit the same
 server, and alone again. --train DATA_DIR does the same with a training run of the
 seed recipe on the real MNIST in DATA_DIR (`python -m mnistlab train --recipe seed`)
-in place of the adversaries.
+in place of the adversaries. --train-from-page DATA_DIR starts that training run the
+way the lab's page does: the server serves a folder holding a copy of RUN (`mnistlab
+serve FOLDER --data-dir DATA_DIR`), the run is asked for with POST /api/runs and
+followed through the API, and the drawings name RUN's model. The training process
+is not counted in the server's CPU (it has a session of its own).
 """
 
 from __future__ import annotations
@@ -90,14 +94,18 @@ def drawings(n: int, size: int, seed: int = 0) -> list[tuple[int, bytes]]:
 
 
 def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (the server's worker processes), from Linux /proc."""
+    """`pid` and its descendants in its session (the server's worker processes, not the training jobs the
+    page started: each has a session of its own), from Linux /proc."""
     children: dict[int, list[int]] = {}
+    sessions: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        sessions[int(stat.parent.name)] = int(fields[3])
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    children = {parent: [c for c in kids if sessions.get(c) == sessions.get(pid)] for parent, kids in children.items()}
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -133,8 +141,9 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def start_server(model: str, processes: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, processes: int | None, *more: str) -> tuple[subprocess.Popen, str]:
     flags = ["--processes", str(processes)] if processes else []
+    flags += more
     process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", model, "--port", "0", *flags],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(5):
@@ -157,7 +166,8 @@ def as_arrays(images: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
 
 
 def run_load(url: str, images: list[tuple[int, bytes]], requests: int, clients: int, query: str,
-             deadline: float, content_type: str = "image/png") -> dict:
+             deadline: float, content_type: str = "image/png", pause: float = 0.0) -> dict:
+    """`pause`: seconds each client waits after an answer before its next request (0: at once)."""
     parts = urlsplit(url)
     lock = threading.Lock()
     issued = iter(range(requests))
@@ -191,6 +201,8 @@ def run_load(url: str, images: list[tuple[int, bytes]], requests: int, clients: 
             with lock:
                 latencies.append(elapsed)
                 right[0] += answer["prediction"] == digit
+            if pause:
+                time.sleep(pause)
         connection.close()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -396,6 +408,55 @@ class Training:
                 "median_epoch_seconds_during_load": sorted(during)[len(during) // 2] if during else None}
 
 
+class PageTraining:
+    """The seed recipe on real MNIST started as the page starts it (POST /api/runs) and followed through the
+    API, alongside the load; stopped with DELETE /api/runs/NAME."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.rows: list[dict] = []
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        parts = urlsplit(self.url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        try:
+            connection.request(method, path, body=json.dumps(body) if body is not None else None,
+                               headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            data = json.loads(answer.read())
+        finally:
+            connection.close()
+        if answer.status >= 400:
+            sys.exit(f"serve_load: {method} {path}: {answer.status} {data.get('error')}")
+        return data
+
+    def __enter__(self) -> PageTraining:
+        self.name = self._call("POST", "/api/runs", {"recipe": "seed", "epochs": 100})["runs"][0]
+        deadline = time.monotonic() + 300
+        while len(self._rows()) < 3 and time.monotonic() < deadline:  # three epochs without the load
+            time.sleep(0.5)
+        self.started = len(self.rows)
+        return self
+
+    def _rows(self) -> list[dict]:
+        run = self._call("GET", f"/api/runs/{self.name}")
+        if run["state"] not in ("queued", "starting", "running"):
+            sys.exit(f"serve_load: the training run ended: {run['state']} {run.get('problem')}")
+        self.rows = run["rows"]
+        return self.rows
+
+    def __exit__(self, *exc) -> None:
+        self._rows()
+        self._call("DELETE", f"/api/runs/{self.name}")
+
+    def summary(self) -> dict:
+        alone = sorted(r["seconds"] for r in self.rows[:self.started])
+        during = sorted(r["seconds"] for r in self.rows[self.started:])
+        return {"epochs_before_load": self.started, "epochs_during_load": len(during),
+                "median_epoch_seconds_before_load": alone[len(alone) // 2] if alone else None,
+                "median_epoch_seconds_during_load": during[len(during) // 2] if during else None}
+
+
 def machine() -> str:
     cpu = platform.processor()
     try:
@@ -409,7 +470,7 @@ def measure(process: subprocess.Popen | None, url: str, images, args, query: str
     """One load of --requests requests, with the server's and the clients' CPU time per request."""
     server_cpu, client_cpu = cpu_seconds(process.pid) if process else math.nan, time.process_time()
     result = run_load(url, images, args.requests, args.clients, query, time.perf_counter() + args.max_seconds,
-                      content_type)
+                      content_type, args.pause / 1000)
     client_cpu = time.process_time() - client_cpu
     server_cpu = cpu_seconds(process.pid) - server_cpu if process else math.nan
     result.update(server_cpu_ms_per_request=1000 * server_cpu / max(1, result["requests"]),
@@ -438,6 +499,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=280, help="canvas side in pixels (default: 280)")
     parser.add_argument("--images", type=int, default=50, help="distinct drawings, posted in turn (default: 50)")
     parser.add_argument("--activations", action="store_true", help="ask for the hidden layers too, as the page does")
+    parser.add_argument("--pause", type=float, default=0.0, metavar="MS",
+                        help="each client waits this long after an answer before its next request: 120 is the "
+                        "page's pace while a stroke is drawn (default: 0, at once)")
     parser.add_argument("--body", choices=["png", "array"], default="png",
                         help="png: canvas PNGs (default); array: the same drawings as prepared 28x28 JSON arrays, "
                         "to measure everything but the image preparation")
@@ -446,6 +510,8 @@ def main() -> int:
                         help="measure alone, beside idle, slow and oversized clients, and alone again")
     parser.add_argument("--train", metavar="DATA_DIR",
                         help="measure alone, beside a seed-recipe training run on the MNIST in DATA_DIR, and alone again")
+    parser.add_argument("--train-from-page", metavar="DATA_DIR",
+                        help="as --train, the run started from the page's API on a server of a folder holding RUN")
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop a phase after this long (default: 1200)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -454,23 +520,35 @@ def main() -> int:
     host = urlsplit(args.url).hostname if args.url else "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be on this machine (127.0.0.1, localhost or ::1)")
-    if args.adversaries and args.train:
-        parser.error("--adversaries or --train, one at a time")
+    if sum(map(bool, (args.adversaries, args.train, args.train_from_page))) > 1:
+        parser.error("--adversaries, --train or --train-from-page, one at a time")
+    served = None
+    if args.train_from_page:
+        if not args.model or not (Path(args.model) / "config.json").is_file():
+            parser.error("--train-from-page needs a run directory to serve (it is copied into a folder of runs)")
+        served = tempfile.mkdtemp(prefix="serve-load-page-")
+        shutil.copytree(args.model, Path(served) / Path(args.model).resolve().name)
 
     images = drawings(args.images, args.size)
     content_type = "image/png"
     if args.body == "array":
         images, content_type = as_arrays(images), "application/json"
-    process, url = start_server(args.model, args.processes) if args.model else (None, args.url)
+    model_query = ""
+    if served:  # the model named in every request, not the run training beside it
+        process, url = start_server(served, args.processes, "--data-dir", args.train_from_page, "--max-epochs", "100")
+        model_query = f"model={Path(args.model).resolve().name}"
+    else:
+        process, url = start_server(args.model, args.processes) if args.model else (None, args.url)
     phases: dict[str, dict] = {}
     extra: dict = {}
     try:
         before = memory_mb(process.pid) if process else None
-        query = "?activations=1" if args.activations else ""
+        query = "&".join(filter(None, ("activations=1" if args.activations else "", model_query)))
+        query = f"?{query}" if query else ""
         warm = run_load(url, images, min(20, args.requests), 2, query, time.perf_counter() + 120, content_type)
         if warm["errors"]:
             sys.exit(f"serve_load: warm-up failed: {warm['first_errors']}")
-        if args.adversaries or args.train:
+        if args.adversaries or args.train or args.train_from_page:
             phases["alone"] = measure(process, url, images, args, query, content_type)
             if args.adversaries:
                 with Adversaries(urlsplit(url).port) as adversaries:
@@ -478,7 +556,7 @@ def main() -> int:
                 extra["adversaries"] = {"clients": adversaries.counts, "cut_off": adversaries.cut_off,
                                         "how": adversaries.answers}
             else:
-                with Training(args.train) as training:
+                with Training(args.train) if args.train else PageTraining(url) as training:
                     phases["beside training"] = measure(process, url, images, args, query, content_type)
                 extra["training"] = training.summary()
             phases["alone again"] = measure(process, url, images, args, query, content_type)
@@ -492,7 +570,10 @@ def main() -> int:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    result = {"machine": machine(), "clients": args.clients, "size": args.size, "activations": args.activations,
+        if served:
+            shutil.rmtree(served, ignore_errors=True)
+    result = {"machine": machine(), "clients": args.clients, "pause_ms": args.pause, "size": args.size,
+              "activations": args.activations,
               "body": args.body, "body_bytes": sum(len(b) for _, b in images) / len(images),
               "memory_before_mb": before, "memory_after_mb": after, "phases": phases, **extra}
     if args.json:
@@ -502,7 +583,8 @@ def main() -> int:
         what = (f"{args.size}x{args.size} canvas PNGs" if args.body == "png"
                 else f"prepared 28x28 JSON arrays (from {args.size}x{args.size} canvases)")
         print(f"{args.requests} requests per phase of {what} (mean {result['body_bytes'] / 1024:.1f} KiB) from "
-              f"{args.clients} clients" + (", with activations" if args.activations else ""))
+              f"{args.clients} clients" + (", with activations" if args.activations else "")
+              + (f", each pausing {args.pause:g} ms after an answer" if args.pause else ""))
         for name, phase in phases.items():
             show(name, phase)
         if "adversaries" in extra:

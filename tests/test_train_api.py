@@ -7,6 +7,8 @@ server counts it as a training process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -24,7 +26,7 @@ pytest.importorskip("fastapi", reason="mnistlab serve needs the serve extra: pip
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mnistlab.base.config import recipe  # noqa: E402
-from mnistlab.cli import SWEEP_FIELDS, build_parser, config_from_args  # noqa: E402
+from mnistlab.cli import SWEEP_FIELDS, build_parser, config_from_args, main  # noqa: E402
 from mnistlab.commands.jobs import Bounds, TrainSettings, command, configs_of, lock_holder  # noqa: E402
 from mnistlab.commands.serve import create_app  # noqa: E402
 from mnistlab.commands.sweep import make_plan, parse_list  # noqa: E402
@@ -56,10 +58,10 @@ def client(folder, tiny_idx_dir):
 
 def cli_runs(folder) -> dict:
     """`mnistlab runs FOLDER --json`, by name."""
-    r = subprocess.run([sys.executable, "-m", "mnistlab", "runs", str(folder), "--json"], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return {run["name"]: run for run in json.loads(r.stdout)}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["runs", str(folder), "--json"]) == 0
+    return {run["name"]: run for run in json.loads(out.getvalue())}
 
 
 def sse(text: str) -> list[tuple[str, str | None, dict]]:

@@ -102,6 +102,7 @@ async function refreshModels() {
   const select = $("model");
   select.replaceChildren(...list.models.map((m) => new Option(`${m.name} (${m.dataset})`, m.name)));
   $("model-choice").hidden = list.models.length < 2;
+  $("model-name").textContent = $("model-choice").hidden && chosen ? `model: ${chosen}` : "";
   banner();
   const names = list.models.map((m) => m.name);
   if (chosen && names.includes(chosen)) {

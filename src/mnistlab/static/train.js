@@ -350,7 +350,4 @@ export const view = {
 
   // hooks: {models(): the runs committed an epoch (the model list may have changed), draw(name): use it}
   connect(hooks) { state.hooks = hooks; },
-
-  // Put runs on the chart (from the Runs view).
-  plot(names) { for (const name of names) show(name); },
 };
