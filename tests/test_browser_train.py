@@ -18,6 +18,7 @@ import sys
 import urllib.request
 
 import pytest
+from mnistlab.core import runs as runs_module
 from test_browser import SEVEN, answer, browser, draw, screenshot, wait_for  # noqa: F401 (browser: a fixture)
 
 pytestmark = pytest.mark.slow
@@ -106,7 +107,9 @@ def test_a_learner_trains_watches_it_learn_compares_rates_draws_on_it_and_opens_
     assert points(browser, "acc-chart") == 3
     runs = {r["name"]: r for r in cli("runs", folder)}
     shown = legend(browser)["seed-mnist"][1]
-    assert f"test {100 * runs['seed-mnist']['test_accuracy']:.2f}%" in shown, shown  # the CLI's number
+    assert f"test {100 * runs['seed-mnist']['test_accuracy']:.2f}%" in shown, shown  # the CLI's numbers
+    last = runs_module.read_metrics(folder / "seed-mnist")[-1]
+    assert f"epoch 3/3 · loss {last['train_loss']:.4f}" in shown, shown  # as `train` prints it
     assert "lr 0.05 · batch 64 · 128-64 · sgd · shifts off" in shown
 
     # Two learning rates side by side, as one batched group.
@@ -147,9 +150,11 @@ def test_a_learner_trains_watches_it_learn_compares_rates_draws_on_it_and_opens_
     table = browser.execute_script("""
         return [...document.querySelectorAll('#runs-table tbody tr[data-name]')].map((tr) => ({
             name: tr.dataset.name, state: tr.querySelector('.state').textContent,
-            epochs: tr.querySelector('.epochs').textContent, acc: tr.querySelector('.acc').textContent}));""")
+            epochs: tr.querySelector('.epochs').textContent, acc: tr.querySelector('.acc').textContent,
+            time: tr.querySelector('.time').textContent}));""")
     assert table == [{"name": n, "state": r["state"], "epochs": f"{r['epochs']}/{r['total_epochs']}",
-                      "acc": f"{100 * r['test_accuracy']:.2f}%"} for n, r in sorted(runs.items())]
+                      "acc": f"{100 * r['test_accuracy']:.2f}%", "time": f"{r['train_seconds']:.1f} s"}
+                     for n, r in sorted(runs.items())]
     assert points(browser, "runs-acc-chart") == 7
     screenshot(browser, tmp_path, "lab-runs.png", whole=True)
 

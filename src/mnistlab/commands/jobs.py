@@ -612,8 +612,10 @@ class Jobs:
                 job.stopping = True
                 self._write(job)
             stopped = job.runs if job is not None and job.pid == pid else [name]
-        return Stopped(runs=stopped, message=f"stopping {', '.join(stopped)}: what is committed is kept, and the "
-                       "run can be resumed (mnistlab train --resume, or sweep --resume for a comparison)")
+        again = (f"mnistlab sweep --resume {self.folder.name}/{job.out}" if job is not None and job.kind == "sweep"
+                 else f"mnistlab train --resume {self.folder.name}/{name}")
+        return Stopped(runs=stopped, message=f"stopping {', '.join(stopped)}: what is committed is kept; continue "
+                       f"with: {again}")
 
     def _unreserve(self, job: Job) -> None:
         """Remove the folder made for a job that never started (if it is still empty)."""
@@ -644,6 +646,8 @@ class Jobs:
 
     def list_runs(self, client: str) -> list[RunOut]:
         """Every run in the folder (`runs.run_dirs`), then the jobs' runs that have not begun; sorted by name."""
+        with contextlib.suppress(Refused, OSError):
+            self.tick()  # (the server's lifespan does it every second too, where it runs)
         jobs = self._jobs()
         owner = {name: j for j in jobs for name in j.runs}
         listed: dict[str, RunOut] = {}
