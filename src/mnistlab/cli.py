@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from . import __version__
 from .base.config import DEVICE_NAME, MEASURED, RECIPES, Config
 from .base.errors import Interrupted, MnistlabError, UsageError
 from .base.files import json_text
+from .base.threads import MAX_THREADS
 
 EXIT_USAGE = 2
 
@@ -76,6 +78,33 @@ def device_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> Non
                    help=f"auto, cpu, cuda, cuda:N or mps (default: {default or 'auto'})")
 
 
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number from 1 to {MAX_THREADS} (got {text})")
+    return int(text)
+
+
+def _thread_counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_thread_count(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--threads takes thread counts from 1 to {MAX_THREADS}, one or a comma "
+                                         f"list such as 1,2 (got {text})") from None
+
+
+def threads_flag(p: argparse.ArgumentParser, work: Any = None, many: bool = False) -> None:
+    """`--threads N`: torch's CPU threads. Without it they are chosen for the work and the machine
+    (base/threads.py): `work(args)` estimates the floating-point operations of one step, and main()
+    applies the choice before the command runs. With `many`, a comma list the command compares."""
+    what = ("a comma list of thread counts to compare, e.g. 1,2 (default: the count chosen for the work)" if many
+            else "CPU threads to compute with")
+    p.add_argument("--threads", type=_thread_counts if many else _thread_count, metavar="LIST" if many else "N",
+                   help=f"{what} (default: one for a small network's steps, else one per CPU this process may use "
+                   "and the machine's load leaves free; OMP_NUM_THREADS and SLURM_CPUS_PER_TASK are honoured)")
+    if work is not None:
+        p.set_defaults(threads_work=work)
+
+
 def json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
@@ -97,6 +126,48 @@ def print_flush(line: str) -> None:
 
 def print_err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# What one step of a command costs, for the thread choice (an estimate: 28x28 images, 10 classes)
+
+def _step_flops(config: Config, members: int = 1) -> float:
+    from .base.models import architecture, training_flops
+
+    arch = architecture(config.model, (1, 28, 28), 10, config.hidden, config.activation, config.output)
+    return float(training_flops(arch) * config.batch_size * members)
+
+
+def _train_work(args: argparse.Namespace) -> float | None:
+    """One step of the run (None when the flags or the run are bad: train says why)."""
+    if args.resume:
+        try:
+            config = Config.from_dict(json.loads((Path(args.resume) / "config.json").read_text()))
+        except (OSError, ValueError, MnistlabError):
+            return None  # the run cannot be read: train --resume says why
+    else:
+        try:
+            config = config_from_args(args)
+        except MnistlabError:
+            return None  # a bad flag: train says which
+    return _step_flops(config, config.ensemble)
+
+
+def _sweep_work(args: argparse.Namespace) -> float | None:
+    """A batched group's step: one network of the first recipe times the values that train together."""
+    members = args.seeds or 1
+    for name in ("lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup", "seed"):
+        members *= len((getattr(args, name, None) or "x").split(","))
+    recipe_name = (args.recipe or "default").split(",")[0]
+    return _step_flops(RECIPES[recipe_name], members) if recipe_name in RECIPES else None
+
+
+def _evaluate_work(args: argparse.Namespace) -> float:
+    return float("inf")  # forward passes of thousands of images: large enough for every core
+
+
+def _inspect_work(args: argparse.Namespace) -> float:
+    return _step_flops(RECIPES["seed"].replace(batch_size=args.batch_size))
 
 
 # ---------------------------------------------------------------------------
@@ -161,6 +232,7 @@ def add_train(sub) -> None:
     p.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
     p.add_argument("--verbose", action="store_true", help="print the full configuration first")
     json_flag(p, "the summary at the end (progress goes to stderr)")
+    threads_flag(p, _train_work)
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -278,6 +350,7 @@ def add_evaluate(sub) -> None:
     data_dir_flag(p, "the folder the model was trained from, else the usual places")
     any_data_flag(p, "evaluate")
     device_flag(p)
+    threads_flag(p, _evaluate_work)
     json_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -475,6 +548,7 @@ def add_inspect(sub) -> None:
     p.add_argument("--lang", choices=("en", "fr"), default=None,
                    help="language of the explanations, the numbers being the same: en or fr (default: fr "
                    "when the locale's language is French, from LC_ALL, LC_MESSAGES or LANG, else en)")
+    threads_flag(p, _inspect_work)
     json_flag(p, "the numbers")
     p.set_defaults(func=cmd_inspect)
 
@@ -510,6 +584,7 @@ def add_bench(sub) -> None:
     p.add_argument("--sequential", type=_positive(int, "sequential"), default=2, metavar="N",
                    help="with --sweep: networks trained one after another per repeat (default: 2; their rate "
                    "does not depend on K)")
+    threads_flag(p, many=True)
     data_dir_flag(p)
     json_flag(p, "one document with every raw timing")
     p.set_defaults(func=cmd_bench)
@@ -533,14 +608,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 members = (0,)
             if min(members) < 1:
                 raise UsageError(f"--members {args.members}: expected a comma list of numbers >= 1, e.g. 1,16")
-        result = run_sweep_bench(args.recipe, device=args.device, members=members, sequential=args.sequential,
-                                 repeats=args.repeats or 1,
-                                 data_dir=args.data_dir, log=print_err)
-        print(json_text(result) if args.json else format_sweep_bench(result))
+        results = [run_sweep_bench(args.recipe, device=args.device, members=members, sequential=args.sequential,
+                                   repeats=args.repeats or 1, data_dir=args.data_dir, log=print_err, threads=n)
+                   for n in args.threads or (None,)]
+        if args.json:
+            print(json_text(results[0] if len(results) == 1 else results))
+        else:
+            print("\n\n".join(format_sweep_bench(r) for r in results))
         return 0
     # Progress goes to stderr so that stdout holds only the table or the JSON.
     result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats or 3,
-                       data_dir=args.data_dir, log=print_err)
+                       data_dir=args.data_dir, log=print_err, threads=args.threads)
     print(json_text(result) if args.json else format_bench(result))
     return 0
 
@@ -668,6 +746,7 @@ def add_sweep(sub) -> None:
                    "other jobs into the same --out (e.g. a Slurm job array)")
     data_dir_flag(p)
     device_flag(p, default=None)
+    threads_flag(p, _sweep_work)
     p.add_argument("--no-plots", action="store_true", help="do not write results.png")
     json_flag(p, "the table (progress goes to stderr)")
     group = p.add_argument_group("values (each a comma list; every combination is trained)")
@@ -731,6 +810,24 @@ def build_parser() -> Parser:
     return parser
 
 
+def _use_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads for a command that computes on the CPU (base/threads.py; its run's device line
+    says when the machine is too busy for them). Nothing for a command that will fail on its flags or run
+    elsewhere."""
+    from .base.devices import select_device
+    from .base.threads import use_threads
+
+    work = args.threads_work(args)
+    if work is None:
+        return
+    try:
+        if select_device(getattr(args, "device", None) or "auto").type != "cpu":
+            return
+    except MnistlabError:
+        return  # the command says why
+    use_threads(args.threads, work)
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (kill, Slurm's time limit) stops like Ctrl-C: what is done is kept
 
@@ -744,6 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if hasattr(args, "threads_work"):
+            _use_threads(args)
         return args.func(args)
     except Interrupted as e:
         print(f"\nmnistlab {args.command}: {e}", file=sys.stderr)

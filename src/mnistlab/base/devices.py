@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 
 from .errors import DeviceError
+from . import threads
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 _NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -47,9 +48,11 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def describe(device: torch.device) -> str:
-    """For people: `cpu (2 threads)`, `cuda:0 (NVIDIA H100 80GB HBM3)`."""
+    """For people: `cpu (1 thread)`, `cpu (2 threads)`, `cuda:0 (NVIDIA H100 80GB HBM3)`; on the CPU with
+    what the thread choice has to say (base/threads.py), e.g. that the machine is busy."""
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        note = threads.note()
+        return f"cpu ({threads.plural_threads(torch.get_num_threads())}{f': {note}' if note else ''})"
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
