@@ -810,22 +810,24 @@ def build_parser() -> Parser:
     return parser
 
 
-def _use_threads(args: argparse.Namespace) -> None:
+def _use_threads(args: argparse.Namespace) -> Any:
     """Set torch's CPU threads for a command that computes on the CPU (base/threads.py; its run's device line
-    says when the machine is too busy for them). Nothing for a command that will fail on its flags or run
-    elsewhere."""
+    says when the machine is too busy for them); return what puts the count back afterwards (for callers of
+    main() in a process that goes on). Nothing for a command that will fail on its flags or run elsewhere."""
+    import torch
+
     from .base.devices import select_device
     from .base.threads import use_threads
 
     work = args.threads_work(args)
-    if work is None:
-        return
     try:
-        if select_device(getattr(args, "device", None) or "auto").type != "cpu":
-            return
+        if work is None or select_device(getattr(args, "device", None) or "auto").type != "cpu":
+            return None
     except MnistlabError:
-        return  # the command says why
+        return None  # the command says why
+    before = torch.get_num_threads()
     use_threads(args.threads, work)
+    return lambda: torch.set_num_threads(before)
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -840,9 +842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # instead of stopping the output with a UnicodeEncodeError; stderr does so already.
         sys.stdout.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _terminate)
+    restore_threads = _use_threads(args) if hasattr(args, "threads_work") else None
     try:
-        if hasattr(args, "threads_work"):
-            _use_threads(args)
         return args.func(args)
     except Interrupted as e:
         print(f"\nmnistlab {args.command}: {e}", file=sys.stderr)
@@ -859,6 +860,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if restore_threads is not None:
+            restore_threads()
 
 
 if __name__ == "__main__":
