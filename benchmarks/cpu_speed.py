@@ -7,7 +7,7 @@ script) and once beside one other busy process (a Python loop spinning on one
 core, started by this script):
 
   seed epoch, plain     the seed recipe's epoch (784-128-64-10, batch 64, SGD lr
-                        0.003) through training.train_epoch: autograd and
+                        0.003) as the training loop runs it: autograd and
                         torch.optim, batches gathered by training.Batches
   seed epoch, fast      the same epoch through core/fused.py's step
   seed epoch, fast + index_select
@@ -48,10 +48,11 @@ from mnistlab.base.config import recipe
 from mnistlab.base.devices import flush_denormals
 from mnistlab.base.models import training_flops
 from mnistlab.base.threads import choose_threads, plural_threads
-from mnistlab.commands.bench import cpu_model, step_flops
+from mnistlab.base.models import step_flops
+from mnistlab.commands.bench import cpu_model
 from mnistlab.core import batched
-from mnistlab.core.fused import make_step
-from mnistlab.core.training import Batches, build, load_splits, train_epoch
+from mnistlab.core.fused import AutogradStep, make_step
+from mnistlab.core.training import Batches, build, load_splits
 
 CPU = torch.device("cpu")
 
@@ -69,18 +70,37 @@ def matmul_rate(threads: int, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size ** 3 / statistics.median(times)
 
 
-def fast_epoch(trainee, batches=None) -> torch.Tensor:
-    """training.train_epoch's loop through make_step (what training.py would run with the fast step)."""
-    step = make_step(trainee.model, trainee.optimizer, trainee.loss_fn)
+def run_epoch(step, batches: Batches, generator: torch.Generator) -> torch.Tensor:
+    """The notebook's loop (the engine's train_epoch) over `step`'s zero_grad, loss, backward, step."""
     total = torch.zeros(())
-    batches = batches or trainee.batches
-    for xb, yb in batches.epoch(trainee.generator):
+    for xb, yb in batches.epoch(generator):
         step.zero_grad()
         loss = step.loss(xb, yb)
         step.backward(loss)
         step.step()
-        total += loss.detach()
+        total = total + loss.detach().sum()
     return total / len(batches)
+
+
+class StackStep:
+    """batched.Stack's step (K networks at once) through the same four calls, at its rates of epoch 1."""
+
+    def __init__(self, stack: batched.Stack):
+        self.stack, self.lr, self.i, self.losses = stack, stack.lr_table(1), 0, None
+
+    def zero_grad(self) -> None:
+        self.stack.zero_grad()
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self.losses = self.stack.loss(xb, yb)
+        return self.losses
+
+    def backward(self, losses: torch.Tensor) -> None:
+        self.stack.backward(losses)
+
+    def step(self) -> None:
+        self.stack.step(self.losses, self.lr[self.i])
+        self.i += 1
 
 
 class IndexSelectBatches(Batches):
@@ -100,47 +120,30 @@ def timed(work: Callable[[], Any], threads: int) -> float:
     t0 = time.perf_counter()
     with flush_denormals(CPU):
         result = work()
-    if isinstance(result, torch.Tensor):
-        result.tolist()  # wait for the work (the loss is summed without syncing)
+    result.tolist()  # the losses, summed on the device, read back: the work is done
     return time.perf_counter() - t0
 
 
 def variants(splits, steps: int) -> dict[str, Callable[[], Any]]:
     """Each measured thing, as a function of nothing that does it once (a fresh network each time)."""
     seed = recipe("seed", device="cpu", epochs=1)
-    part = seed.replace(train_size=steps * seed.batch_size)
+    part = type(splits)(splits.x[:steps * seed.batch_size], splits.y[:steps * seed.batch_size],
+                        splits.x_test, splits.y_test, None, None, splits.dataset)
 
-    def plain():
-        t = build(seed, splits, CPU)
-        return train_epoch(t.model, t.optimizer, t.schedule, t.loss_fn, t.batches, t.generator)
-
-    def fast():
-        return fast_epoch(build(seed, splits, CPU))
-
-    def fast_index_select():
-        t = build(seed, splits, CPU)
-        return fast_epoch(t, IndexSelectBatches(splits.x, splits.y, seed.batch_size))
-
-    def one_of_16(fused: bool):
+    def one(data, fast: bool, gather: type = Batches) -> Callable[[], Any]:
         def run():
-            t = build(part, splits, CPU)
-            t.batches = Batches(splits.x[:steps * seed.batch_size], splits.y[:steps * seed.batch_size],
-                                seed.batch_size)
-            if fused:
-                return fast_epoch(t)
-            return train_epoch(t.model, t.optimizer, t.schedule, t.loss_fn, t.batches, t.generator)
+            t = build(seed, data, CPU)
+            step = (make_step if fast else AutogradStep)(t.model, t.optimizer, t.loss_fn)
+            return run_epoch(step, gather(data.x, data.y, seed.batch_size), t.generator)
         return run
 
     def sixteen():
-        configs = [part.replace(seed=s, data_seed=0) for s in range(16)]
-        group = batched.build_group(configs, splits_part, CPU)
-        return batched.train_epoch(group.stack, group.batches, group.generator, group.stack.lr_table(1))
+        group = batched.build_group([seed.replace(seed=s, data_seed=0) for s in range(16)], part, CPU)
+        return run_epoch(StackStep(group.stack), group.batches, group.generator)
 
-    splits_part = type(splits)(splits.x[:steps * seed.batch_size], splits.y[:steps * seed.batch_size],
-                               splits.x_test, splits.y_test, None, None, splits.dataset)
-    return {"seed epoch, plain": plain, "seed epoch, fast": fast,
-            "seed epoch, fast + index_select": fast_index_select,
-            "one network, plain": one_of_16(False), "one network, fast": one_of_16(True),
+    return {"seed epoch, plain": one(splits, False), "seed epoch, fast": one(splits, True),
+            "seed epoch, fast + index_select": one(splits, True, IndexSelectBatches),
+            "one network, plain": one(part, False), "one network, fast": one(part, True),
             "16 networks batched": sixteen}
 
 
@@ -178,6 +181,63 @@ def measure(data_dir: str | None, repeats: int, threads: tuple[int, ...], steps:
             "epoch_batches": len(Batches(splits.x, splits.y, 64)), "images": len(splits.y)}
 
 
+def crossover(threads: tuple[int, ...], repeats: int, log: Callable[[str], None]) -> str:
+    """Seconds per step of steps of growing size at each thread count, on random data, as the machine is: where
+    more threads start to pay (base/threads.py's SMALL_STEP_FLOPS)."""
+    from mnistlab.base.models import CNN, MLP, architecture, loss_function
+
+    x, y = torch.randn(4096, 1, 28, 28), torch.randint(0, 10, (4096,))
+    seed = recipe("seed", device="cpu")
+
+    def stepper(model: str, batch: int, members: int = 1):
+        torch.manual_seed(0)
+        if members > 1:
+            configs = [seed.replace(seed=s, batch_size=batch, data_seed=0) for s in range(members)]
+            arch = architecture("mlp", (1, 28, 28), 10, seed.hidden, seed.activation, seed.output)
+            stack = batched.Stack(configs, arch, CPU, 1)
+            lr = torch.full((members,), seed.lr)
+
+            def one(i: int) -> None:
+                stack.zero_grad()
+                losses = stack.loss(x[i:i + batch], y[i:i + batch])
+                stack.backward(losses)
+                stack.step(losses, lr)
+            return one
+        net = (CNN if model == "cnn" else MLP)((1, 28, 28), seed.hidden, 10, "relu", "logits")
+        step = make_step(net, torch.optim.SGD(net.parameters(), lr=seed.lr), loss_function("logits"))
+
+        def one(i: int) -> None:
+            step.zero_grad()
+            step.backward(step.loss(x[i:i + batch], y[i:i + batch]))
+            step.step()
+        return one
+
+    cases = [("mlp", 64, 1, 300), ("mlp", 256, 1, 100), ("mlp", 1024, 1, 30), ("mlp", 64, 16, 30),
+             ("mlp", 2048, 1, 15), ("cnn", 128, 1, 3)]
+    seconds: dict[tuple[int, int], list[float]] = {}
+    for r in range(repeats):
+        for c, (model, batch, members, steps) in enumerate(cases):
+            one = stepper(model, batch, members)
+            for n in threads:
+                torch.set_num_threads(n)
+                one(0)
+                t0 = time.perf_counter()
+                with flush_denormals(CPU):
+                    for i in range(steps):
+                        one((i * batch) % (4096 - batch))
+                seconds.setdefault((c, n), []).append((time.perf_counter() - t0) / steps)
+            log(f"crossover round {r + 1}/{repeats}: {model} batch {batch} x{members}")
+    lines = ["| step | MFLOP | " + " | ".join(f"{plural_threads(n)} (ms)" for n in threads) + " | fastest |",
+             "|---|---:|" + "---:|" * len(threads) + "---|"]
+    for c, (model, batch, members, _) in enumerate(cases):
+        medians = {n: statistics.median(seconds[(c, n)]) for n in threads}
+        best = min(medians, key=medians.get)
+        name = f"{model} batch {batch}" + (f", {members} networks batched" if members > 1 else "")
+        lines.append(f"| {name} | {step_flops(model, seed.hidden, batch, members) / 1e6:.0f} | "
+                     + " | ".join(f"{1e3 * medians[n]:.2f}" for n in threads) + f" | {plural_threads(best)} |")
+    return "\n".join(lines)
+
+
 def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
@@ -189,14 +249,15 @@ def report(m: dict[str, Any], threads: tuple[int, ...], command: str) -> str:
                                   "num_classes": 10}) * m["images"]
     scale = m["epoch_batches"] / m["steps"]  # the 16-network rows: from --steps batches to an epoch
     s, rates = m["seconds"], m["rates"]
-    default = choose_threads(None, step_flops(seed), load=0.0).threads
+    seed_flops = step_flops("mlp", seed.hidden, seed.batch_size)
+    default = choose_threads(None, seed_flops, load=0.0).threads
     lines = [f"- machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
              f"torch {torch.__version__}",
              f"- date: {datetime.date.today().isoformat()}; command: `{command}`",
              f"- seed epoch: {m['images']} images, {m['epoch_batches']} batches, "
              f"{flops_epoch / 1e9:.1f} GFLOP (forward and backward, 2 per multiply-add); the 16-network rows "
              f"are {m['steps']} batches scaled to an epoch (x{scale:.2f})",
-             f"- default thread count for the seed step ({step_flops(seed) / 1e6:.0f} MFLOP): {default}", ""]
+             f"- default thread count for the seed step ({seed_flops / 1e6:.0f} MFLOP): {default}", ""]
     for condition in ("quiet", "busy"):
         loads = m["loads"][condition]
         lines += [f"### {'The machine as it is' if condition == 'quiet' else 'Beside one other busy process'} "
@@ -254,8 +315,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200,
                         help="batches for the 16-network rows, scaled to an epoch (default: 200)")
     parser.add_argument("--json", help="also write every raw timing to this file")
+    parser.add_argument("--crossover", action="store_true",
+                        help="instead: seconds per step of steps of growing size at each thread count")
     args = parser.parse_args()
     threads = tuple(int(n) for n in args.threads.split(","))
+    if args.crossover:
+        print(f"load {os.getloadavg()[0]:.1f}")
+        print(crossover(threads, args.repeats, lambda line: print(line, file=sys.stderr, flush=True)))
+        return
     m = measure(args.data_dir, args.repeats, threads, args.steps, lambda line: print(line, file=sys.stderr, flush=True))
     print(report(m, threads, "PYTHONPATH=src python benchmarks/cpu_speed.py " + " ".join(sys.argv[1:])))
     if args.json:

@@ -154,3 +154,29 @@ def test_cli_bench_threads_takes_a_list(capsys):
         main(["bench", "--threads", "1,x"])
     assert exc.value.code == 2
     assert "comma list such as 1,2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_threads_compares_thread_counts_side_by_side(tiny_idx_dir):
+    from mnistlab.commands.bench import format_bench, run_bench
+
+    result = run_bench("seed", device="cpu", epochs=1, repeats=1, data_dir=tiny_idx_dir, threads=(1, 2))
+    assert [s["threads"] for s in result["ours_by_threads"]] == [1, 2]
+    assert result["ours"] is result["ours_by_threads"][0]
+    for side in result["ours_by_threads"]:
+        assert len(side["runs"]) == 1 and side["runs"][0]["threads"] == side["threads"]
+    text = format_bench(result)
+    assert "ours (seed, 1 epoch, 1 thread)" in text and "ours (seed, 1 epoch, 2 threads)" in text
+    assert "threads: 1 thread " in text and "the fastest's seconds per epoch" in text
+    assert torch.get_num_threads() == 1  # as the test process had it
+
+
+@pytest.mark.slow
+def test_bench_sweep_gives_each_side_its_own_default_threads(tiny_idx_dir, machine):
+    from mnistlab.commands.bench import format_sweep_bench, run_sweep_bench
+
+    machine(affinity=2)
+    result = run_sweep_bench("seed", device="cpu", members=(2, 64), sequential=1, data_dir=tiny_idx_dir)
+    assert result["single_threads"] == 1  # one network's step is small
+    assert [row["threads"] for row in result["rows"]] == [1, 2]  # 64 networks' is not
+    assert "one after another: 1 network timed per repeat, 1 thread" in format_sweep_bench(result)

@@ -132,10 +132,9 @@ def print_err(line: str) -> None:
 # What one step of a command costs, for the thread choice (an estimate: 28x28 images, 10 classes)
 
 def _step_flops(config: Config, members: int = 1) -> float:
-    from .base.models import architecture, training_flops
+    from .base.models import step_flops
 
-    arch = architecture(config.model, (1, 28, 28), 10, config.hidden, config.activation, config.output)
-    return float(training_flops(arch) * config.batch_size * members)
+    return float(step_flops(config.model, config.hidden, config.batch_size, members))
 
 
 def _train_work(args: argparse.Namespace) -> float | None:

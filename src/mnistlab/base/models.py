@@ -111,6 +111,12 @@ def training_flops(arch: dict[str, Any]) -> int:
     return 2 * sum(layers) + sum(layers[1:])
 
 
+def step_flops(model: str, hidden: tuple[int, ...], batch_size: int, members: int = 1,
+               input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> int:
+    """Floating-point operations of one training step: `members` networks on a batch of `batch_size`."""
+    return training_flops(architecture(model, input_shape, num_classes, hidden)) * batch_size * members
+
+
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """Rebuild a network from its architecture dict (as saved in a checkpoint)."""
     try:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from ..base import data as data_mod
 from ..base.config import RECIPES, recipe
 from ..base.devices import select_device, synchronize
-from ..base.models import architecture, training_flops
+from ..base.models import step_flops
 from ..base.threads import choose_threads, plural_threads
 from ..core.evaluation import accuracy
 from ..core.training import train
@@ -260,12 +260,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "final_train_loss": runs[-1]["train_loss"][-1], "test_accuracy": runs[-1]["test_accuracy"]}
 
 
-def step_flops(config, members: int = 1) -> float:
-    """Floating-point operations of one training step of `config` on 28x28 images of 10 classes."""
-    arch = architecture(config.model, (1, 28, 28), 10, config.hidden, config.activation, config.output)
-    return float(training_flops(arch) * config.batch_size * members)
-
-
 def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | None = None,
               repeats: int = 3, data_dir: str | os.PathLike | None = None,
               log: Callable[[str], None] = lambda line: None, threads: tuple[int, ...] | None = None) -> dict[str, Any]:
@@ -293,7 +287,8 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
     x_test, y_test = data_mod.to_device(dataset.test, torch_device, NOTEBOOK.mean, NOTEBOOK.std)
     x_test = x_test.flatten(1)  # the notebook's network takes flat images
     inherited = torch.get_num_threads()  # what torch started with: the notebook's
-    counts = tuple(threads) if threads else (choose_threads(None, step_flops(config)).threads,)
+    chosen = choose_threads(None, step_flops(config.model, config.hidden, config.batch_size)).threads
+    counts = tuple(threads) if threads else (chosen,)
     log(f"bench: recipe {recipe_name}, {dataset.spec.name} from {dataset.source}, device {torch_device}, "
         f"notebook {plural_threads(inherited)}, ours {', '.join(plural_threads(n) for n in counts)}")
 
@@ -480,7 +475,8 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
     base = recipe(recipe_name, device=device, epochs=1, val_size=0, cuda_graph=False)
     splits = load_splits(base, data_dir, torch_device)
     inherited = torch.get_num_threads()
-    counts = {k: threads or choose_threads(None, step_flops(base, k)).threads for k in {1, *members}}
+    counts = {k: threads or choose_threads(None, step_flops(base.model, base.hidden, base.batch_size, k)).threads
+              for k in {1, *members}}
     log(f"bench --sweep: recipe {recipe_name}, {splits.dataset.spec.name}, device {torch_device}, threads "
         + ", ".join(f"{plural_threads(counts[k])} for {_plural(k, 'network')}" for k in sorted(counts))
         + f"; K = {', '.join(map(str, members))}")

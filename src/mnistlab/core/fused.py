@@ -1,34 +1,38 @@
 """A faster training step for the MLP: its forward and backward written by hand.
 
 At batch 64 the notebook's network does little arithmetic per step (29 million
-floating-point operations, about 130 us on one core of the development machine),
-and PyTorch's general machinery around it costs as much again: autograd records
-a graph of some 40 nodes, allocates every gradient afresh, and walks the graph
-back. Written out, a step is the few tensor operations the arithmetic needs:
+floating-point operations, about 130 us on one core of the development
+machine), and PyTorch's general machinery around it costs as much again:
+autograd records a graph of some 40 nodes and walks it back, every gradient is
+allocated afresh, written, and read back by the optimiser. Written out, a step
+is the few tensor operations the arithmetic needs:
 
-    forward   z_l = h_(l-1) W_l^T + b_l,  h_l = act(z_l),  log p = log_softmax(z_L)
-    loss      mean of -log p[y] (with label smoothing, mixed with the mean of -log p)
-    backward  g_L = dloss/dz_L; for each layer from the last:
-              W_l.grad = g_l^T h_(l-1),  b_l.grad = sum of g_l over the batch,
-              g_(l-1) = act'(g_l W_l)
+    forward   h_l = act(h_(l-1) W_l^T + b_l),  log p = log_softmax(h_(L-1) W_L^T + b_L)
+    loss      mean over the batch of -log p[y]; with label smoothing e,
+              (1 - e) of that plus e/classes of the mean of -sum(log p)
+    backward  g_L = (p - target) / N, target the one-hot labels (smoothed);
+              for each layer from the last: W_l.grad = g_l^T h_(l-1),
+              b_l.grad = sum of g_l over the batch, g_(l-1) = act'(g_l W_l)
 
-with each gradient written into the same `.grad` tensor every step (no
-allocation) by the very kernels autograd calls (addmm, mm, nll_loss_backward,
-_log_softmax_backward_data, threshold_backward, ...), so the losses and gradients
-are autograd's up to the order of float sums. The update is torch.optim's own
-`optimizer.step()` on those `.grad` tensors: the optimiser, its state dict, the
-schedule, checkpoints and resuming are untouched.
+computed by the kernels autograd calls (addmm, mm, log_softmax, nll_loss,
+threshold_backward, tanh_backward, ...), so losses and gradients are
+autograd's up to the order of float sums (tests/test_fused.py). The gradients
+go into the same `.grad` tensors every step, and torch.optim's own
+`optimizer.step()` applies them: the optimiser, its state dict, schedules,
+checkpoints and resuming are untouched. With plain SGD (the notebook's) the
+update is folded into the gradient's product instead (see FusedMLP).
 
-The training loop drives either step through one interface, `make_step`:
+The training loop drives either step through one interface:
 
     step = make_step(model, optimizer, loss_fn)   # FusedMLP for an MLP, else AutogradStep
     for xb, yb in batches:
         step.zero_grad()
         loss = step.loss(xb, yb)     # the batch's mean loss, a 0-dim tensor
         step.backward(loss)
-        step.step()
+        step.step()                  # then the schedule's step, as before
 
-benchmarks/cpu_speed.py measures it against the autograd step (docs/benchmarks.md).
+`StackedMLP` is the same for K networks whose tensors are stacked (batched.py).
+benchmarks/cpu_speed.py measures both against autograd (docs/benchmarks.md).
 """
 
 from __future__ import annotations
