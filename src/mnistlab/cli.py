@@ -96,11 +96,14 @@ def threads_flag(p: argparse.ArgumentParser, work: Any = None, many: bool = Fals
     """`--threads N`: torch's CPU threads. Without it they are chosen for the work and the machine
     (base/threads.py): `work(args)` estimates the floating-point operations of one step, and main()
     applies the choice before the command runs. With `many`, a comma list the command compares."""
-    what = ("a comma list of thread counts to compare, e.g. 1,2 (default: the count chosen for the work)" if many
-            else "CPU threads to compute with")
-    p.add_argument("--threads", type=_thread_counts if many else _thread_count, metavar="LIST" if many else "N",
-                   help=f"{what} (default: one for a small network's steps, else one per CPU this process may use "
-                   "and the machine's load leaves free; OMP_NUM_THREADS and SLURM_CPUS_PER_TASK are honoured)")
+    chosen = ("one for a small network's steps, else one per CPU this process may use and the machine's load "
+              "leaves free; OMP_NUM_THREADS and SLURM_CPUS_PER_TASK are honoured")
+    if many:
+        p.add_argument("--threads", type=_thread_counts, metavar="LIST",
+                       help=f"thread counts to compare side by side, e.g. 1,2 (default: the chosen count: {chosen})")
+    else:
+        p.add_argument("--threads", type=_thread_count, metavar="N",
+                       help=f"CPU threads to compute with (default: {chosen})")
     if work is not None:
         p.set_defaults(threads_work=work)
 

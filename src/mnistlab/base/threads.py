@@ -5,9 +5,10 @@ For the notebook's network that is the wrong choice twice over. Its steps are
 so small (29 million floating-point operations at batch 64) that splitting
 each operation over two threads saves less than the threads cost to meet; and
 when another process keeps a core busy, every operation that waits for its
-second thread waits for that core: on the 2-core development machine the seed
-recipe's epoch took 0.70 s with one thread and 11.8 s with two beside one busy
-process (docs/benchmarks.md has the measurements that set the numbers below).
+second thread waits for that core: on the shared 2-core development machine
+the seed recipe's epoch took 1.9 s with one thread and 20 s with two (medians,
+load 6 to 9), 2.9 s and 61 s beside one more busy process (docs/benchmarks.md
+has these measurements and those that set the numbers below).
 On a shared login node or in a Slurm job, the machine's core count can also
 exceed the CPUs the job owns.
 

@@ -388,8 +388,8 @@ def format_bench(result: dict[str, Any]) -> str:
     lines = [
         f"mnistlab bench: recipe {result['recipe']} on {result['dataset']}, "
         f"{_plural(result['repeats'], 'repeat')} of each pipeline, alternating",
-        f"machine: device {m['device']}{gpu}, torch {m['torch']}, {_plural(m['threads'], 'thread')}, "
-        f"CPU {m['cpu']}",
+        f"machine: device {m['device']}{gpu}, torch {m['torch']} (starts with {plural_threads(m['threads'])}), "
+        f"CPU {m['cpu']}, load {_shown_load(result)}",
         f"notebook pipeline: {nb['description']}",
         "",
     ]
