@@ -269,10 +269,11 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
     recipe's own for the others (their schedules and the time to 98% need all of
     them); the notebook side runs 1 epoch then, as a reference.
 
-    The notebook runs with the threads torch starts with, as the notebook does;
-    ours with each count of `threads` in turn within each repeat (default: the
-    count base/threads.py chooses for the recipe's step). "ours" in the result
-    is the first count's; "ours_by_threads" holds every count's.
+    Ours runs with each count of `threads` in turn within each repeat (default:
+    the count base/threads.py chooses for the recipe's step); the notebook with
+    the first, so that the speed-up compares pipelines, not thread counts.
+    "ours" in the result is the first count's; "ours_by_threads" holds every
+    count's.
     """
     if (epochs is not None and epochs < 1) or repeats < 1:
         raise ValueError("epochs and repeats must be at least 1")
@@ -286,11 +287,11 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
     dataset = data_mod.load(config.dataset, data_dir)
     x_test, y_test = data_mod.to_device(dataset.test, torch_device, NOTEBOOK.mean, NOTEBOOK.std)
     x_test = x_test.flatten(1)  # the notebook's network takes flat images
-    inherited = torch.get_num_threads()  # what torch started with: the notebook's
+    inherited = torch.get_num_threads()  # what torch started with, put back at the end
     chosen = choose_threads(None, step_flops(config.model, config.hidden, config.batch_size)).threads
     counts = tuple(threads) if threads else (chosen,)
     log(f"bench: recipe {recipe_name}, {dataset.spec.name} from {dataset.source}, device {torch_device}, "
-        f"notebook {plural_threads(inherited)}, ours {', '.join(plural_threads(n) for n in counts)}")
+        f"{' then '.join(plural_threads(n) for n in counts)} (the notebook's pipeline: {plural_threads(counts[0])})")
 
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -307,7 +308,7 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
         notebook_runs, our_runs = [], {n: [] for n in counts}
         try:
             for r in range(1, repeats + 1):
-                torch.set_num_threads(inherited)
+                torch.set_num_threads(counts[0])
                 run = run_notebook(train_set, x_test, y_test, len(dataset.classes), notebook_epochs,
                                    config.seed, torch_device)
                 notebook_runs.append(run)
@@ -325,7 +326,7 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
 
     notebook = {"pipeline": pipeline, "description": description, "recipe": NOTEBOOK.recipe,
                 "epochs": notebook_epochs, "batch_size": NOTEBOOK.batch_size, "lr": NOTEBOOK.lr,
-                "threads": inherited, **summarize(notebook_runs)}
+                "threads": counts[0], **summarize(notebook_runs)}
 
     def side(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
         times_to_target = [r["time_to_target"] for r in runs]
