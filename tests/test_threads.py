@@ -95,13 +95,13 @@ def test_on_a_busy_machine_the_default_takes_only_the_free_cores_and_says_so(mac
     machine(affinity=4, load=2.2)  # about two cores busy
     choice = choose_threads(None, LARGE)
     assert choice.threads == 2 and choice.note == (
-        "not 4: the machine is busy, load 2.2 on 4 CPUs; --threads N to choose")
+        "not 4, as the machine is busy: load 2.2 on 4 CPUs; --threads N to choose")
     machine(affinity=2, load=6.0)  # busier than it has cores: one thread, and a word about it
     choice = choose_threads(None, LARGE)
     assert choice.threads == 1 and "not 2" in choice.note
     choice = choose_threads(None, SMALL)
     assert choice.threads == 1 and choice.note == (
-        "the machine is busy, load 6.0 on 2 CPUs: steps will be slower than on a quiet machine")
+        "the machine is busy: load 6.0 on 2 CPUs; steps will be slower than on a quiet machine")
     machine(affinity=2, load=0.3)  # a little background work is not busy
     assert choose_threads(None, LARGE) == choose_threads(None, LARGE, load=0.0)
 
@@ -110,7 +110,7 @@ def test_on_a_busy_machine_an_asked_count_is_kept_with_advice(machine):
     machine(affinity=2, load=1.7)
     choice = choose_threads(2, SMALL)
     assert choice.threads == 2
-    assert choice.note.startswith("--threads 2, but the machine is busy, load 1.7 on 2 CPUs")
+    assert choice.note.startswith("--threads 2, but the machine is busy: load 1.7 on 2 CPUs")
     assert choice.note.endswith("--threads 1 may be faster")
     assert choose_threads(None, SMALL, load=None).note is None  # no load average on this platform
 
@@ -119,7 +119,7 @@ def test_use_threads_sets_torch_and_the_device_line_says_why(machine):
     machine(affinity=2, load=3.0)
     use_threads(None, SMALL)
     assert torch.get_num_threads() == 1
-    assert describe(torch.device("cpu")) == ("cpu (1 thread: the machine is busy, load 3.0 on 2 CPUs: steps will be "
+    assert describe(torch.device("cpu")) == ("cpu (1 thread; the machine is busy: load 3.0 on 2 CPUs; steps will be "
                                              "slower than on a quiet machine)")
     torch.set_num_threads(2)  # changed since: the note no longer applies
     assert describe(torch.device("cpu")) == "cpu (2 threads)"

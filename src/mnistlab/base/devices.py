@@ -52,7 +52,7 @@ def describe(device: torch.device) -> str:
     what the thread choice has to say (base/threads.py), e.g. that the machine is busy."""
     if device.type == "cpu":
         note = threads.note()
-        return f"cpu ({threads.plural_threads(torch.get_num_threads())}{f': {note}' if note else ''})"
+        return f"cpu ({threads.plural_threads(torch.get_num_threads())}{f'; {note}' if note else ''})"
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

@@ -6,9 +6,9 @@ so small (29 million floating-point operations at batch 64) that splitting
 each operation over two threads saves less than the threads cost to meet; and
 when another process keeps a core busy, every operation that waits for its
 second thread waits for that core: on the shared 2-core development machine
-the seed recipe's epoch took 1.9 s with one thread and 20 s with two (medians,
-load 6 to 9), 2.9 s and 61 s beside one more busy process (docs/benchmarks.md
-has these measurements and those that set the numbers below).
+the seed recipe's epoch took 0.98 s with one thread and 3.5 s with two
+(medians, load 2 to 5), 1.9 s and 25 s beside one more busy process
+(docs/benchmarks.md has these measurements and those behind the numbers below).
 On a shared login node or in a Slurm job, the machine's core count can also
 exceed the CPUs the job owns.
 
@@ -23,7 +23,7 @@ The choice (`choose_threads`), first that applies:
 When the machine's load average leaves fewer free cores than that (rounded),
 it uses only the free cores, down to one, unless the count was asked for; and
 the device line of the run says so and what it does about it (`note`, shown by
-devices.describe: "cpu (1 thread: the machine is busy, load 3.1 on 2 CPUs:
+devices.describe: "cpu (1 thread; the machine is busy: load 3.1 on 2 CPUs;
 steps will be slower than on a quiet machine)").
 """
 
@@ -37,9 +37,11 @@ from typing import Mapping
 
 import torch
 
-# Steps below this many floating-point operations (forward and backward) run fastest on one thread:
-# measured by benchmarks/cpu_speed.py (docs/benchmarks.md), where the seed recipe's 29 MFLOP step is
-# never faster on two threads and a batched group of 16 (466 MFLOP) is.
+# Steps below this many floating-point operations (forward and backward) run on one thread: the seed
+# recipe's 29 MFLOP step was slower on two threads by the median of every measurement, at loads from
+# 0.1 to 9 (and unpredictable: 0.47, 3.3, 1.4 s against 0.57 s at 0.1), while large products run twice
+# as fast on two idle cores. Where between the two lines cross on a quiet
+# machine could not be measured on the shared one (docs/benchmarks.md, `cpu_speed.py --crossover`).
 SMALL_STEP_FLOPS = 200e6
 MAX_THREADS = 1024
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
@@ -133,21 +135,21 @@ def choose_threads(requested: int | None = None, step_flops: float | None = None
     threads = min(threads, MAX_THREADS)
     cpus_text = f"{count} CPU{'' if count == 1 else 's'}"
     if threads > count:
-        return ThreadChoice(threads, count, reason, f"{reason}, on {cpus_text} ({where}): threads that wait for "
+        return ThreadChoice(threads, count, reason, f"{reason}, on {cpus_text} ({where}); threads that wait for "
                             f"a CPU slow every step; --threads {count} may be faster")
     fits = int(count - load + 0.5) if load is not None else threads  # threads the free cores hold, rounded
     if fits >= threads:
         return ThreadChoice(threads, count, reason)
-    busy = f"the machine is busy, load {load:.1f} on {cpus_text}"
+    busy = f"the machine is busy: load {load:.1f} on {cpus_text}"
     fewer = max(1, fits)
     if asked:
-        note = (f"{reason}, but {busy}: threads that wait for a busy core slow every step"
+        note = (f"{reason}, but {busy}; threads that wait for a busy core slow every step"
                 + (f"; --threads {fewer} may be faster" if fewer < threads else ""))
     elif fewer < threads:
-        note = f"not {threads}: {busy}; --threads N to choose"
+        note = f"not {threads}, as {busy}; --threads N to choose"
         threads, reason = fewer, f"the free {'core' if fewer == 1 else 'cores'} of {cpus_text}"
     else:
-        note = f"{busy}: steps will be slower than on a quiet machine"
+        note = f"{busy}; steps will be slower than on a quiet machine"
     return ThreadChoice(threads, count, reason, note)
 
 
