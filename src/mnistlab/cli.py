@@ -24,7 +24,6 @@ from . import __version__
 from .base.config import DEVICE_NAME, MEASURED, RECIPES, Config
 from .base.errors import Interrupted, MnistlabError, UsageError
 from .base.files import json_text
-from .base.threads import MAX_THREADS
 
 EXIT_USAGE = 2
 
@@ -79,6 +78,8 @@ def device_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> Non
 
 
 def _thread_count(text: str) -> int:
+    from .base.threads import MAX_THREADS  # here: base.threads imports torch, which `mnistlab --help` needs not
+
     if not text.strip().isdigit() or not 1 <= int(text) <= MAX_THREADS:
         raise argparse.ArgumentTypeError(f"--threads must be a whole number from 1 to {MAX_THREADS} (got {text})")
     return int(text)
@@ -87,9 +88,8 @@ def _thread_count(text: str) -> int:
 def _thread_counts(text: str) -> tuple[int, ...]:
     try:
         return tuple(_thread_count(part) for part in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"--threads takes thread counts from 1 to {MAX_THREADS}, one or a comma "
-                                         f"list such as 1,2 (got {text})") from None
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e}; one count or a comma list such as 1,2") from None
 
 
 def threads_flag(p: argparse.ArgumentParser, work: Any = None, many: bool = False) -> None:
