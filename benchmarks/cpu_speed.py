@@ -26,7 +26,7 @@ medians of per-round ratios, both sides of each measured minutes apart at most.
 
     PYTHONPATH=src python benchmarks/cpu_speed.py --data-dir DIR [--repeats 3] [--json out.json]
 
-Results and how to read them: docs/benchmarks.md.
+Results and how to read them: docs/cpu-speed.md.
 """
 
 from __future__ import annotations

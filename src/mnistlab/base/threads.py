@@ -8,7 +8,7 @@ when another process keeps a core busy, every operation that waits for its
 second thread waits for that core: on the shared 2-core development machine
 the seed recipe's epoch took 0.98 s with one thread and 3.5 s with two
 (medians, load 2 to 5), 1.9 s and 25 s beside one more busy process
-(docs/benchmarks.md has these measurements and those behind the numbers below).
+(docs/cpu-speed.md has these measurements and those behind the numbers below).
 On a shared login node or in a Slurm job, the machine's core count can also
 exceed the CPUs the job owns.
 
@@ -41,7 +41,7 @@ import torch
 # recipe's 29 MFLOP step was slower on two threads by the median of every measurement, at loads from
 # 0.1 to 9 (and unpredictable: 0.47, 3.3, 1.4 s against 0.57 s at 0.1), while large products run twice
 # as fast on two idle cores. Where between the two lines cross on a quiet
-# machine could not be measured on the shared one (docs/benchmarks.md, `cpu_speed.py --crossover`).
+# machine could not be measured on the shared one (docs/cpu-speed.md, `cpu_speed.py --crossover`).
 SMALL_STEP_FLOPS = 200e6
 MAX_THREADS = 1024
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"

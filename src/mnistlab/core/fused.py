@@ -32,7 +32,7 @@ The training loop drives either step through one interface:
         step.step()                  # then the schedule's step, as before
 
 `StackedMLP` is the same for K networks whose tensors are stacked (batched.py).
-benchmarks/cpu_speed.py measures both against autograd (docs/benchmarks.md).
+benchmarks/cpu_speed.py measures both against autograd (docs/cpu-speed.md).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class FusedMLP:
     With plain SGD (the notebook's: no momentum, no weight decay), the
     gradients are not written: `step` folds each into its update, W -= lr g^T h
     as one matrix product into W, which saves writing every gradient and
-    reading it back (a third of the step; docs/benchmarks.md). Plain SGD keeps
+    reading it back (a third of the step; docs/cpu-speed.md). Plain SGD keeps
     no state, so its state dict is the same; its learning rate is read from
     `param_groups` every step, so schedules work. Its own `step()` runs once,
     on the first step, with no gradient to apply, so that a schedule finds it
