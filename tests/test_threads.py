@@ -29,8 +29,10 @@ def machine(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def keep_torch_threads():
+def keep_torch_threads(monkeypatch):
+    """torch's count and the last choice's note as they were before the test."""
     before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_current", None)
     yield
     torch.set_num_threads(before)
 
@@ -132,12 +134,26 @@ def test_plural_threads():
     assert plural_threads(1) == "1 thread" and plural_threads(2) == "2 threads"
 
 
-def test_cli_threads_flag_sets_the_count_for_the_command(machine, tmp_path, capsys):
-    assert main(["evaluate", str(tmp_path / "absent"), "--device", "cpu", "--threads", "3"]) == 1
-    assert threads._current.threads == 3 and threads._current.reason == "--threads 3"
-    assert main(["evaluate", str(tmp_path / "absent"), "--device", "cpu"]) == 1
-    assert threads._current.threads == 8  # evaluation: large batches, every CPU
-    assert len(capsys.readouterr().err.strip().splitlines()) == 2  # one line per error, nothing about threads
+def test_cli_threads_flag_sets_the_count_while_the_command_runs(machine, monkeypatch, capsys):
+    import mnistlab.core.evaluation
+    from mnistlab.base.errors import RunError
+
+    seen = []
+
+    def evaluate(*args, **kwargs):
+        seen.append((torch.get_num_threads(), describe(torch.device("cpu"))))
+        raise RunError("stopped here")
+
+    monkeypatch.setattr(mnistlab.core.evaluation, "evaluate", evaluate)
+    torch.set_num_threads(1)
+    assert main(["evaluate", "run", "--device", "cpu", "--threads", "3"]) == 1
+    machine(affinity=2, load=6.0)
+    assert main(["evaluate", "run", "--device", "cpu"]) == 1  # evaluation: large batches, but a busy machine
+    assert seen == [(3, "cpu (3 threads)"),
+                    (1, "cpu (1 thread; not 2, as the machine is busy: load 6.0 on 2 CPUs; --threads N to choose)")]
+    assert torch.get_num_threads() == 1 and describe(torch.device("cpu")) == "cpu (1 thread)"  # as before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mnistlab evaluate: error: stopped here"] * 2  # nothing about threads besides the device line
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "2000"])

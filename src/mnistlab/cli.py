@@ -10,6 +10,7 @@ Any `MnistlabError` becomes one line on stderr and its exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -812,24 +813,20 @@ def build_parser() -> Parser:
     return parser
 
 
-def _use_threads(args: argparse.Namespace) -> Any:
-    """Set torch's CPU threads for a command that computes on the CPU (base/threads.py; its run's device line
-    says when the machine is too busy for them); return what puts the count back afterwards (for callers of
-    main() in a process that goes on). Nothing for a command that will fail on its flags or run elsewhere."""
-    import torch
-
+def _threads(args: argparse.Namespace) -> Any:
+    """While the command runs, torch's CPU threads chosen for its work (base/threads.py; its run's device line
+    says when the machine is too busy for them), as a context. None for a command without --threads, one that
+    will fail on its flags, or one that runs elsewhere than on the CPU."""
     from .base.devices import select_device
-    from .base.threads import use_threads
+    from .base.threads import using_threads
 
     work = args.threads_work(args)
     try:
         if work is None or select_device(getattr(args, "device", None) or "auto").type != "cpu":
-            return None
+            return contextlib.nullcontext()
     except MnistlabError:
-        return None  # the command says why
-    before = torch.get_num_threads()
-    use_threads(args.threads, work)
-    return lambda: torch.set_num_threads(before)
+        return contextlib.nullcontext()  # the command says why
+    return using_threads(args.threads, work)
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -844,9 +841,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # instead of stopping the output with a UnicodeEncodeError; stderr does so already.
         sys.stdout.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _terminate)
-    restore_threads = _use_threads(args) if hasattr(args, "threads_work") else None
+    threads = _threads(args) if hasattr(args, "threads_work") else contextlib.nullcontext()
     try:
-        return args.func(args)
+        with threads:
+            return args.func(args)
     except Interrupted as e:
         print(f"\nmnistlab {args.command}: {e}", file=sys.stderr)
         return e.exit_code
@@ -862,8 +860,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if restore_threads is not None:
-            restore_threads()
 
 
 if __name__ == "__main__":

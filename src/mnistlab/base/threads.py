@@ -29,11 +29,12 @@ steps will be slower than on a quiet machine)").
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -162,6 +163,19 @@ def use_threads(requested: int | None = None, step_flops: float | None = None) -
     _current = choose_threads(requested, step_flops)
     torch.set_num_threads(_current.threads)
     return _current
+
+
+@contextlib.contextmanager
+def using_threads(requested: int | None = None, step_flops: float | None = None) -> Iterator[ThreadChoice]:
+    """`use_threads` for the duration of a block; after it, torch's count as it was and the note as it was
+    (for a caller whose process goes on: the tests, a notebook calling the CLI's main)."""
+    global _current
+    before, previous = torch.get_num_threads(), _current
+    try:
+        yield use_threads(requested, step_flops)
+    finally:
+        torch.set_num_threads(before)
+        _current = previous
 
 
 def note() -> str | None:
