@@ -32,6 +32,7 @@ Results and how to read them: docs/cpu-speed.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -127,8 +128,7 @@ def timed(work: Callable[[], Any], threads: int) -> float:
 def variants(splits, steps: int) -> dict[str, Callable[[], Any]]:
     """Each measured thing, as a function of nothing that does it once (a fresh network each time)."""
     seed = recipe("seed", device="cpu", epochs=1)
-    part = type(splits)(splits.x[:steps * seed.batch_size], splits.y[:steps * seed.batch_size],
-                        splits.x_test, splits.y_test, None, None, splits.dataset)
+    part = dataclasses.replace(splits, x=splits.x[:steps * seed.batch_size], y=splits.y[:steps * seed.batch_size])
 
     def one(data, fast: bool, gather: type = Batches) -> Callable[[], Any]:
         def run():

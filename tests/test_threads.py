@@ -135,6 +135,7 @@ def test_plural_threads():
 
 
 def test_cli_threads_flag_sets_the_count_while_the_command_runs(machine, monkeypatch, capsys):
+    import mnistlab.cli
     import mnistlab.core.evaluation
     from mnistlab.base.errors import RunError
 
@@ -145,6 +146,7 @@ def test_cli_threads_flag_sets_the_count_while_the_command_runs(machine, monkeyp
         raise RunError("stopped here")
 
     monkeypatch.setattr(mnistlab.core.evaluation, "evaluate", evaluate)
+    monkeypatch.setattr(mnistlab.cli, "evaluate", evaluate, raising=False)  # where the CLI imports it at its top
     torch.set_num_threads(1)
     assert main(["evaluate", "run", "--device", "cpu", "--threads", "3"]) == 1
     machine(affinity=2, load=6.0)
