@@ -11,6 +11,7 @@ runs: it needs the optional FastAPI (`mnistlab[serve]`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,7 +25,9 @@ from typing import Any, Sequence
 
 from . import __version__
 from .base.config import DATASET_NAMES, MEASURED, RECIPES, Config
-from .base.devices import DEVICE_CHOICES, DEVICE_NAME
+from .base.devices import DEVICE_CHOICES, DEVICE_NAME, select_device
+from .base.models import step_flops
+from .base.threads import MAX_THREADS, using_threads
 from .base.names import SYNTAX
 from .base.errors import Interrupted, MnistlabError, UsageError
 from .base.files import finite, json_text
@@ -102,6 +105,35 @@ def tensorboard_flag(p: argparse.ArgumentParser) -> None:
                    "RUN/tensorboard/ (view them with: tensorboard --logdir runs/; needs mnistlab[tensorboard])")
 
 
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number from 1 to {MAX_THREADS} (got {text})")
+    return int(text)
+
+
+def _thread_counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_thread_count(part) for part in text.split(","))
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e}; one count or a comma list such as 1,2") from None
+
+
+def threads_flag(p: argparse.ArgumentParser, work: Any = None, many: bool = False) -> None:
+    """`--threads N`: torch's CPU threads. Without it they are chosen for the work and the machine
+    (base/threads.py): `work(args)` estimates the floating-point operations of one step, and main()
+    applies the choice before the command runs. With `many`, a comma list the command compares."""
+    chosen = ("one for a small network's steps, else one per CPU this process may use and the machine's load "
+              "leaves free; OMP_NUM_THREADS and SLURM_CPUS_PER_TASK are honoured")
+    if many:
+        p.add_argument("--threads", type=_thread_counts, metavar="LIST",
+                       help=f"thread counts to compare side by side, e.g. 1,2 (default: the chosen count: {chosen})")
+    else:
+        p.add_argument("--threads", type=_thread_count, metavar="N",
+                       help=f"CPU threads to compute with (default: {chosen})")
+    if work is not None:
+        p.set_defaults(threads_work=work)
+
+
 def json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
@@ -139,6 +171,21 @@ def print_flush(line: str) -> None:
 
 def print_err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# What one step of a command costs, for the thread choice (an estimate: 28x28 images, 10 classes)
+
+def _step_flops(config: Config, members: int = 1) -> float:
+    return float(step_flops(config.model, config.hidden, config.batch_size, members))
+
+
+def _evaluate_work(args: argparse.Namespace) -> float:
+    return float("inf")  # forward passes of thousands of images: large enough for every core
+
+
+def _inspect_work(args: argparse.Namespace) -> float:
+    return _step_flops(RECIPES["seed"].replace(batch_size=args.batch_size))
 
 
 # ---------------------------------------------------------------------------
@@ -206,6 +253,7 @@ def add_train(sub) -> None:
     tensorboard_flag(p)
     p.add_argument("--verbose", action="store_true", help="print the full configuration first")
     json_flag(p, "the summary at the end (progress goes to stderr)")
+    threads_flag(p)
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -219,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'} "
                              "(only --epochs, --data-dir and --any-data go with --resume)")
         result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, any_data=args.any_data,
-                        on_event=printer, progress=True, tensorboard=args.tensorboard)
+                        on_event=printer, progress=True, tensorboard=args.tensorboard, threads=args.threads)
     else:
         if args.any_data:
             raise UsageError("--any-data goes with --resume (a new run takes the data it is given)")
@@ -227,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.verbose:
             log(f"config: {config.to_json()}")
         result = train(config, out=args.out, data_dir=args.data_dir, on_event=printer, progress=True,
-                       tensorboard=args.tensorboard)
+                       tensorboard=args.tensorboard, threads=args.threads)
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports for the job
         return 0
     s = result.summary
@@ -336,6 +384,7 @@ def add_evaluate(sub) -> None:
     data_dir_flag(p, "the folder the model was trained from, else the usual places")
     any_data_flag(p, "evaluate")
     device_flag(p)
+    threads_flag(p, _evaluate_work)
     json_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -642,6 +691,7 @@ def add_inspect(sub) -> None:
     p.add_argument("--lang", choices=("en", "fr"), default=None,
                    help="language of the explanations, the numbers being the same: en or fr (default: fr "
                    "when the locale's language is French, from LC_ALL, LC_MESSAGES or LANG, else en)")
+    threads_flag(p, _inspect_work)
     json_flag(p, "the numbers")
     p.set_defaults(func=cmd_inspect)
 
@@ -677,6 +727,7 @@ def add_bench(sub) -> None:
     p.add_argument("--sequential", type=_positive(int, "sequential"), default=2, metavar="N",
                    help="with --sweep: networks trained one after another per repeat (default: 2; their rate "
                    "does not depend on K)")
+    threads_flag(p, many=True)
     data_dir_flag(p)
     json_flag(p, "one document with every raw timing")
     p.set_defaults(func=cmd_bench)
@@ -697,14 +748,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 members = (0,)
             if min(members) < 1:
                 raise UsageError(f"--members {args.members}: expected a comma list of numbers >= 1, e.g. 1,16")
-        result = run_sweep_bench(args.recipe, device=args.device, members=members, sequential=args.sequential,
-                                 repeats=args.repeats or 1,
-                                 data_dir=args.data_dir, log=print_err)
-        print(json_text(result) if args.json else format_sweep_bench(result))
+        results = [run_sweep_bench(args.recipe, device=args.device, members=members, sequential=args.sequential,
+                                   repeats=args.repeats or 1, data_dir=args.data_dir, log=print_err, threads=n)
+                   for n in args.threads or (None,)]
+        if args.json:
+            print(json_text(results[0] if len(results) == 1 else results))
+        else:
+            print("\n\n".join(format_sweep_bench(r) for r in results))
         return 0
     # Progress goes to stderr so that stdout holds only the table or the JSON.
     result = run_bench(args.recipe, device=args.device, epochs=args.epochs, repeats=args.repeats or 3,
-                       data_dir=args.data_dir, log=print_err)
+                       data_dir=args.data_dir, log=print_err, threads=args.threads)
     print(json_text(result) if args.json else format_bench(result))
     return 0
 
@@ -887,6 +941,7 @@ def add_sweep(sub) -> None:
                    "other jobs into the same --out (e.g. a Slurm job array)")
     data_dir_flag(p)
     device_flag(p, default=None)
+    threads_flag(p)
     p.add_argument("--no-plots", action="store_true", help="do not write results.png")
     tensorboard_flag(p)
     json_flag(p, "the table (progress goes to stderr)")
@@ -915,7 +970,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         recipes = args.recipe.split(",") if args.recipe else values.pop("recipe", None)
         plan = make_plan(values, recipes, args.seeds)
     folder, results = run_sweep(plan, out=args.out, resume=args.resume, shard=args.shard, device=args.device,
-                                data_dir=args.data_dir, log=log, plots=not args.no_plots, tensorboard=args.tensorboard)
+                                data_dir=args.data_dir, log=log, plots=not args.no_plots, tensorboard=args.tensorboard,
+                                threads=args.threads)
     return _print_sweep(args, results, folder) if results is not None else 0
 
 
@@ -948,6 +1004,19 @@ def build_parser() -> Parser:
     return parser
 
 
+def _threads(args: argparse.Namespace) -> Any:
+    """While the command runs, torch's CPU threads chosen for its work (base/threads.py; its run's device line
+    says when the machine is too busy for them), as a context. None for a command without --threads, one that
+    will fail on its flags, or one that runs elsewhere than on the CPU."""
+    work = args.threads_work(args)
+    try:
+        if work is None or select_device(getattr(args, "device", None) or "auto").type != "cpu":
+            return contextlib.nullcontext()
+    except MnistlabError:
+        return contextlib.nullcontext()  # the command says why
+    return using_threads(args.threads, work)
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (kill, Slurm's time limit) stops like Ctrl-C: what is done is kept
 
@@ -972,8 +1041,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # instead of stopping the output with a UnicodeEncodeError; stderr does so already.
         sys.stdout.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _terminate)
+    threads = _threads(args) if hasattr(args, "threads_work") else contextlib.nullcontext()
     try:
-        return args.func(args)
+        with threads:
+            return args.func(args)
     except Interrupted as e:
         print(f"\nmnistlab {args.command}: {e}", file=sys.stderr)
         return e.exit_code

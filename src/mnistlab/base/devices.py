@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from . import threads
 from .errors import DeviceError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
@@ -47,10 +48,11 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def describe(device: torch.device) -> str:
-    """For people: `cpu (2 threads)`, `cpu (1 thread)`, `cuda:0 (NVIDIA H100 80GB HBM3)`."""
+    """For people: `cpu (1 thread)`, `cpu (2 threads)`, `cuda:0 (NVIDIA H100 80GB HBM3)`; on the CPU with
+    what the thread choice has to say (base/threads.py), e.g. that the machine is busy."""
     if device.type == "cpu":
-        threads = torch.get_num_threads()
-        return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+        note = threads.note()
+        return f"cpu ({threads.plural_threads(torch.get_num_threads())}{f'; {note}' if note else ''})"
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

@@ -40,6 +40,8 @@ from torch.utils.data import DataLoader, Subset
 from ..base import data as data_mod
 from ..base.config import RECIPES, recipe
 from ..base.devices import select_device, synchronize
+from ..base.models import step_flops
+from ..base.threads import choose_threads, plural_threads
 from ..core.evaluation import accuracy
 from ..core import batched
 from ..core.engine import timed_epoch, train
@@ -252,12 +254,18 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | None = None,
               repeats: int = 3, data_dir: str | os.PathLike | None = None,
-              log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+              log: Callable[[str], None] = lambda line: None, threads: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Time the notebook's pipeline and ours, alternating `repeats` runs of each.
 
     `epochs` per run defaults to 1 for `seed` (seconds per epoch) and to the
     recipe's own for the others (their schedules and the time to 98% need all of
     them); the notebook side runs 1 epoch then, as a reference.
+
+    Ours runs with each count of `threads` in turn within each repeat (default:
+    the count base/threads.py chooses for the recipe's step); the notebook with
+    the first, so that the speed-up compares pipelines, not thread counts.
+    "ours" in the result is the first count's; "ours_by_threads" holds every
+    count's.
     """
     if (epochs is not None and epochs < 1) or repeats < 1:
         raise ValueError("epochs and repeats must be at least 1")
@@ -271,9 +279,11 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
     dataset = data_mod.load(config.dataset, data_dir)
     x_test, y_test = data_mod.to_device(dataset.test, torch_device, NOTEBOOK.mean, NOTEBOOK.std)
     x_test = x_test.flatten(1)  # the notebook's network takes flat images
-    threads = torch.get_num_threads()
+    inherited = torch.get_num_threads()  # what torch started with, put back at the end
+    chosen = choose_threads(None, step_flops(config.model, config.hidden, config.batch_size)).threads
+    counts = tuple(threads) if threads else (chosen,)
     log(f"bench: recipe {recipe_name}, {dataset.spec.name} from {dataset.source}, device {torch_device}, "
-        f"{threads} threads")
+        f"{' then '.join(plural_threads(n) for n in counts)} (the notebook's pipeline: {plural_threads(counts[0])})")
 
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -287,42 +297,70 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
         warm = min(len(dataset.train), WARMUP_BATCHES * config.batch_size)
         run_ours(config.replace(epochs=1, train_size=warm, drop_last=False), tmp_path / "warmup", data_dir)
 
-        notebook_runs, our_runs = [], []
-        for r in range(1, repeats + 1):
-            torch.set_num_threads(threads)  # the notebook always runs with torch's default threads
-            run = run_notebook(train_set, x_test, y_test, len(dataset.classes), notebook_epochs,
-                               config.seed, torch_device)
-            notebook_runs.append(run)
-            log(f"notebook run {r}/{repeats}: {_fmt_seconds(run['epoch_seconds'])} s/epoch, "
-                f"loss {run['train_loss'][-1]:.4f}")
-            run = run_ours(config, tmp_path / f"ours-{r}", data_dir)
-            run["threads"] = torch.get_num_threads()
-            our_runs.append(run)
-            log(f"ours run {r}/{repeats}: {_fmt_seconds(run['epoch_seconds'])} s/epoch, "
-                f"loss {run['train_loss'][-1]:.4f}")
-        torch.set_num_threads(threads)
+        notebook_runs, our_runs = [], {n: [] for n in counts}
+        try:
+            for r in range(1, repeats + 1):
+                torch.set_num_threads(counts[0])
+                run = run_notebook(train_set, x_test, y_test, len(dataset.classes), notebook_epochs,
+                                   config.seed, torch_device)
+                notebook_runs.append(run)
+                log(f"notebook run {r}/{repeats}: {_fmt_seconds(run['epoch_seconds'])} s/epoch, "
+                    f"loss {run['train_loss'][-1]:.4f}")
+                for n in counts:
+                    torch.set_num_threads(n)
+                    run = run_ours(config, tmp_path / f"ours-{r}-{n}", data_dir)
+                    run["threads"] = torch.get_num_threads()
+                    our_runs[n].append(run)
+                    log(f"ours run {r}/{repeats}, {plural_threads(n)}: {_fmt_seconds(run['epoch_seconds'])} "
+                        f"s/epoch, loss {run['train_loss'][-1]:.4f}")
+        finally:
+            torch.set_num_threads(inherited)
 
     notebook = {"pipeline": pipeline, "description": description, "recipe": NOTEBOOK.recipe,
                 "epochs": notebook_epochs, "batch_size": NOTEBOOK.batch_size, "lr": NOTEBOOK.lr,
-                "threads": threads, **summarize(notebook_runs)}
-    times_to_target = [r["time_to_target"] for r in our_runs]
-    reached = all(t is not None for t in times_to_target)
-    ours = {"recipe": recipe_name, "epochs": epochs, "batch_size": config.batch_size,
-            "threads": our_runs[-1]["threads"], **summarize(our_runs),
-            "train_seconds": spread([r["train_seconds"] for r in our_runs]),
-            "reached_target": reached,
-            "time_to_target": spread(times_to_target) if reached else None}
+                "threads": counts[0], **summarize(notebook_runs)}
+
+    def side(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
+        times_to_target = [r["time_to_target"] for r in runs]
+        reached = all(t is not None for t in times_to_target)
+        return {"recipe": recipe_name, "epochs": epochs, "batch_size": config.batch_size,
+                "threads": n, **summarize(runs),
+                "train_seconds": spread([r["train_seconds"] for r in runs]),
+                "reached_target": reached,
+                "time_to_target": spread(times_to_target) if reached else None}
+
+    by_threads = [side(our_runs[n], n) for n in counts]
+    ours = by_threads[0]
     return {
         "recipe": recipe_name, "dataset": dataset.spec.name, "data_source": dataset.source,
         "epochs": epochs, "repeats": repeats, "comparable": comparable, "target_accuracy": TARGET_ACCURACY,
-        "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": threads,
-                    "cpu": cpu_model(),
+        "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": inherited,
+                    "cpu": cpu_model(), "load": _load(),
                     "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None},
         "notebook": notebook,
         "ours": ours,
+        "ours_by_threads": by_threads,
         "speedup": notebook["seconds_per_epoch"]["median"] / ours["seconds_per_epoch"]["median"],
-        "unsteady": unsteady({"notebook": notebook, "ours": ours}),
+        "unsteady": unsteady({"notebook": notebook, **({"ours": ours} if len(by_threads) == 1 else
+                                                       {_ours_name(s): s for s in by_threads})}),
     }
+
+
+def _ours_name(side: dict[str, Any]) -> str:
+    return f"ours, {plural_threads(side['threads'])}"
+
+
+def _load() -> float | None:
+    """The machine's 1-minute load average (other processes' demand for its cores); None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _shown_load(result: dict[str, Any]) -> str:
+    load = result["machine"].get("load")
+    return "unknown" if load is None else f"{load:.1f}"
 
 
 def _fmt_seconds(values: list[float]) -> str:
@@ -343,27 +381,36 @@ def format_bench(result: dict[str, Any]) -> str:
     lines = [
         f"mnistlab bench: recipe {result['recipe']} on {result['dataset']}, "
         f"{_plural(result['repeats'], 'repeat')} of each pipeline, alternating",
-        f"machine: device {m['device']}{gpu}, torch {m['torch']}, {_plural(m['threads'], 'thread')}, "
-        f"CPU {m['cpu']}",
+        f"machine: device {m['device']}{gpu}, torch {m['torch']} (starts with {plural_threads(m['threads'])}), "
+        f"CPU {m['cpu']}, load {_shown_load(result)}",
         f"notebook pipeline: {nb['description']}",
         "",
     ]
     rows = [("pipeline", "s/epoch (median)", "spread (min-max)", "final train loss", "test accuracy")]
-    for name, side in ((f"notebook ({nb['recipe']}, {_plural(nb['epochs'], 'epoch')})", nb),
-                       (f"ours ({ours['recipe']}, {_plural(ours['epochs'], 'epoch')})", ours)):
+    sides = [(f"notebook ({nb['recipe']}, {_plural(nb['epochs'], 'epoch')}, {plural_threads(nb['threads'])})", nb)]
+    sides += [(f"ours ({s['recipe']}, {_plural(s['epochs'], 'epoch')}, {plural_threads(s['threads'])})", s)
+              for s in result.get("ours_by_threads", [ours])]
+    for name, side in sides:
         s = side["seconds_per_epoch"]
         rows.append((name, f"{s['median']:.3f}", f"{s['min']:.3f}-{s['max']:.3f}",
                      f"{side['final_train_loss']:.4f}", f"{100 * side['test_accuracy']:.2f}%"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    named = {"notebook": nb, "ours": ours, **{_ours_name(s): s for s in result.get("ours_by_threads", [])}}
     for name in result["unsteady"]:
-        s = (nb if name == "notebook" else ours)["seconds_per_epoch"]
+        s = named[name]["seconds_per_epoch"]
         lines.append(f"unsteady ({name}): epochs took {s['min']:.3f}-{s['max']:.3f} s "
                      f"({s['max'] / s['min']:.2f}x apart): the machine's speed changed during the benchmark; "
                      "rerun on a quiet machine or with more --repeats before trusting the ratio")
     lines.append("")
     lines.append(f"speed-up: {result['speedup']:.1f}x seconds per epoch (notebook median / ours median)"
                  + ("" if result["comparable"] else "; different recipes, the notebook is a reference"))
+    compared = result.get("ours_by_threads", [])
+    if len(compared) > 1:
+        best = min(compared, key=lambda s: s["seconds_per_epoch"]["median"])
+        lines.append("threads: " + ", ".join(
+            f"{plural_threads(s['threads'])} {s['seconds_per_epoch']['median'] / best['seconds_per_epoch']['median']:.2f}x"
+            for s in compared) + f" the fastest's seconds per epoch (median; machine load {_shown_load(result)})")
     if result["comparable"]:
         lines.append(f"parity: final train loss {nb['final_train_loss']:.4f} vs {ours['final_train_loss']:.4f} "
                      f"(difference {abs(nb['final_train_loss'] - ours['final_train_loss']):.4f}; same initial "
@@ -389,13 +436,15 @@ def sweep_members(device: torch.device) -> tuple[int, ...]:
 
 def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tuple[int, ...] | None = None,
                     sequential: int = 2, repeats: int = 1, data_dir: str | os.PathLike | None = None,
-                    log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+                    log: Callable[[str], None] = lambda line: None, threads: int | None = None) -> dict[str, Any]:
     """Seconds per epoch of K networks trained batched (batched.py) and of networks trained one after
     another (training.train_epoch), on the same data, device and recipe, in one process.
 
     One after another, each network costs the same whatever K, so `sequential`
     networks are timed and their rate stands for any K. Each repeat times the
     sequential networks, then every K, so that a change in load hits both.
+    Each side computes with `threads`, or by default with the count
+    base/threads.py chooses for its own step (one network's, or K networks').
     """
     if repeats < 1 or sequential < 1 or (members is not None and (not members or min(members) < 1)):
         raise ValueError("repeats, sequential and every member count must be at least 1")
@@ -403,10 +452,15 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
     members = tuple(members or sweep_members(torch_device))
     base = recipe(recipe_name, device=device, epochs=1, val_size=0, cuda_graph=False)
     splits = load_splits(base, data_dir, torch_device)
-    log(f"bench --sweep: recipe {recipe_name}, {splits.dataset.spec.name}, device {torch_device}, "
-        f"{torch.get_num_threads()} threads; K = {', '.join(map(str, members))}")
+    inherited = torch.get_num_threads()
+    counts = {k: threads or choose_threads(None, step_flops(base.model, base.hidden, base.batch_size, k)).threads
+              for k in {1, *members}}
+    log(f"bench --sweep: recipe {recipe_name}, {splits.dataset.spec.name}, device {torch_device}, threads "
+        + ", ".join(f"{plural_threads(counts[k])} for {_plural(k, 'network')}" for k in sorted(counts))
+        + f"; K = {', '.join(map(str, members))}")
 
     def one_after_another() -> float:
+        torch.set_num_threads(counts[1])
         seconds = 0.0
         for seed in range(sequential):
             _, spent = timed_epoch(build(base.replace(seed=seed), splits, torch_device), torch_device)
@@ -414,6 +468,7 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
         return seconds / sequential
 
     def batched_epoch(k: int, limit: int | None = None) -> float:
+        torch.set_num_threads(counts[k])
         configs = [base.replace(seed=seed, data_seed=0) for seed in range(k)]
         group = batched.build_group(configs, splits, torch_device)
         if limit is not None:  # a warm-up on the first batches only
@@ -423,30 +478,34 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
         _, spent = timed_epoch(group, torch_device)
         return spent
 
-    for k in members:  # untimed: first-call costs (allocator, kernel selection, vmap's tracing)
-        batched_epoch(k, limit=WARMUP_BATCHES)
     single_seconds, batched_seconds = [], {k: [] for k in members}
-    for r in range(1, repeats + 1):
-        single_seconds.append(one_after_another())
-        log(f"repeat {r}/{repeats}: one network {single_seconds[-1]:.3f} s/epoch")
-        for k in members:
-            batched_seconds[k].append(batched_epoch(k))
-            log(f"repeat {r}/{repeats}: {k} networks batched {batched_seconds[k][-1]:.3f} s/epoch")
+    try:
+        for k in members:  # untimed: first-call costs (allocator, kernel selection, vmap's tracing)
+            batched_epoch(k, limit=WARMUP_BATCHES)
+        for r in range(1, repeats + 1):
+            single_seconds.append(one_after_another())
+            log(f"repeat {r}/{repeats}: one network {single_seconds[-1]:.3f} s/epoch")
+            for k in members:
+                batched_seconds[k].append(batched_epoch(k))
+                log(f"repeat {r}/{repeats}: {k} networks batched {batched_seconds[k][-1]:.3f} s/epoch")
+    finally:
+        torch.set_num_threads(inherited)
     single = statistics.median(single_seconds)
     rows = []
     for k in members:
         seconds = statistics.median(batched_seconds[k])
         # Each repeat's ratio compares two measurements taken side by side, under the same load.
         ratios = [k * one / many for one, many in zip(single_seconds, batched_seconds[k])]
-        rows.append({"networks": k, "batched_seconds_per_epoch": seconds, "batched_seconds": batched_seconds[k],
+        rows.append({"networks": k, "threads": counts[k], "batched_seconds_per_epoch": seconds,
+                     "batched_seconds": batched_seconds[k],
                      "batched_networks_per_second": k / seconds,
                      "one_after_another_seconds_per_epoch": k * single,
                      "one_after_another_networks_per_second": 1 / single,
                      "ratios": ratios, "ratio": statistics.median(ratios)})
     return {"recipe": recipe_name, "dataset": splits.dataset.spec.name, "repeats": repeats,
-            "sequential_networks": sequential, "single_seconds": single_seconds,
-            "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cpu": cpu_model(),
+            "sequential_networks": sequential, "single_seconds": single_seconds, "single_threads": counts[1],
+            "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": inherited,
+                        "cpu": cpu_model(), "load": _load(),
                         "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None},
             "rows": rows}
 
@@ -458,14 +517,14 @@ def format_sweep_bench(result: dict[str, Any]) -> str:
     gpu = f" ({m['gpu']})" if m["gpu"] else ""
     lines = [f"mnistlab bench --sweep: recipe {result['recipe']} on {result['dataset']}, one epoch per network, "
              f"median of {_plural(result['repeats'], 'repeat')}",
-             f"machine: device {m['device']}{gpu}, torch {m['torch']}, {_plural(m['threads'], 'thread')}, CPU {m['cpu']}",
-             f"one after another: {_plural(result['sequential_networks'], 'network')} timed per repeat; "
-             "the rate does not depend on K", ""]
-    table = [("networks", "batched s/epoch", "batched networks/s", "one after another networks/s",
+             f"machine: device {m['device']}{gpu}, torch {m['torch']}, CPU {m['cpu']}, load {_shown_load(result)}",
+             f"one after another: {_plural(result['sequential_networks'], 'network')} timed per repeat, "
+             f"{plural_threads(result['single_threads'])}; the rate does not depend on K", ""]
+    table = [("networks", "threads", "batched s/epoch", "batched networks/s", "one after another networks/s",
               "batched / one after another (median of repeats: each)")]
     for row in result["rows"]:
         each = ", ".join(f"{r:.2f}" for r in row["ratios"])
-        table.append((str(row["networks"]), f"{row['batched_seconds_per_epoch']:.3f}",
+        table.append((str(row["networks"]), str(row["threads"]), f"{row['batched_seconds_per_epoch']:.3f}",
                       f"{row['batched_networks_per_second']:.2f}", f"{row['one_after_another_networks_per_second']:.2f}",
                       f"{row['ratio']:.2f}x" + (f" ({each})" if len(row["ratios"]) > 1 else "")))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

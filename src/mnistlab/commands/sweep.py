@@ -318,8 +318,8 @@ def shard_units(plan: Plan, index: int, count: int) -> list[list[int]]:
 
 def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
               shard: str | None = None, device: str | None = None, data_dir: str | os.PathLike | None = None,
-              log: Callable[[str], None] = print, plots: bool = True,
-              tensorboard: bool = False) -> tuple[Path, Results | None]:
+              log: Callable[[str], None] = print, plots: bool = True, tensorboard: bool = False,
+              threads: int | None = None) -> tuple[Path, Results | None]:
     """Train this process's share of a sweep, `plan` into `out` (default runs/sweep[-N]) or the plan kept in
     `resume`, then build the table where this process is the one to.
 
@@ -350,7 +350,8 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
         distributed.join("gloo", distributed.SWEEP_TIMEOUT)
     try:
         folder = Path(resume) if resume else _new_folder(out, plan, process)
-        train_share(folder, plan, share, device, data_dir, log, process=process, tensorboard=tensorboard)
+        train_share(folder, plan, share, device, data_dir, log, process=process, tensorboard=tensorboard,
+                    threads=threads)
         if process:
             distributed.barrier()
     finally:
@@ -387,7 +388,7 @@ def run_dir(folder: Path, planned: Planned) -> Path:
 
 def train_share(folder: str | os.PathLike, plan: Plan, shard: tuple[int, int] = (0, 1), device: str | None = None,
                 data_dir: str | os.PathLike | None = None, log: Log = lambda line: None, process=None,
-                tensorboard: bool = False) -> None:
+                tensorboard: bool = False, threads: int | None = None) -> None:
     """Train this shard's groups of the sweep in `folder`, each batched, resuming whatever was kept."""
     folder = Path(folder)
     units = shard_units(plan, *shard)
@@ -409,7 +410,7 @@ def train_share(folder: str | os.PathLike, plan: Plan, shard: tuple[int, int] = 
             try:
                 train_group([run_dir(folder, m) for m in part], [m.config for m in part], device=device,
                             data_dir=data_dir, resume_command=f"mnistlab sweep --resume {folder}", local=process,
-                            log=log, label=f"{label}: ", tensorboard=tensorboard)
+                            log=log, label=f"{label}: ", tensorboard=tensorboard, threads=threads)
             except KeyboardInterrupt:
                 raise Interrupted(f"interrupted; every finished epoch is kept in {folder}; continue with: "
                                   f"mnistlab sweep --resume {folder}") from None

@@ -40,6 +40,7 @@ from ..base.devices import count_dtype
 from ..base.errors import RunError
 from ..base.models import architecture, build_model, loss_function, mean_log_probabilities
 from .evaluation import EVAL_BATCH
+from .fused import StackedMLP, fusable
 from .training import Batches, Splits, make_optimizer, make_schedule, rng_state, set_rng_state
 
 Log = Callable[[str], None]
@@ -80,6 +81,9 @@ class Stack:
         self.adamw = c.optimizer == "adamw"
         self.loss_fn = loss_function(c.output, c.label_smoothing)
         self.output = c.output
+        # An MLP's forward and backward by hand, for all members at once (fused.StackedMLP); other
+        # networks through vmap and autograd.
+        self.fused = StackedMLP(models[0], self.loss_fn) if fusable(models[0], self.loss_fn) is None else None
 
         def per_member(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)
@@ -92,6 +96,7 @@ class Stack:
         self.weight_decay = per_member([x.weight_decay for x in configs])
         self.uses_momentum = any(x.momentum > 0 for x in configs)
         self.uses_weight_decay = any(x.weight_decay > 0 for x in configs)
+        self.plain_sgd = not self.adamw and not self.uses_momentum and not self.uses_weight_decay
         self.factors = [_schedule_factor(x, x.epochs * steps_per_epoch) for x in configs]
         self.moments: dict[str, dict[str, torch.Tensor]] = {
             name: {key: torch.zeros_like(p) for key in self._moment_keys()} for name, p in self.params.items()}
@@ -125,14 +130,21 @@ class Stack:
     def backward(self, losses: torch.Tensor) -> None:
         """Each member's gradient of its own loss: the gradient of their sum.
 
-        Taken with autograd.grad rather than into `.grad`: the gradients of the
-        stacked weights come out transposed, and storing them as `.grad` would
-        copy each into the weights' layout, every step.
+        For an MLP, StackedMLP keeps each layer's output gradient, from which
+        `step` computes the update (see there). Otherwise taken with
+        autograd.grad rather than into `.grad`: the gradients of the stacked
+        weights come out transposed, and storing them as `.grad` would copy each
+        into the weights' layout, every step.
         """
+        if self.fused is not None:
+            self.fused.backward()
+            return
         self.grads = dict(zip(self.params, torch.autograd.grad(losses.sum(), list(self.params.values()))))
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each member's loss on the same batch, shape (K,)."""
+        if self.fused is not None:
+            return self.fused.loss(self.params, x, y)
         return self._loss(self.params, self.buffers, x, y)
 
     @torch.no_grad()
@@ -180,6 +192,11 @@ class Stack:
         self.training &= finite
         self.steps += self.training
         rate = lr * self.training
+        if self.fused is not None:
+            if self.plain_sgd and self.everyone:  # a diverged member's rate is 0 (its weights are not kept)
+                self.fused.sgd(self.params, rate)
+                return
+            self.grads = self.fused.gradients()
         for name, p in self.params.items():
             shape = (self.k,) + (1,) * (p.dim() - 1)
             g = self.grads[name]

@@ -176,6 +176,7 @@ def distribute(trainee: Trainee, process: Process, device: torch.device) -> Dist
     """`trainee` across the job: its model wrapped in DistributedDataParallel, its batches sharded."""
     wrapped = DistributedTrainee(**{f.name: getattr(trainee, f.name) for f in dataclasses.fields(trainee)})
     wrapped.process = process
+    wrapped.fast = None  # its hand-written backward would bypass DDP's gradient all-reduce
     wrapped.model = DistributedDataParallel(trainee.model, device_ids=[device.index] if device.type == "cuda" else None)
     wrapped.batches = Shard(trainee.batches, process)
     return wrapped

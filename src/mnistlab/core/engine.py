@@ -33,7 +33,8 @@ from .. import __version__
 from ..base.config import Config
 from ..base.devices import describe, flush_denormals, select_device, synchronize
 from ..base.errors import Interrupted, MnistlabError, RunError, UsageError
-from ..base.models import Ensemble, build_model
+from ..base.threads import using_threads
+from ..base.models import Ensemble, build_model, step_flops
 from . import distributed, runs
 from . import tensorboard as tensorboard_mod
 from .batched import Group, build_group, ensemble_members, ensemble_state, restore_ensemble
@@ -250,13 +251,14 @@ def _log(log: Log | None, verbose: bool) -> Log | None:
 
 def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
           stop_after: int | None = None, log: Log | None = None, verbose: bool = False, on_event: Emit | None = None,
-          progress: bool = False, tensorboard: bool = False) -> RunResult | None:
+          progress: bool = False, tensorboard: bool = False, threads: int | None = None) -> RunResult | None:
     """Train `config` into a new run directory (`out`, default runs/<recipe>-<dataset>[-N]).
 
     `log` receives the lines the command prints (`verbose=True` prints them); `on_event` receives every
     event (core/events.py); `progress` shows a download's progress bar; `stop_after` ends the run after
     that epoch as if interrupted (it can be resumed); `tensorboard` writes the events for TensorBoard
-    too (RUN/tensorboard/). Under torchrun, one network is trained across the processes and only rank 0
+    too (RUN/tensorboard/); `threads`: torch's CPU threads (default: chosen for the network's step and the
+    machine, base/threads.py). Under torchrun, one network is trained across the processes and only rank 0
     gets the result (the others get None).
     """
     config = config.validated()
@@ -266,16 +268,18 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
     process = distributed.launched()
     if process is not None:
         return _across_processes(process, events, config=config, out=out, data_dir=data_dir, progress=progress,
-                                 tensorboard=tensorboard)
+                                 tensorboard=tensorboard, threads=threads)
     device = select_device(config.device)
-    with runs.create(out if out is not None else runs.default_path(config), config) as run:
+    with _threads(device, threads, config), runs.create(out if out is not None else runs.default_path(config),
+                                                        config) as run:
         run.tensorboard = tensorboard
         return _train(run, device, events, data_dir=data_dir, stop_after=stop_after, progress=progress)
 
 
 def resume(run_dir: str | os.PathLike, *, epochs: int | None = None, data_dir: str | os.PathLike | None = None,
            any_data: bool = False, stop_after: int | None = None, log: Log | None = None, verbose: bool = False,
-           on_event: Emit | None = None, progress: bool = False, tensorboard: bool = False) -> RunResult | None:
+           on_event: Emit | None = None, progress: bool = False, tensorboard: bool = False,
+           threads: int | None = None) -> RunResult | None:
     """Continue the run in `run_dir` from its last committed epoch (to `epochs` in all, if given).
 
     The data is the run's own: the folder it was trained from unless `data_dir` says otherwise, and files
@@ -288,11 +292,13 @@ def resume(run_dir: str | os.PathLike, *, epochs: int | None = None, data_dir: s
     process = distributed.launched()
     if process is not None:
         return _across_processes(process, events, resume_dir=run_dir, epochs=epochs, data_dir=data_dir,
-                                 any_data=any_data, progress=progress, tensorboard=tensorboard)
+                                 any_data=any_data, progress=progress, tensorboard=tensorboard, threads=threads)
     with runs.open_run(run_dir) as run:
         run.tensorboard = _tensorboard(run, tensorboard)
-        return _train(run, select_device(run.config.device), events, data_dir=data_dir, any_data=any_data,
-                      epochs=epochs, stop_after=stop_after, progress=progress)
+        device = select_device(run.config.device)
+        with _threads(device, threads, run.config):
+            return _train(run, device, events, data_dir=data_dir, any_data=any_data, epochs=epochs,
+                          stop_after=stop_after, progress=progress)
 
 
 def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.PathLike | None = None,
@@ -383,6 +389,15 @@ def _model(trainee: Trainee | Group, run: Run) -> nn.Module:
     return trainee.model.module if isinstance(trainee, distributed.DistributedTrainee) else trainee.model
 
 
+def _threads(device: torch.device, requested: int | None, config: Config, members: int | None = None):
+    """While a run trains on the CPU: torch's threads, `requested` or chosen for its step (base/threads.py:
+    one thread for a small network's steps, whose threads would only wait for each other)."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    return using_threads(requested, step_flops(config.model, config.hidden, config.batch_size,
+                                               members or config.ensemble))
+
+
 def _tensorboard(run: Run, asked: bool) -> bool:
     """Whether the run writes for TensorBoard: when asked, or when it did before (a resumed run goes on)."""
     wrote = (run.path / tensorboard_mod.FOLDER).is_dir()
@@ -460,7 +475,8 @@ def _capture(trainee: Trainee, splits: Splits, run: Run, events: Events):
 def _across_processes(process: distributed.Process, events: Events, config: Config | None = None,
                       out: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
                       epochs: int | None = None, data_dir: str | os.PathLike | None = None, any_data: bool = False,
-                      progress: bool = False, tensorboard: bool = False) -> RunResult | None:
+                      progress: bool = False, tensorboard: bool = False,
+                      threads: int | None = None) -> RunResult | None:
     """One network across the processes of a torchrun job (DDP): rank 0 opens and writes the run, the others
     follow it with writing off; all train the same lifecycle on their shard of every batch."""
     if config is not None and config.ensemble > 1:
@@ -493,6 +509,7 @@ def _across_processes(process: distributed.Process, events: Events, config: Conf
             device = distributed.local_device(select_device(run.config.device), process)
             if device.type == "cuda":
                 torch.cuda.set_device(device)
+            stack.enter_context(_threads(device, threads, run.config))
             return _train(run, device, events, data_dir=data_dir, any_data=any_data, epochs=epochs,
                           progress=progress, process=process)
     except BaseException:
@@ -506,7 +523,8 @@ def _across_processes(process: distributed.Process, events: Events, config: Conf
 def train_group(paths: Sequence[str | os.PathLike], configs: Sequence[Config], *, device: str | None = None,
                 data_dir: str | os.PathLike | None = None, any_data: bool = False, resume_command: str = "",
                 local: distributed.Process | None = None, log: Log = lambda text: None, label: str = "",
-                on_event: Emit | None = None, stop_after: int | None = None, tensorboard: bool = False) -> None:
+                on_event: Emit | None = None, stop_after: int | None = None, tensorboard: bool = False,
+                threads: int | None = None) -> None:
     """Train configurations that differ only in batched.MEMBER_FIELDS as one batched group, member k into the
     run directory paths[k] (created, or resumed from what it committed): a sweep's group.
 
@@ -527,6 +545,7 @@ def train_group(paths: Sequence[str | os.PathLike], configs: Sequence[Config], *
         torch_device = select_device(device or configs[0].device)
         if local is not None:
             torch_device = distributed.local_device(torch_device, local)
+        stack.enter_context(_threads(torch_device, threads, configs[0], len(configs)))
         try:
             if data_dir is None:
                 data_dir = next((d for d in (_recorded_data_dir(r, events) for r in opened if r.state) if d), None)

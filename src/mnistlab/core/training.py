@@ -25,6 +25,7 @@ from ..base.config import RECIPES, Config
 from ..base.errors import RunError, shown
 from ..base.models import architecture, build_model, loss_function
 from .evaluation import accuracy
+from .fused import FusedMLP, fusable
 
 
 # ---------------------------------------------------------------------------
@@ -98,12 +99,13 @@ class Batches:
             offsets = dy * width + dx
         for start in self.starts():
             idx = perm[start:start + self.batch_size]
+            # index_select, not x[idx]: the same rows, copied 2.5x faster (advanced indexing's general path)
             if self.shift:
                 pixels = self.window + offsets[idx, None]
-                xb = torch.gather(self.x[idx], 1, pixels).view(len(idx), *self.shape)
+                xb = torch.gather(self.x.index_select(0, idx), 1, pixels).view(len(idx), *self.shape)
             else:
-                xb = self.x[idx]
-            yield xb, self.y[idx]
+                xb = self.x.index_select(0, idx)
+            yield xb, self.y.index_select(0, idx)
 
 
 def capture_forward_loss(model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor,
@@ -195,6 +197,9 @@ class Trainee:
     generator: torch.Generator
     architecture: dict[str, Any]
     forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    # The MLP's step written by hand (core/fused.py), on the CPU: the same losses and updates as autograd's
+    # to float rounding, about 1.5x faster at batch 64. None: autograd, as the notebook writes it.
+    fast: FusedMLP | None = field(default=None, repr=False)
     members = 1
 
     # -- the step --------------------------------------------------------------
@@ -203,20 +208,25 @@ class Trainee:
         self.model.train()
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad()
+        (self.fast or self.optimizer).zero_grad()
 
     def loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """The batch's mean loss. `forward_loss` replays it as a CUDA graph (full batches only)."""
+        if self.fast is not None:
+            return self.fast.loss(xb, yb)
         if self.forward_loss is not None and len(yb) == self.batches.batch_size:
             return self.forward_loss(xb, yb)
         return self.loss_fn(self.model(xb), yb)
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        if self.fast is not None:
+            self.fast.backward(loss)
+        else:
+            loss.backward()
 
     def step(self, loss: torch.Tensor, i: int) -> None:
         """Update the weights after batch `i` of the epoch; then the schedule moves the rate."""
-        self.optimizer.step()
+        (self.fast or self.optimizer).step()
         if self.schedule is not None:
             self.schedule.step()
 
@@ -341,8 +351,9 @@ def build(config: Config, splits: Splits, device: torch.device) -> Trainee:
                        f"({len(splits.y)} training examples)")
     schedule = make_schedule(optimizer, config.schedule, config.warmup, config.epochs * len(batches))
     generator = torch.Generator(device=device).manual_seed(config.order_seed())
-    return Trainee(model, optimizer, schedule, loss_function(config.output, config.label_smoothing), batches,
-                   generator, arch)
+    loss_fn = loss_function(config.output, config.label_smoothing)
+    fast = FusedMLP(model, optimizer, loss_fn) if device.type == "cpu" and fusable(model, loss_fn) is None else None
+    return Trainee(model, optimizer, schedule, loss_fn, batches, generator, arch, fast=fast)
 
 
 def checkpoint_meta(config: Config, arch: dict[str, Any], splits: Splits,
