@@ -339,9 +339,10 @@ def _flags(config: Config, recipe: Config, sweep: bool) -> list[str]:
 
 
 def command(configs: list[Config], out: str, data_dir: Path | None) -> list[str]:
-    """The arguments after `python -m mnistlab` that train `configs` into `out`."""
+    """The arguments after `python -m mnistlab` that train `configs` into `out`, with one torch thread (one
+    training process per core is then what the machine holds)."""
     recipe = RECIPES[configs[0].recipe]
-    where = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    where = ["--threads", "1"] + (["--data-dir", str(data_dir)] if data_dir is not None else [])
     if len(configs) == 1:
         return ["train", "--out", out, "--no-plots", "--recipe", recipe.recipe, *where,
                 *_flags(configs[0], recipe, sweep=False)]
@@ -530,8 +531,8 @@ class Jobs:
             busy.add(job.pid)
 
     def _launch(self, job: Job) -> None:
-        # One torch thread per job: one training process per core is then what the machine can hold.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        # One thread for numpy's and SciPy's BLAS too, as for torch (--threads 1).
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         try:
             with open(self.dir / f"{job.id}.log", "ab") as log:
                 # A session of its own: a Ctrl-C meant for the server reaches the jobs through it (`close`),
