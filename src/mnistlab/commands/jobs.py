@@ -531,8 +531,11 @@ class Jobs:
             busy.add(job.pid)
 
     def _launch(self, job: Job) -> None:
-        # One thread for numpy's and SciPy's BLAS too, as for torch (--threads 1).
+        # One thread for numpy's and SciPy's BLAS too, as for torch (--threads 1). The job runs in the folder:
+        # a relative PYTHONPATH (the server's own mnistlab, e.g. PYTHONPATH=src) is made absolute.
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        if env.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
         try:
             with open(self.dir / f"{job.id}.log", "ab") as log:
                 # A session of its own: a Ctrl-C meant for the server reaches the jobs through it (`close`),
