@@ -77,25 +77,30 @@ def test_a_second_writer_is_refused_naming_the_process_that_holds_the_run(tmp_pa
 
 
 @pytest.mark.slow
-def test_two_processes_training_into_one_folder_the_second_is_refused_and_the_first_finishes(tmp_path,
-                                                                                            tiny_idx_dir):
+def test_two_processes_training_into_one_folder_the_second_is_refused_and_the_first_goes_on(tmp_path,
+                                                                                           tiny_idx_dir):
     def start(lr):
         return subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--out", str(tmp_path / "r"),
-                                 "--data-dir", str(tiny_idx_dir), "--epochs", "40", "--batch-size", "32",
-                                 "--no-plots", "--device", "cpu", "--lr", lr],
+                                 "--data-dir", str(tiny_idx_dir), "--epochs", "100000", "--batch-size", "32",
+                                 "--no-plots", "--device", "cpu", "--lr", lr, "--schedule", "constant"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    first = start("0.05")
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "r" / "state.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    second = start("0.5")
-    out2, err2 = second.communicate(timeout=120)
-    out1, err1 = first.communicate(timeout=300)
-    assert second.returncode == 1 and "is being written by pid" in err2 and "Traceback" not in err2
-    assert first.returncode == 0, err1
+    first = start("0.05")  # more epochs than it will ever finish: it is still training when the second comes
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "r" / "state.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = start("0.5")
+        out2, err2 = second.communicate(timeout=120)
+        assert second.returncode == 1 and "is being written by pid" in err2 and "Traceback" not in err2
+        assert first.poll() is None  # the first goes on
+        first.send_signal(signal.SIGTERM)
+        out1, err1 = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130 and "continue with: mnistlab train --resume" in err1, err1
     assert json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.05
-    consistent(tmp_path / "r", 40)
+    consistent(tmp_path / "r", runs.read_state(tmp_path / "r")["epoch"])
 
 
 # ---------------------------------------------------------------------------
