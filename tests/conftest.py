@@ -62,6 +62,27 @@ def write_fake_dataset(folder: Path, n_train: int = 600, n_test: int = 200) -> P
     return folder
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (BaseException passes every `except Exception`)."""
+
+
+def kill_at(monkeypatch, folder, n):
+    """Kill the process just before the n-th (0-based) replacement of a file in `folder` (each atomic write
+    ends in one replacement: a kill there leaves the old file whole and the write undone)."""
+    import mnistlab.base.files
+
+    real, count = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if str(dst).startswith(str(folder)):
+            if count["n"] == n:
+                raise Killed(dst)
+            count["n"] += 1
+        return real(src, dst)
+
+    monkeypatch.setattr(mnistlab.base.files.os, "replace", replace)
+
+
 def pytest_configure(config):
     """One torch thread in the test process: the tests' networks are tiny, so a second thread only adds
     synchronisation, and on a busy machine two spinning threads per process slow everything down many

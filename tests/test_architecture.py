@@ -99,7 +99,7 @@ def test_imports_are_at_the_top_of_each_module_but_heavy_optional_ones_and_the_c
                 continue
             if layer(name) == TOP and target.startswith("mnistlab"):
                 continue  # the command line imports the command it runs, not all of them (see cli.py)
-            if target in ("fcntl", "msvcrt", "tomli", "tomllib"):
+            if target in ("fcntl", "msvcrt", "resource", "tomli", "tomllib"):
                 continue  # the platform's or the Python version's module, where it exists
             inside.append(f"{name}: {target}")
     assert inside == []

@@ -1,13 +1,18 @@
-"""The drawing page end to end in a real headless browser (Debian's chromium through chromium-driver):
-digits drawn with real pointer events on `mnistlab serve` running a model trained on real MNIST.
+"""The lab's page end to end in a real headless browser (Debian's chromium through chromium-driver):
+digits drawn with real pointer events on `mnistlab serve` running a model trained on real MNIST, its
+preparation and saliency map following the drawing, and its confusion matrix opened onto test images.
 
 Needs real MNIST (../shared/data/mnist), chromium and chromium-driver (`apt-get install -y chromium
 chromium-driver`) and selenium; without them it is skipped, with the reason shown. Set
-MNISTLAB_SERVE_SCREENSHOT=docs/figures/serve.png to also write the screenshot there.
+MNISTLAB_SERVE_SCREENSHOT=docs/figures/serve.png to also write the screenshot there, and
+MNISTLAB_LAB_FIGURES=docs/figures to write the whole Draw and Explore views there (lab-draw.png,
+lab-explore.png).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import re
@@ -184,20 +189,29 @@ return {bright, layers, bars, best: document.querySelector('.bar-row.best')?.dat
 """
 
 
-def screenshot(driver, tmp_path: Path) -> None:
-    """A screenshot at the page's CSS size, in tmp_path and where MNISTLAB_SERVE_SCREENSHOT says."""
+def screenshot(driver, tmp_path: Path, name: str = "serve.png", whole: bool = False) -> None:
+    """A screenshot at the page's CSS size (`whole`: the whole page, not only the window), in tmp_path and
+    where MNISTLAB_SERVE_SCREENSHOT (serve.png) or MNISTLAB_LAB_FIGURES (the others) say."""
     from PIL import Image
 
-    raw = tmp_path / "serve-raw.png"
+    raw = tmp_path / f"raw-{name}"
     driver.execute_script("document.activeElement.blur()")
-    driver.save_screenshot(str(raw))
+    if whole:
+        size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "clip": {
+            "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+        raw.write_bytes(base64.b64decode(shot["data"]))
+    else:
+        driver.save_screenshot(str(raw))
     width = driver.execute_script("return window.innerWidth")
     with Image.open(raw) as image:
         scaled = image.convert("RGB").resize((width, round(image.height * width / image.width)),
                                              Image.Resampling.LANCZOS)
-    targets = [tmp_path / "serve.png"]
-    if os.environ.get("MNISTLAB_SERVE_SCREENSHOT"):
+    targets = [tmp_path / name]
+    if name == "serve.png" and os.environ.get("MNISTLAB_SERVE_SCREENSHOT"):
         targets.append(Path(os.environ["MNISTLAB_SERVE_SCREENSHOT"]))
+    elif name != "serve.png" and os.environ.get("MNISTLAB_LAB_FIGURES"):
+        targets.append(Path(os.environ["MNISTLAB_LAB_FIGURES"]) / name)
     for target in targets:
         scaled.save(target, optimize=True)
         print(f"screenshot: {target}")
@@ -270,12 +284,16 @@ def test_on_a_phone_the_page_is_one_column_and_a_finger_draws_instead_of_scrolli
     open_page(browser, server, 390, 844, scale=3, mobile=True)
     layout = browser.execute_script("""
         const box = (s) => document.querySelector(s).getBoundingClientRect();
-        return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
-                draw: box('.draw'), result: box('.result'), inside: box('.inside')};""")
+        return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth, tabs: box('nav.views'),
+                draw: box('.draw'), result: box('.result'), why: box('.why'), inside: box('.inside'),
+                prep: box('.prep'), first: box('.first')};""")
     assert layout["scroll"] <= layout["inner"], "the page scrolls sideways"
+    assert 0 < layout["tabs"]["right"] <= layout["inner"] and layout["tabs"]["bottom"] <= layout["draw"]["top"]
     assert layout["draw"]["right"] <= layout["inner"] and layout["draw"]["width"] > 0.8 * layout["inner"]
-    assert layout["result"]["top"] >= layout["draw"]["bottom"] - 1  # stacked, not side by side
-    assert layout["inside"]["top"] >= layout["result"]["bottom"] - 1
+    order = ["draw", "result", "why", "inside", "prep", "first"]  # stacked, not side by side
+    for above, below in zip(order, order[1:]):
+        assert layout[below]["top"] >= layout[above]["bottom"] - 1, (above, below)
+        assert layout[below]["right"] <= layout["inner"]
     assert browser.execute_script("return document.getElementById('canvas').width") == round(
         canvas_rect(browser)["width"] * 3)
 
@@ -284,3 +302,136 @@ def test_on_a_phone_the_page_is_one_column_and_a_finger_draws_instead_of_scrolli
     assert answer(browser) == "7"
     assert browser.execute_script("return window.scrollY") == before
     assert canvas_pixel(browser, 0.5, 0.22) < 60
+    steps = browser.execute_script(
+        "return [...document.querySelectorAll('#steps .step')].map((s) => s.getBoundingClientRect().right)")
+    assert len(steps) == 5 and max(steps) <= layout["inner"]
+
+    # Explore: the whole matrix, its ten columns and the accuracy, within the phone's width
+    browser.find_element("css selector", 'nav.views a[data-view="explore"]').click()
+    wait_for(browser, "document.getElementById('examples').dataset.state === 'ready'", timeout=120)
+    explore = browser.execute_script("""
+        const box = (s) => document.querySelector(s).getBoundingClientRect();
+        return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth, matrix: box('#matrix'),
+                wrap: box('.matrix-wrap'), examples: box('#examples'), cells: document.querySelectorAll('#matrix button').length};""")
+    assert explore["scroll"] <= explore["inner"], "the Explore view scrolls sideways"
+    assert explore["matrix"]["right"] <= explore["wrap"]["right"] + 1, "the matrix needs scrolling"
+    assert explore["cells"] == 100 and explore["examples"]["right"] <= explore["inner"]
+
+
+SALIENCY = """
+const c = document.getElementById('saliency');
+const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let red = 0, blue = 0;
+for (let i = 0; i < d.length; i += 4) { if (d[i] > d[i + 2] + 40) red++; else if (d[i + 2] > d[i] + 40) blue++; }
+return {pixels: Array.from(d), red, blue, target: c.dataset.target,
+        caption: document.getElementById('saliency-caption').textContent};
+"""
+
+STEPS = """
+return [...document.querySelectorAll('#steps .step')].map((s) => {
+  const img = s.querySelector('img');
+  return {name: s.dataset.step, loaded: img.complete && img.naturalWidth > 0, width: img.naturalWidth,
+          height: img.naturalHeight, caption: s.querySelector('figcaption').textContent,
+          crop: !!s.querySelector('.crop')};
+});
+"""
+
+
+def test_the_preparation_steps_the_saliency_map_and_the_first_layer_follow_the_drawing(browser, server, tmp_path):
+    open_page(browser, server, 1200, 860, scale=1)
+    draw(browser, ONE)
+    assert answer(browser) == "1"
+    steps = browser.execute_script(STEPS)
+    assert [s["name"] for s in steps] == ["drawn", "ink", "cropped", "fitted", "centred"]
+    assert all(s["loaded"] for s in steps)
+    assert (steps[-1]["width"], steps[-1]["height"]) == (28, 28) and steps[3]["height"] == 20  # a 1 is tall
+    assert steps[2]["width"] < steps[2]["height"] / 3  # cropped to a thin stroke
+    assert steps[1]["crop"] and "20x20" in steps[3]["caption"] and "centred by mass" in steps[4]["caption"]
+    one = browser.execute_script(SALIENCY)
+    assert one["target"] == "1" and one["red"] >= 10  # the stroke's pixels push the 1 up
+    assert "Class 1 (the prediction)" in one["caption"]
+    units = browser.execute_script("return document.querySelectorAll('#first-layer canvas').length")
+    assert units == 8
+    assert "most active of the 128 units" in browser.find_element("id", "first-layer-caption").text
+
+    browser.find_element("id", "clear").click()
+    wait_for(browser, "document.body.dataset.state === 'empty'")
+    assert browser.execute_script(STEPS) == []
+    browser.execute_script("window.asked = []; const fetch_ = window.fetch;"
+                           "window.fetch = (url, options) => { window.asked.push(String(url)); return fetch_(url, options); };")
+    draw(browser, SEVEN)
+    assert answer(browser) == "7"
+    asked = browser.execute_script("return window.asked")
+    # while the stroke is drawn only the answer is asked for; when it ends, the explanations too
+    assert asked and "saliency=1" in asked[-1] and "preparation=1" in asked[-1]
+    assert all("saliency" not in url for url in asked[:-1]), asked
+    seven = browser.execute_script(SALIENCY)
+    assert seven["target"] == "7" and seven["red"] >= 10
+    assert seven["pixels"] != one["pixels"], "the saliency map did not change with the drawing"
+
+    # a class's name chooses the class explained: why not a 1?
+    browser.find_element("css selector", '.bar-row[data-index="1"] .bar-name').click()
+    wait_for(browser, "document.getElementById('saliency').dataset.target === '1'")
+    assert answer(browser) == "7"
+    why_not = browser.execute_script(SALIENCY)
+    assert why_not["pixels"] != seven["pixels"] and "Class 1 (click the predicted" in why_not["caption"]
+    assert browser.execute_script("return document.querySelector('.bar-row.explained').dataset.index") == "1"
+    screenshot(browser, tmp_path, "lab-draw.png", whole=True)
+
+
+def test_a_confusion_cell_opens_its_test_images_and_an_image_opens_in_the_draw_view(
+        browser, server, mnist_run, real_mnist, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(mnist_run), "--data-dir", str(real_mnist),
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cli = json.loads(r.stdout)
+    open_page(browser, server, 1200, 900, scale=1)
+    browser.find_element("css selector", 'nav.views a[data-view="explore"]').click()
+    wait_for(browser, "document.getElementById('examples').dataset.state === 'ready'", timeout=120)
+    assert browser.current_url.endswith("#explore")
+    assert not browser.find_element("id", "view-draw").is_displayed()
+    counts = browser.execute_script("""
+        const rows = [...document.querySelectorAll('#matrix tbody tr')];
+        return rows.map((r) => [...r.querySelectorAll('button.count')].map((b) => Number(b.textContent)));""")
+    assert counts == cli["confusion"]  # the page's numbers are the CLI's
+    accuracy = browser.execute_script("return [...document.querySelectorAll('#matrix td.acc')].map((td) => td.textContent)")
+    assert accuracy == [f"{100 * a:.1f}%" if a < 1 else "100%" for a in cli["per_class_accuracy"].values()]
+    assert f"test accuracy {100 * cli['accuracy']:.1f}%" in browser.find_element("id", "explore-summary").text
+
+    # the most common mistake is open at first; then choose another cell with mistakes
+    off = sorted(((n, t, p) for t, row in enumerate(cli["confusion"]) for p, n in enumerate(row) if t != p),
+                 reverse=True)
+    chosen = browser.execute_script("const b = document.querySelector('#matrix button.chosen');"
+                                    "return [Number(b.dataset.true), Number(b.dataset.predicted)];")
+    assert cli["confusion"][chosen[0]][chosen[1]] == off[0][0]
+    n, t, p = off[1]
+    browser.find_element("css selector", f'#matrix button[data-true="{t}"][data-predicted="{p}"]').click()
+    wait_for(browser, f"document.querySelector('#matrix button.chosen').dataset.true === '{t}' && "
+                      "document.getElementById('examples').dataset.state === 'ready'")
+    captions = browser.execute_script(
+        "return [...document.querySelectorAll('#examples .example')].map((e) => e.textContent)")
+    assert len(captions) == min(n, 24)
+    shown = [float(c.rsplit(": ", 1)[1].rstrip("%")) for c in captions]
+    assert shown == sorted(shown, reverse=True)  # the most confidently wrong first
+    assert f"{n} test image" in browser.find_element("id", "cell-summary").text
+    screenshot(browser, tmp_path, "lab-explore.png", whole=True)
+
+    first = browser.find_element("css selector", "#examples .example")
+    index = first.get_attribute("data-index")
+    first.click()
+    assert answer(browser) == str(p)  # the network's mistake, as in the matrix
+    assert browser.current_url.endswith("#draw") and browser.find_element("id", "view-draw").is_displayed()
+    assert f"Test image #{index} (true class {t})" in browser.find_element("id", "source").text
+    assert "already MNIST-style" in browser.find_element("id", "steps").text
+    assert browser.execute_script(SALIENCY)["target"] == str(p)
+    assert browser.execute_script(PANEL_STATS)["bright"] >= 20  # the test image is the input
+    ink = browser.execute_script(
+        "const c = document.getElementById('canvas');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let dark = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 128) dark++; return dark / (d.length / 4);")
+    assert 0.03 < ink < 0.5  # and it is on the pad, dark on the paper
+
+    # the back button returns to the matrix, still open on the cell
+    browser.back()
+    wait_for(browser, "document.body.dataset.view === 'explore'")
+    assert browser.execute_script("return document.querySelector('#matrix button.chosen').dataset.predicted") == str(p)

@@ -189,8 +189,9 @@ def test_the_same_files_in_two_folders_are_cached_once(tmp_path, monkeypatch):
 
 
 def poison(entry: Path, **replace: np.ndarray) -> None:
+    """Rewrite a cache entry with some arrays replaced, everything else in it (its fingerprint) kept."""
     with np.load(entry) as z:
-        arrays = {role: z[role] for role in data.ROLES}
+        arrays = {name: z[name] for name in z.files}
     arrays.update(replace)
     with open(entry, "wb") as f:
         np.savez(f, **arrays)
@@ -207,7 +208,16 @@ POISONS = {
     "a pickled object array": lambda e: poison(e, train_labels=np.array([object()] * 8)),
     "an empty file": lambda e: e.write_bytes(b""),
     "one flipped bit among the pixels": lambda e: flip_bit(e, e.stat().st_size // 2),
+    "other labels, all in range": lambda e: poison(e, train_labels=(np.load(e)["train_labels"] + 1) % 10),
+    "no fingerprint (an entry of an earlier version)": lambda e: without_fingerprint(e),
 }
+
+
+def without_fingerprint(entry: Path) -> None:
+    with np.load(entry) as z:
+        arrays = {name: z[name] for name in z.files if name != "fingerprint"}
+    with open(entry, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def flip_bit(path: Path, offset: int) -> None:

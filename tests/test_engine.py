@@ -16,10 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import mnistlab.base.files
 from mnistlab.base.config import RECIPES, recipe
 from mnistlab.cli import main
 from mnistlab.core import batched, engine, events, runs, training
+
+from conftest import Killed, kill_at
 
 CPU = torch.device("cpu")
 
@@ -291,25 +292,12 @@ def test_the_sweep_and_train_data_seed_give_the_same_run(tmp_path, tiny_idx_dir)
 # ---------------------------------------------------------------------------
 # An ensemble killed mid-commit resumes to the run trained straight through
 
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs."""
-
-
 @pytest.mark.parametrize("n", [5, 7])  # epoch 1's commit: after state.pt, and after the model files
 def test_an_ensemble_resumed_after_a_kill_equals_one_trained_straight_through(tmp_path, tiny_idx_dir, monkeypatch,
                                                                               n):
     config = quick("default", epochs=2, ensemble=3)
     engine.train(config, out=tmp_path / "whole", data_dir=tiny_idx_dir)
-    real, count = os.replace, {"n": 0}
-
-    def replace(src, dst):
-        if str(dst).startswith(str(tmp_path / "split")):
-            if count["n"] == n:
-                raise Killed(dst)
-            count["n"] += 1
-        return real(src, dst)
-
-    monkeypatch.setattr(mnistlab.base.files.os, "replace", replace)
+    kill_at(monkeypatch, tmp_path / "split", n)
     with pytest.raises(Killed):
         engine.train(config, out=tmp_path / "split", data_dir=tiny_idx_dir)
     monkeypatch.undo()

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mnistlab.commands import figures
+from mnistlab.base.data import DATASETS
 from mnistlab.cli import main
 from mnistlab.commands.figures import (
     DPI,
-    FASHION,
     confusion_figure,
     curves_figure,
     misclassified_figure,
@@ -20,6 +20,8 @@ from mnistlab.commands.figures import (
     save_prediction_figure,
     view_classify,
 )
+
+FASHION = DATASETS["fashion-mnist"].classes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIGITS = [str(k) for k in range(10)]

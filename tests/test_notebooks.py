@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import real_mnist_folder
 
 import mnistlab
 

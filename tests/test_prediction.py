@@ -343,10 +343,10 @@ def test_predict_proba_gives_probabilities_for_either_output_kind(tiny_run, tiny
 
 
 def test_the_test_index_figure_title_shows_the_true_label(tiny_run, tiny_idx_dir, tmp_path, monkeypatch):
-    import mnistlab.commands.figures
+    import mnistlab.commands.prediction
 
     titles = []
-    monkeypatch.setattr(mnistlab.commands.figures, "save_prediction_figure",
+    monkeypatch.setattr(mnistlab.commands.prediction, "save_prediction_figure",
                         lambda image, probs, classes, path, title=None: titles.append(title) or path)
     item = predict_test_index(tiny_run, 3, tiny_idx_dir, figure=tmp_path / "f.png")
     assert titles == [f"test[3] (true: {item['true_label']})"]

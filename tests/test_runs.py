@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from conftest import Killed, kill_at
 from safetensors.torch import load_file
 
 import mnistlab.base.data
@@ -100,23 +101,6 @@ def test_two_processes_training_into_one_folder_the_second_is_refused_and_the_fi
 # ---------------------------------------------------------------------------
 # A kill at any instant of a commit loses nothing
 
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs (BaseException passes every `except Exception`)."""
-
-
-def kill_at(monkeypatch, run_dir, n):
-    """Kill the process just before the n-th (0-based) replacement of a file in `run_dir`."""
-    real = os.replace
-    count = {"n": 0}
-
-    def replace(src, dst):
-        if str(dst).startswith(str(run_dir)):
-            if count["n"] == n:
-                raise Killed(dst)
-            count["n"] += 1
-        return real(src, dst)
-
-    monkeypatch.setattr(mnistlab.base.files.os, "replace", replace)
 
 
 def test_a_commit_writes_the_state_first_then_the_four_derived_files(tmp_path, tiny_idx_dir, monkeypatch):

@@ -445,25 +445,37 @@ def test_the_page_and_its_assets_come_from_the_app_itself(client):
     html = r.text
     assert "default-src 'self'" in r.headers["content-security-policy"]
     links = re.findall(r"(?:src|href)=\"([^\"]+)\"", html)
-    assert links and all(link.startswith(("/", "data:")) for link in links), links
+    assert links and all(link.startswith(("/", "data:", "#")) for link in links), links
     assets = [link for link in links if link.startswith("/static/")]
     assert sorted(assets) == ["/static/app.js", "/static/style.css"]
-    for asset in assets:
+    seen = set()
+    while assets:  # the page's files and the JavaScript modules they import, and theirs
+        asset = assets.pop()
+        if asset in seen:
+            continue
+        seen.add(asset)
         r = client.get(asset)
         assert r.status_code == 200 and r.text
         assert not re.search(r"https?://|url\(|@import", r.text), asset  # nothing fetched from elsewhere
+        if asset.endswith(".js"):  # a module must come as JavaScript, or the browser refuses it
+            assert r.headers["content-type"].startswith("text/javascript"), asset
+            assets += [f"/static/{name}" for name in re.findall(r'from "\./([\w.-]+\.js)"', r.text)]
+    assert seen == {f"/static/{name}" for name in ("app.js", "api.js", "draw.js", "explore.js", "pictures.js",
+                                                  "style.css")}
     assert "docs" not in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
 
 
 def test_the_openapi_document_describes_every_endpoint_and_its_errors(client):
     spec = client.get("/openapi.json").json()
-    assert set(spec["paths"]) == {"/api/predict", "/api/models", "/api/models/{name}", "/api/health"}
+    assert set(spec["paths"]) == {"/api/predict", "/api/models", "/api/models/{name}", "/api/health",
+                                 "/api/models/{name}/confusion", "/api/models/{name}/examples"}
     predict = spec["paths"]["/api/predict"]["post"]
     assert set(predict["requestBody"]["content"]) >= {"image/png", "multipart/form-data", "application/json"}
     assert {"400", "404", "408", "413", "415", "422", "503"} <= set(predict["responses"])
     assert predict["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
-    assert {p["name"] for p in predict["parameters"]} == {"model", "activations"}
+    assert {p["name"] for p in predict["parameters"]} == {"model", "activations", "preparation", "saliency",
+                                                         "saliency_class", "first_layer"}
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@ deleted state.pt, an existing file) and the test asserts what the user sees and 
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import mnistlab.base.files
 from mnistlab.base import data
 from mnistlab.base.config import recipe
 from mnistlab.base.errors import RunError, UsageError
@@ -29,30 +27,12 @@ from mnistlab.core.checkpoint import load_checkpoint
 from mnistlab.core.engine import resume, train
 from mnistlab.core.evaluation import evaluate
 
-from conftest import write_fake_dataset
+from conftest import Killed, kill_at, write_fake_dataset
 
 
 def quick(**overrides):
     # No shifts: the tiny dataset's class *is* the position of a block.
     return recipe("seed", **{**dict(epochs=3, batch_size=32, device="cpu", shift=0, lr=0.05), **overrides})
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs (BaseException passes every `except Exception`)."""
-
-
-def kill_at(monkeypatch, run_dir, n):
-    """Kill the process just before the n-th (0-based) replacement of a file in `run_dir`."""
-    real, count = os.replace, {"n": 0}
-
-    def replace(src, dst):
-        if str(dst).startswith(str(run_dir)):
-            if count["n"] == n:
-                raise Killed(dst)
-            count["n"] += 1
-        return real(src, dst)
-
-    monkeypatch.setattr(mnistlab.base.files.os, "replace", replace)
 
 
 def committed(run_dir):

@@ -89,7 +89,7 @@ def test_glyph_bank_holds_every_digit_font_and_stroke():
 
 def test_load_synthetic_gives_a_dataset(monkeypatch):
     # load() generates the full 60,000 + 10,000; a smaller draw tests the same wiring faster.
-    monkeypatch.setattr(synthetic, "generate", functools.partial(generate, 200, 100))
+    monkeypatch.setattr(data, "generate", functools.partial(generate, 200, 100))
     ds = data.load("synthetic")
     assert ds.classes == tuple(str(d) for d in range(10))
     assert tuple(ds.train.images.shape) == (200, 28, 28) and len(ds.test) == 100

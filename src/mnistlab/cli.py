@@ -4,7 +4,8 @@ Every subcommand is an `add_<name>(sub)` that declares its flags and a
 `cmd_<name>(args)` that runs it; `--data-dir`, `--device` and `--json` are
 declared by one helper each. Training flags are generated from the fields of
 `Config` (help and choices live beside the fields), so nothing is declared twice.
-Any `MnistlabError` becomes one line on stderr and its exit code.
+Any `MnistlabError` becomes one line on stderr and its exit code. `serve` alone is imported when it
+runs: it needs the optional FastAPI (`mnistlab[serve]`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,26 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .base.config import DATASET_NAMES, DEVICE_NAME, MEASURED, RECIPES, Config
+from .base.config import DATASET_NAMES, MEASURED, RECIPES, Config
+from .base.devices import DEVICE_CHOICES, DEVICE_NAME
 from .base.names import SYNTAX
 from .base.errors import Interrupted, MnistlabError, UsageError
 from .base.files import finite, json_text
+from .base import data as data_mod
+from .base.data import (DATA_VARIABLE, DEPRECATED_DATA_VARIABLE, cache_root, cache_usage, clear_cache, data_setting,
+                        describe, holds, setting_folder)
+from .commands.bench import format_bench, format_sweep_bench, run_bench, run_sweep_bench
+from .commands.export import export
+from .commands.figures import plot_run
+from .commands.inspection import format_report, inspect_step, language_from_environment
+from .commands.prediction import (expand, figure_path, predict_many, predict_test_index, write_rows,
+                                  write_table)
+from .commands.progress import Count, Printer
+from .commands.sweep import collect, format_table, make_plan, parse_list, read_toml, run_sweep
+from .core.checkpoint import load_checkpoint
+from .core.engine import resume, train
+from .core.evaluation import evaluate
+from .core.runs import follow, is_run, list_runs
 
 EXIT_USAGE = 2
 
@@ -65,7 +82,7 @@ def _positive(kind: Any, name: str):
 
 def _device_name(text: str) -> str:
     if not DEVICE_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"--device {text}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+        raise argparse.ArgumentTypeError(f"--device {text}: unknown device; use {DEVICE_CHOICES}")
     return text
 
 
@@ -77,6 +94,12 @@ def data_dir_flag(p: argparse.ArgumentParser, default_help: str = "the usual pla
 def device_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     p.add_argument("--device", type=_device_name, default=default, metavar="DEVICE",
                    help=f"auto, cpu, cuda, cuda:N or mps (default: {default or 'auto'})")
+
+
+def tensorboard_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the run's curves and its misclassified test digits for TensorBoard, into "
+                   "RUN/tensorboard/ (view them with: tensorboard --logdir runs/; needs mnistlab[tensorboard])")
 
 
 def json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
@@ -180,6 +203,7 @@ def add_train(sub) -> None:
                    "the data it was trained on")
     any_data_flag(p, "resume")
     p.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    tensorboard_flag(p)
     p.add_argument("--verbose", action="store_true", help="print the full configuration first")
     json_flag(p, "the summary at the end (progress goes to stderr)")
     add_config_flags(p)
@@ -187,9 +211,6 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .commands.progress import Printer
-    from .core.engine import resume, train
-
     log = print_err if args.json else print_flush
     printer = Printer(log)
     if args.resume:
@@ -198,19 +219,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume takes the config from the run; drop {', '.join(given) or '--recipe'} "
                              "(only --epochs, --data-dir and --any-data go with --resume)")
         result = resume(args.resume, epochs=args.epochs, data_dir=args.data_dir, any_data=args.any_data,
-                        on_event=printer, progress=True)
+                        on_event=printer, progress=True, tensorboard=args.tensorboard)
     else:
         if args.any_data:
             raise UsageError("--any-data goes with --resume (a new run takes the data it is given)")
         config = config_from_args(args)
         if args.verbose:
             log(f"config: {config.to_json()}")
-        result = train(config, out=args.out, data_dir=args.data_dir, on_event=printer, progress=True)
+        result = train(config, out=args.out, data_dir=args.data_dir, on_event=printer, progress=True,
+                       tensorboard=args.tensorboard)
     if result is None:  # not rank 0 of a torchrun job: rank 0 reports for the job
         return 0
     s = result.summary
     if not args.no_plots:
-        from .commands.figures import plot_run
 
         for path in plot_run(result.run_dir, data_dir=args.data_dir):
             log(f"figure: {path}")
@@ -244,10 +265,7 @@ def add_runs(sub) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .core.runs import follow, is_run, list_runs
-
     if args.follow:
-        from .commands.progress import Printer
 
         if not (args.dir.is_dir() and is_run(args.dir)):
             raise UsageError(f"--follow {args.dir}: not a run directory; give one run (see mnistlab runs)")
@@ -323,8 +341,6 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .core.evaluation import evaluate
-
     result = evaluate(args.checkpoint, data_dir=args.data_dir, device=args.device, any_data=args.any_data)
     if args.json:
         print_json(result.to_dict())
@@ -364,12 +380,12 @@ def add_datasets(sub) -> None:
 
 def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
+
+
 def _dataset_summary(args: argparse.Namespace) -> int:
     """`mnistlab datasets NAME`: the dataset read, its source line, its classes with their counts."""
-    from .base.data import load, summary
-
-    found = summary(load(args.name, args.data_dir, download_missing=False, progress=True, any_data=True,
-                         skip_bad=args.skip_bad))
+    found = data_mod.summary(data_mod.load(args.name, args.data_dir, download_missing=False, progress=True,
+                                           any_data=True, skip_bad=args.skip_bad))
     if args.json:
         print_json(found)
         return 0
@@ -400,7 +416,6 @@ def _holds_line(held: dict[str, Any]) -> str:
 
 def _setting_line() -> str:
     """What $MNISTLAB_DATA is taken as: a dataset folder, a cache folder, or unset."""
-    from .base.data import DATA_VARIABLE, DEPRECATED_DATA_VARIABLE, cache_root, data_setting, holds, setting_folder
 
     setting, folder = data_setting(), setting_folder()
     if setting is None:
@@ -415,8 +430,6 @@ def _setting_line() -> str:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .base.data import cache_usage, clear_cache, describe, holds
-
     if args.name is not None and not args.clear_cache:
         return _dataset_summary(args)
     if args.skip_bad:
@@ -526,10 +539,6 @@ SHOWN_ERRORS = 10  # errors printed on stderr after a table; the table's error c
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .commands.prediction import expand, figure_path, predict_many, predict_test_index
-    from .commands.progress import Count
-    from .core.checkpoint import load_checkpoint
-
     if not args.images and args.test_index is None:
         raise UsageError("give at least one IMAGE, or --test-index N")
     if args.top_k < 1:
@@ -570,8 +579,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_table(args: argparse.Namespace, checkpoint, inputs) -> int:
     """`predict --csv FILE`: the table (or Kaggle's submission) of every image, then one summary line."""
-    from .commands.prediction import predict_many, write_rows, write_table
-    from .commands.progress import Count
 
     count = Count(len(inputs), "predict", "images", print_err)
     answers = predict_many(checkpoint, inputs, invert=args.invert, save_prepared=args.save_prepared,
@@ -609,8 +616,6 @@ def add_plot(sub) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .commands.figures import plot_run
-
     for path in plot_run(args.run_dir, data_dir=args.data_dir, any_data=args.any_data):
         print(path)
     return 0
@@ -642,8 +647,6 @@ def add_inspect(sub) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .commands.inspection import format_report, inspect_step, language_from_environment
-
     result = inspect_step(args.model, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           dataset=args.dataset, data_dir=args.data_dir)
     if args.json:
@@ -680,12 +683,9 @@ def add_bench(sub) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .commands.bench import format_bench, run_bench
-
     if args.members and not args.sweep:
         raise UsageError("--members goes with --sweep")
     if args.sweep:
-        from .commands.bench import format_sweep_bench, run_sweep_bench
 
         if args.epochs is not None:
             raise UsageError("--sweep times one epoch per network; drop --epochs")
@@ -735,8 +735,6 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .commands.export import export
-
     info = export(args.run, args.format, out=args.out, input_kind=args.input_kind, force=args.force)
     if args.json:
         print_json(info)
@@ -837,6 +835,7 @@ def add_sweep(sub) -> None:
     data_dir_flag(p)
     device_flag(p, default=None)
     p.add_argument("--no-plots", action="store_true", help="do not write results.png")
+    tensorboard_flag(p)
     json_flag(p, "the table (progress goes to stderr)")
     group = p.add_argument_group("values (each a comma list; every combination is trained)")
     for f in SWEEP_FIELDS:
@@ -845,8 +844,6 @@ def add_sweep(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .commands.sweep import collect, make_plan, parse_list, read_toml, run_sweep
-
     log = print_err if args.json else print_flush
     grid = {f.name: parse_list(f.name, getattr(args, f.name)) for f in SWEEP_FIELDS
             if getattr(args, f.name) is not None}
@@ -865,12 +862,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         recipes = args.recipe.split(",") if args.recipe else values.pop("recipe", None)
         plan = make_plan(values, recipes, args.seeds)
     folder, results = run_sweep(plan, out=args.out, resume=args.resume, shard=args.shard, device=args.device,
-                                data_dir=args.data_dir, log=log, plots=not args.no_plots)
+                                data_dir=args.data_dir, log=log, plots=not args.no_plots, tensorboard=args.tensorboard)
     return _print_sweep(args, results, folder) if results is not None else 0
 
 
 def _print_sweep(args: argparse.Namespace, results, folder: Path) -> int:
-    from .commands.sweep import format_table
 
     if args.json:
         print(json_text({"folder": str(folder), "metric": results.metric, "swept": results.swept,

@@ -11,17 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import names
+from .devices import DEVICE_CHOICES, DEVICE_NAME
 from .errors import UsageError
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid")
 DATASET_NAMES = names.KNOWN
-DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 MAX_WIDTH = 65536  # units per hidden layer: far beyond what MNIST needs, far below running out of memory
 MAX_WEIGHTS = 100_000_000  # an MLP's weights: 400 MB of float32, and as much again for gradients and momentum
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
@@ -125,7 +124,7 @@ class Config:
         if problem:
             raise ConfigError(problem)
         if not DEVICE_NAME.fullmatch(self.device):
-            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+            raise ConfigError(f"device must be {DEVICE_CHOICES} (got {self.device!r})")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")

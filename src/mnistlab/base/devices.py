@@ -15,12 +15,12 @@ import torch
 from .errors import DeviceError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
-_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # matched whole (fullmatch): "cpu\n" is no name
 
 
 def check_name(name: str) -> str:
     """`name` if it is a device name mnistlab knows (whether or not this machine has it)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
         raise DeviceError(f"--device {name}: unknown device; use {DEVICE_CHOICES}")
     return name
 

@@ -44,6 +44,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from .. import __version__
 from . import names, prepare
 from .errors import DataError, PredictionError
 from .files import display_name, file_kind, hash_file, open_regular, read_regular
@@ -331,8 +332,6 @@ def _preparation_code() -> bytes:
     try:
         return read_regular(prepare.__file__)
     except (OSError, TypeError):
-        from .. import __version__
-
         return __version__.encode()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -29,7 +30,8 @@ from .errors import PredictionError
 from .files import NotRegularFile, display_name, open_regular
 
 SIZE = 28  # MNIST images are 28x28 ...
-BOX = 20  # ... with the digit fitted into a 20x20 box
+BOX = 20  # ... with the digit fitted into a 20x20 box ...
+CENTRE = SIZE / 2  # ... and its centre of mass at pixel index 14: MNIST's measure 14.00 (rows), 14.01 (columns)
 # Big pictures are shrunk (area averaging) so that the longer side is at most this
 # many pixels: time and memory stay bounded and sensor noise averages out. A digit
 # filling a twentieth of the picture's width still spans more than BOX pixels.
@@ -339,7 +341,7 @@ def fit_box(ink: np.ndarray) -> np.ndarray:
 
 
 def centre_by_mass(box: np.ndarray) -> np.ndarray:
-    """Paste into SIZE x SIZE so that the centre of mass lands on (SIZE/2, SIZE/2).
+    """Paste into SIZE x SIZE so that the centre of mass lands on (CENTRE, CENTRE).
 
     That is where it lies in MNIST (mean (14.0, 14.0) in pixel indices over the
     test set). The shift is rounded to whole pixels, and limited so no ink is cut.
@@ -348,11 +350,37 @@ def centre_by_mass(box: np.ndarray) -> np.ndarray:
     if not box.sum() > 0:
         raise PredictionError("no ink found (the ink vanished when fitted into 20x20)")
     cy, cx = ndimage.center_of_mass(box)  # in pixel indices of `box`
-    top = int(np.clip(round(SIZE / 2 - cy), 0, SIZE - h))
-    left = int(np.clip(round(SIZE / 2 - cx), 0, SIZE - w))
+    top = int(np.clip(round(CENTRE - cy), 0, SIZE - h))
+    left = int(np.clip(round(CENTRE - cx), 0, SIZE - w))
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
     canvas[top:top + h, left:left + w] = box
     return canvas
+
+
+@dataclass
+class Preparation:
+    """Every step of `prepare_steps` for one picture, as the pipeline computed it (float32, 0..255)."""
+
+    grey: np.ndarray  # the picture in grey levels, at most WORK_SIZE pixels a side, as drawn
+    inverted: bool  # whether the grey levels were turned over to make the ink bright
+    ink: np.ndarray  # bright ink on black (paper 0, stroke cores 255), dust and shadow residue dropped
+    crop: tuple[slice, slice]  # rows and columns of `ink` holding the ink
+    fitted: np.ndarray  # the cropped ink fitted into BOX x BOX (one side BOX, aspect ratio kept)
+    image: np.ndarray  # uint8 (SIZE, SIZE): `fitted` centred by mass, what the network sees
+
+    @property
+    def cropped(self) -> np.ndarray:
+        return self.ink[self.crop]
+
+
+def prepare_steps(image: Any, invert: bool | None = None) -> Preparation:
+    """`prepare_image`, keeping what each step made (the page shows them); same arguments and errors."""
+    grey = _shrink(_grey(image))  # grey levels 0..255, at most WORK_SIZE pixels a side
+    inverted = invert if invert is not None else ink_is_dark(grey)
+    ink = writing(remove_background(255 - grey if inverted else grey))  # MNIST's ink is bright
+    crop = ink_box(ink)
+    fitted = fit_box(ink[crop])  # into 20x20, aspect ratio kept, thin strokes thickened
+    return Preparation(grey, inverted, ink, crop, fitted, np.round(centre_by_mass(fitted)).astype(np.uint8))
 
 
 def prepare_image(image: Any, invert: bool | None = None) -> np.ndarray:
@@ -360,12 +388,6 @@ def prepare_image(image: Any, invert: bool | None = None) -> np.ndarray:
 
     `image`: a PIL image of any mode or a numpy array (H, W) grey or (H, W, 3|4) uint8.
     `invert`: None detects whether the ink is dark; True/False forces it.
-    Raises PredictionError when there is no ink.
+    Raises PredictionError when there is no ink. Its steps: `prepare_steps`.
     """
-    grey = _shrink(_grey(image))  # grey levels 0..255, at most WORK_SIZE pixels a side
-    if invert if invert is not None else ink_is_dark(grey):
-        grey = 255 - grey  # MNIST's ink is bright
-    ink = writing(remove_background(grey))  # paper 0, stroke cores 255, no dust or shadow residue
-    rows, cols = ink_box(ink)
-    box = fit_box(ink[rows, cols])  # into 20x20, aspect ratio kept, thin strokes thickened
-    return np.round(centre_by_mass(box)).astype(np.uint8)
+    return prepare_steps(image, invert).image

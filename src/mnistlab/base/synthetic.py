@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from PIL.ImageFont import FreeTypeFont
 
-VERSION = 1  # bump whenever generate()'s output changes: cached copies are keyed by it
-SIZE = 28  # output images are SIZE x SIZE, like MNIST
-BOX = 20  # the digit's longer side fits this many pixels, like MNIST
+from .prepare import BOX, CENTRE, SIZE
+
+VERSION = 2  # bump whenever generate()'s output changes: cached copies are keyed by it
 OVERSAMPLE = 2  # the glyph bank is rendered at OVERSAMPLE x SIZE pixels
 RENDER_PX = 128  # font size (pixels per em) used to draw each glyph before shrinking
 
@@ -86,8 +86,9 @@ def _mnist_layout(glyph: np.ndarray, size: int, box: int) -> np.ndarray:
     small = np.clip(small, 0, 1)
     rows, cols = np.indices(small.shape)
     mass = small.sum()
-    top = round((size - 1) / 2 - (rows * small).sum() / mass)
-    left = round((size - 1) / 2 - (cols * small).sum() / mass)
+    centre = (CENTRE + 0.5) * size / SIZE - 0.5  # MNIST's centre, in the pixel indices of this size
+    top = round(centre - (rows * small).sum() / mass)
+    left = round(centre - (cols * small).sum() / mass)
     top, left = min(max(top, 0), size - new_h), min(max(left, 0), size - new_w)
     out = np.zeros((size, size), dtype=np.float32)
     out[top:top + new_h, left:left + new_w] = small

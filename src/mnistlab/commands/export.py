@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..base.data import normalize
 from ..core.runs import RUN_FILES, is_run
 from ..core.checkpoint import load_checkpoint, resolve
 from ..base.errors import CheckpointError, MnistlabError, UsageError
@@ -58,11 +59,8 @@ class WithPreprocessing(nn.Module):
         self.log_softmax = log_softmax
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # The same operations, in the same order, as data.to_device: same float32 rounding.
-        x = images.unsqueeze(1).to(torch.float32)
-        if self.from_bytes:
-            x = x / 255
-        out = self.model((x - self.mean) / self.std)
+        # data.normalize, as in training: the same operations in the same order, the same float32 rounding.
+        out = self.model(normalize(images, self.mean, self.std, scaled=not self.from_bytes))
         return out.exp() if self.log_softmax else torch.softmax(out, dim=1)
 
 

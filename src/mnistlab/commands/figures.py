@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import torch
+
+from ..base import data as data_mod
+from ..base.data import DATASETS
+from ..base.errors import RunError
+from ..base.files import atomic_path
+from ..core.checkpoint import load_checkpoint
+from ..core.evaluation import evaluate_model, predictions
+from ..core.runs import committed_rows, is_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,8 +40,6 @@ SAMPLES_PER_CLASS = 4
 MAX_COLUMNS = 12  # classes side by side in the samples figure; more wrap, one image each
 MAX_NUMBERED = 20  # classes whose confusion-matrix cells show their counts; beyond, colour alone
 FIGURE_NAMES = ("curves.png", "confusion.png", "misclassified.png", "samples.png")
-FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 # ---------------------------------------------------------------------------
@@ -57,8 +64,6 @@ def new_figure(width: float, height: float, managed: bool = False) -> "Figure":
 
 def save_png(fig: "Figure", path: str | os.PathLike) -> Path:
     """Write `fig` as a PNG of exactly its size x DPI pixels; readers never see half a file."""
-    from ..base.files import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -106,7 +111,7 @@ def view_classify(img: Any, ps: Any, classes: Sequence[str] | None = None, title
     session shows it in a window, a script can `fig.savefig(...)`.
     """
     if classes is None and version is not None and version.lower() == "fashion":
-        classes = FASHION
+        classes = DATASETS["fashion-mnist"].classes
     fig = new_figure(6.5, 3.0, managed=_pyplot_window())
     draw_classify(fig, img, ps, classes, title)
     return fig
@@ -265,14 +270,6 @@ def plot_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     data is looked for where the run was trained from, then in the usual places.
     Data recognised as another dataset than the run's is a DataError, unless `any_data`.
     """
-    import torch
-
-    from ..base import data as data_mod
-    from ..core.checkpoint import load_checkpoint
-    from ..base.errors import RunError
-    from ..core.evaluation import evaluate_model, predictions
-    from ..core.runs import committed_rows, is_run
-
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
     if not is_run(run_dir):

@@ -86,13 +86,6 @@ def random_batch(split: data_mod.Split, batch_size: int, seed: int, mean: float,
     return indices, x, y
 
 
-def seeded_forward(net: nn.Module, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """net(x) with the same dropout mask every call, so the loss is one fixed function of the weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return net(x)
-
-
 # ---------------------------------------------------------------------------
 # The grad_fn chain
 
@@ -161,7 +154,7 @@ def finite_differences(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, los
     """
     net = copy.deepcopy(initial).double()
     x = x.double()
-    loss_fn(seeded_forward(net, x, seed), y).backward()
+    loss_fn(net(x), y).backward()
     named = list(net.named_parameters())
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(named), generator=generator).tolist()
@@ -172,7 +165,7 @@ def finite_differences(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, los
         for w in (original + h, original - h):
             weights[i] = w
             with torch.no_grad():
-                losses.append(float(loss_fn(seeded_forward(net, x, seed), y)))
+                losses.append(float(loss_fn(net(x), y)))
         weights[i] = original
         return (losses[0] - losses[1]) / (2 * h)
 
@@ -197,15 +190,15 @@ def finite_differences(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, los
             "max_relative_error": max((r["relative_error"] for r in rows), default=0.0)}
 
 
-def accumulation(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, lr: float,
-                 seed: int) -> dict[str, Any]:
+def accumulation(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+                 lr: float) -> dict[str, Any]:
     """backward() twice without zero_grad(): .grad holds the sum of the two gradients."""
     net = copy.deepcopy(initial)
     params = list(net.parameters())
     optimizer = torch.optim.SGD(params, lr=lr)
 
     def backward() -> list[torch.Tensor]:
-        loss_fn(seeded_forward(net, x, seed), y).backward()
+        loss_fn(net(x), y).backward()
         return [p.grad.detach().clone() for p in params]
 
     first = backward()
@@ -225,10 +218,10 @@ def accumulation(initial: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     }
 
 
-def no_grad_flags(net: nn.Module, x: torch.Tensor, seed: int) -> dict[str, Any]:
-    outside = seeded_forward(net, x, seed)
+def no_grad_flags(net: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    outside = net(x)
     with torch.no_grad():
-        inside = seeded_forward(net, x, seed)
+        inside = net(x)
     return {
         "outside": {"requires_grad": outside.requires_grad, "grad_fn": node_name(outside.grad_fn)},
         "inside": {"requires_grad": inside.requires_grad,
@@ -262,7 +255,7 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
     indices, x, y = random_batch(data.train, batch_size, seed, origin["mean"], origin["std"])
     loss_fn = loss_function(origin["output"])
 
-    net.train()  # a training step: dropout active, batch norm on batch statistics
+    net.train()  # a training step: batch norm (the cnn's) on the batch's statistics
     initial = copy.deepcopy(net)
     named = list(net.named_parameters())
     names = {id(p): name for name, p in named}
@@ -270,7 +263,7 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
 
     optimizer.zero_grad()
     grads_before = "None" if all(p.grad is None for _, p in named) else "set"
-    loss = loss_fn(seeded_forward(net, x, seed), y)
+    loss = loss_fn(net(x), y)
     chain = grad_fn_chain(loss, names)
     loss.backward()
     before = [p.detach().clone() for _, p in named]
@@ -313,8 +306,8 @@ def inspect_step(model: str | os.PathLike = "mlp", *, lr: float = 0.003, batch_s
         "grads_before_backward": grads_before,
         "parameters": parameters,
         "finite_differences": finite_differences(initial, x, y, loss_fn, seed, fd_entries, fd_eps),
-        "accumulation": accumulation(initial, x, y, loss_fn, lr, seed),
-        "no_grad": no_grad_flags(initial, x, seed),
+        "accumulation": accumulation(initial, x, y, loss_fn, lr),
+        "no_grad": no_grad_flags(initial, x),
     }
 
 

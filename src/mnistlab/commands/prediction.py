@@ -27,10 +27,12 @@ from PIL import Image
 
 from ..core.checkpoint import Checkpoint, load_checkpoint
 from ..base import own
+from ..base.data import normalize
 from ..base.errors import DataError, PredictionError, WriteError
 from ..base.files import atomic_path, display_name
 from ..base.models import log_probabilities
 from ..base.prepare import load_image, prepare_image
+from .figures import save_prediction_figure
 
 BATCH = 512  # images per forward pass: one pass per batch, not per image; bounds memory, not results
 
@@ -48,8 +50,8 @@ def predict_batch(checkpoint: Checkpoint, images: np.ndarray) -> np.ndarray:
     if images.shape[1:] != shape[1:]:
         raise PredictionError(f"the model takes {shape[1]}x{shape[2]} images, got shape {images.shape[1:]}")
     device = next(checkpoint.model.parameters()).device
-    x = torch.as_tensor(images, dtype=torch.float32, device=device).reshape(len(images), *shape)
-    x = (x / 255 - checkpoint.mean) / checkpoint.std  # the training normalisation
+    x = normalize(torch.as_tensor(images, device=device).reshape(len(images), *shape), checkpoint.mean,
+                  checkpoint.std)
     checkpoint.model.eval()
     with torch.no_grad():
         probs = log_probabilities(checkpoint.model, checkpoint.output, x).exp()
@@ -111,8 +113,6 @@ def _outputs(item: dict[str, Any], image: np.ndarray, probs: np.ndarray, stem: s
                 Image.fromarray(image).save(tmp, format="PNG")
             item["prepared"] = display_name(path)
         if figure is not None:
-            from .figures import save_prediction_figure
-
             path = figure
             title = Path(item["file"]).name
             if "true_label" in item:

@@ -1,10 +1,15 @@
-"""`mnistlab serve`: a drawing page and an HTTP API for trained models.
+"""`mnistlab serve`: the lab, a page of views, and an HTTP API for trained models.
 
 The page (static files in `static/`, served by the app itself: it works offline)
-lets a person draw a character and shows, live, what `mnistlab predict` would
-say: the class, every class's probability, the 28x28 image the network sees
-and what its hidden layers make of it. The API behind it (`/api/...`) is
-described by the app's OpenAPI document (`/openapi.json`, `/docs`).
+has views. Draw: a person draws a character and sees, live, what `mnistlab
+predict` would say (the class, every class's probability), each step of the
+preparation (`prepare.prepare_steps`: prepare_image with its steps kept) to the
+28x28 image the network sees, which pixels pushed the class up (integrated
+gradients), and what its hidden and first layers make of it. Explore: the
+model's confusion matrix on its test set (`evaluation.answers`, whose counts are
+`evaluate`'s) and the test images behind each cell. What these views need beyond
+an answer is in lab.py. The API behind it (`/api/...`) is described by the app's
+OpenAPI document (`/openapi.json`).
 
 Classification goes through the very functions `predict` uses
 (`prepare.load_image`, `prepare.prepare_image`, `prediction.predict_array`), so
@@ -23,7 +28,7 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Sequence
 
@@ -43,9 +48,12 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..core.activations import ActivationTap
 from ..core.checkpoint import Checkpoint, load_checkpoint
-from ..base.errors import CheckpointError, PredictionError, UsageError
+from ..base.errors import CheckpointError, DataError, PredictionError, UsageError
+from .lab import (MAX_EXAMPLES, AnswerCache, Answered, Confusion, Examples, Extras, FirstLayerOut,
+                  PreparationStep, SaliencyOut, confusion_out, examples_out, first_layer_out, preparation_out,
+                  saliency_out)
 from .prediction import predict_array, result
-from ..base.prepare import SIZE, load_image, prepare_image
+from ..base.prepare import SIZE, Preparation, load_image, prepare_steps
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes: a request body larger than this is refused (413)
 BODY_TIMEOUT = 10.0  # seconds for a whole request body to arrive; slower ones get 408
@@ -83,6 +91,13 @@ class PredictionOut(BaseModel):
     prepared: list[list[int]] = Field(description="the 28x28 image the network saw (0..255, ink bright)")
     activations: list[LayerActivation] | None = Field(
         None, description="the hidden layers' outputs, when asked for with ?activations=1")
+    preparation: list[PreparationStep] | None = Field(
+        None, description="with ?preparation=1: each step from the picture to the 28x28 image; null when a "
+        "28x28 array was sent to be used as it is (nothing was prepared)")
+    saliency: SaliencyOut | None = Field(None, description="with ?saliency=1: which pixels pushed the class up")
+    first_layer: FirstLayerOut | None = Field(
+        None, description="with ?first_layer=1: the first layer's weights, the most active first; null for "
+        "an ensemble (each member has its own)")
 
 
 class ArrayIn(BaseModel):
@@ -267,18 +282,23 @@ def _one_torch_thread() -> None:
         _worker.single = True
 
 
-def classify(served: ServedModel, source: Picture | Array, activations: bool) -> PredictionOut:
-    """What `mnistlab predict` does for one image, plus the prepared image and, if asked, the hidden layers."""
+def classify(served: ServedModel, source: Picture | Array, activations: bool,
+             extras: Extras = Extras()) -> PredictionOut:
+    """What `mnistlab predict` does for one image, plus the prepared image and, if asked, the hidden
+    layers and the `extras`."""
     _one_torch_thread()
+    steps = None
     if isinstance(source, Picture):
         try:
             picture = load_image(io.BytesIO(source.data), name="upload")
         except PredictionError as e:
             raise ApiError(400, f"the upload is {e.reason}" if e.reason.startswith("not an image")
                            else f"the upload cannot be read: {e.reason}") from None
-        image = _prepare(picture)
+        steps = _prepare(picture)
+        image = steps.image
     elif source.prepare:
-        image = _prepare(source.image)
+        steps = _prepare(source.image)
+        image = steps.image
     elif not source.image.any():
         raise ApiError(422, "no ink found (every value of the array is 0); MNIST-style ink is bright on black")
     else:
@@ -292,18 +312,22 @@ def classify(served: ServedModel, source: Picture | Array, activations: bool) ->
     except PredictionError as e:
         raise ApiError(422, e.reason) from None
     answer = result(served.name, probs, checkpoint.classes)  # predict's own choice of the best class
+    target = answer["prediction"] if extras.saliency_class is None else extras.saliency_class
     return PredictionOut(
         model=served.name, prediction=answer["prediction"], label=answer["label"],
         probabilities=answer["probabilities"], prepared=image.tolist(),
         activations=None if layers is None else [
             LayerActivation(name=layer.name, description=layer.description, shape=list(layer.values.shape),
                             values=np.round(layer.values.ravel(), 4).tolist())
-            for layer in layers])
+            for layer in layers],
+        preparation=preparation_out(steps) if extras.preparation and steps is not None else None,
+        saliency=saliency_out(checkpoint, image, target) if extras.saliency else None,
+        first_layer=first_layer_out(checkpoint, image) if extras.first_layer else None)
 
 
-def _prepare(image: Any) -> np.ndarray:
+def _prepare(image: Any) -> Preparation:
     try:
-        return prepare_image(image)
+        return prepare_steps(image)
     except PredictionError as e:
         raise ApiError(422, f"{e.reason}; draw or upload a darker or larger character") from None
 
@@ -444,6 +468,7 @@ class ServerState:
     workers: Workers
     max_upload: int
     body_timeout: float
+    answers: AnswerCache = field(default_factory=AnswerCache)
 
 
 # Dependencies are coroutines: FastAPI runs plain functions in its thread pool, one hop per request each.
@@ -464,6 +489,25 @@ State = Annotated[ServerState, Depends(get_state)]
 Model = Annotated[ServedModel, Depends(get_model)]
 
 
+async def _answered(state: ServerState, served: ServedModel) -> Answered:
+    """The model's answers on its test set (503 when its data cannot be found)."""
+    try:
+        return await state.answers.get(served.checkpoint)
+    except DataError as e:
+        raise ApiError(503, f"the test images of model {served.name!r} cannot be loaded "
+                       f"({str(e).splitlines()[0]}); put the {served.info.dataset} files there or set "
+                       "MNISTLAB_DATA, then try again (drawing still works)") from None
+
+
+def _class_of(served: ServedModel, parameter: str, value: int | None) -> int | None:
+    """`value` if it is one of the model's classes (or None); else a 422 naming `parameter`."""
+    count = len(served.info.classes)
+    if value is not None and not 0 <= value < count:
+        raise ApiError(422, f"{parameter}={value} is not a class of model {served.name!r}: "
+                       f"its classes are 0 to {count - 1}")
+    return value
+
+
 def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, workers: int | None = None,
                queue: int = QUEUE, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     """The ASGI app: the page at `/`, the API under `/api/`, the OpenAPI document at `/openapi.json`."""
@@ -482,10 +526,20 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
               responses=_errors(400, 404, 408, 413, 415, 422, 503), summary="classify one image")
     async def predict(request: Request, state: State, served: Model,
                       activations: Annotated[bool, Query(description="also return the hidden layers' "
-                                                         "outputs")] = False) -> Response:
+                                                         "outputs")] = False,
+                      preparation: Annotated[bool, Query(description="also return each step of the "
+                                                         "preparation as a PNG")] = False,
+                      saliency: Annotated[bool, Query(description="also return the saliency map "
+                                                      "(integrated gradients)")] = False,
+                      saliency_class: Annotated[int | None, Query(ge=0, description="the class the saliency "
+                                                                  "map explains (default: the predicted "
+                                                                  "one)")] = None,
+                      first_layer: Annotated[bool, Query(description="also return the first layer's most "
+                                                         "active units or filters")] = False) -> Response:
+        extras = Extras(preparation, saliency, _class_of(served, "saliency_class", saliency_class), first_layer)
         body = await read_body(request, state.max_upload, state.body_timeout)
         source = await parse_body(request.headers.get("content-type", ""), body, state.max_upload)
-        answer = await state.workers.run(lambda: classify(served, source, activations))
+        answer = await state.workers.run(lambda: classify(served, source, activations, extras))
         # Already a validated PredictionOut: serialised by pydantic-core, not validated again and
         # passed through json.dumps by FastAPI (5x the time for an MLP's answer, more for a CNN's maps).
         return Response(answer.model_dump_json(), media_type="application/json")
@@ -501,6 +555,24 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
              summary="one model: architecture, dataset, classes, metrics")
     async def model_info(name: str, state: State) -> ModelInfo:
         return (await get_model(state, name)).info
+
+    @app.get("/api/models/{name}/confusion", response_model=Confusion, responses=_errors(404, 503),
+             summary="the model's confusion matrix and per-class accuracy on its test set")
+    async def confusion(name: str, state: State) -> Confusion:
+        served = await get_model(state, name)
+        return confusion_out(served.name, served.checkpoint, (await _answered(state, served)).answers)
+
+    @app.get("/api/models/{name}/examples", response_model=Examples, responses=_errors(404, 422, 503),
+             summary="the test images of one cell of the confusion matrix, with their probabilities")
+    async def examples(name: str, state: State,
+                       true: Annotated[int, Query(ge=0, description="the true class (a row of the matrix)")],
+                       predicted: Annotated[int, Query(ge=0, description="the predicted class (a column)")],
+                       limit: Annotated[int, Query(ge=1, le=MAX_EXAMPLES, description="images at most")] = 20,
+                       offset: Annotated[int, Query(ge=0, le=10**9, description="images to skip")] = 0) -> Examples:
+        served = await get_model(state, name)
+        _class_of(served, "true", true)
+        _class_of(served, "predicted", predicted)
+        return examples_out(served.name, await _answered(state, served), true, predicted, offset, limit)
 
     @app.get("/api/health", response_model=Health, summary="whether the server answers, and its load")
     async def health(state: State) -> Health:

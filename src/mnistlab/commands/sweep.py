@@ -252,8 +252,8 @@ def write_plan(folder: Path, plan: Plan) -> None:
     path = folder / PLAN
     if path.is_file():
         kept = read_plan(folder)
-        if kept.shards and plan.shards != kept.shards and {**kept.to_dict(), "shards": 0} == {**plan.to_dict(),
-                                                                                           "shards": 0}:
+        same_sweep = {**kept.to_dict(), "shards": None} == {**plan.to_dict(), "shards": None}
+        if same_sweep and kept.shards and plan.shards != kept.shards:
             raise UsageError(f"{folder} is split into {kept.shards} shards, as its first shard said; use --shard "
                              f"I/{kept.shards} (a shard of another split would leave configurations untrained)")
         if kept.to_dict() != plan.to_dict():
@@ -317,7 +317,8 @@ def shard_units(plan: Plan, index: int, count: int) -> list[list[int]]:
 
 def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
               shard: str | None = None, device: str | None = None, data_dir: str | os.PathLike | None = None,
-              log: Callable[[str], None] = print, plots: bool = True) -> tuple[Path, Results | None]:
+              log: Callable[[str], None] = print, plots: bool = True,
+              tensorboard: bool = False) -> tuple[Path, Results | None]:
     """Train this process's share of a sweep, `plan` into `out` (default runs/sweep[-N]) or the plan kept in
     `resume`, then build the table where this process is the one to.
 
@@ -348,7 +349,7 @@ def run_sweep(plan: Plan | None, out: str | os.PathLike | None = None, resume: s
         distributed.join("gloo", distributed.SWEEP_TIMEOUT)
     try:
         folder = Path(resume) if resume else _new_folder(out, plan, process)
-        train_share(folder, plan, share, device, data_dir, log, process=process)
+        train_share(folder, plan, share, device, data_dir, log, process=process, tensorboard=tensorboard)
         if process:
             distributed.barrier()
     finally:
@@ -384,7 +385,8 @@ def run_dir(folder: Path, planned: Planned) -> Path:
 
 
 def train_share(folder: str | os.PathLike, plan: Plan, shard: tuple[int, int] = (0, 1), device: str | None = None,
-                data_dir: str | os.PathLike | None = None, log: Log = lambda line: None, process=None) -> None:
+                data_dir: str | os.PathLike | None = None, log: Log = lambda line: None, process=None,
+                tensorboard: bool = False) -> None:
     """Train this shard's groups of the sweep in `folder`, each batched, resuming whatever was kept."""
     folder = Path(folder)
     units = shard_units(plan, *shard)
@@ -406,7 +408,7 @@ def train_share(folder: str | os.PathLike, plan: Plan, shard: tuple[int, int] = 
             try:
                 train_group([run_dir(folder, m) for m in part], [m.config for m in part], device=device,
                             data_dir=data_dir, resume_command=f"mnistlab sweep --resume {folder}", local=process,
-                            log=log, label=f"{label}: ")
+                            log=log, label=f"{label}: ", tensorboard=tensorboard)
             except KeyboardInterrupt:
                 raise Interrupted(f"interrupted; every finished epoch is kept in {folder}; continue with: "
                                   f"mnistlab sweep --resume {folder}") from None

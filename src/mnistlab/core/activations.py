@@ -42,10 +42,9 @@ class ActivationTap:
         taps = [i for i, m in enumerate(modules) if isinstance(m, activation_types)]
         if isinstance(model, CNN):
             taps = taps[:1]  # the first block: maps still at the input's resolution
-        self._handles = []
         for number, i in enumerate(taps, start=1):
-            self._names.append((f"hidden {number}", _describe(modules, i)))
-            self._handles.append(modules[i].register_forward_hook(self._hook(number - 1)))
+            self._names.append((f"hidden {number}", describe_layer(modules, i)))
+            modules[i].register_forward_hook(self._hook(number - 1))  # for the model's life: served models keep it
 
     @property
     def layers(self) -> list[tuple[str, str]]:
@@ -72,13 +71,8 @@ class ActivationTap:
         return out, [Layer(name, description, record[i])
                      for i, (name, description) in enumerate(self._names) if i in record]
 
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
-
-def _describe(modules: list[nn.Module], index: int) -> str:
+def describe_layer(modules: list[nn.Module], index: int) -> str:
     """The layer that feeds activation `index`, and the activation: `Linear(784, 128) + ReLU`."""
     activation = type(modules[index]).__name__
     for module in reversed(modules[:index]):

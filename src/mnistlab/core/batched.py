@@ -417,5 +417,3 @@ def restore_ensemble(group: Group, state: dict[str, Any], epochs_done: int) -> N
         model = {name[len(prefix):]: t for name, t in state["model"].items() if name.startswith(prefix)}
         group.restore(k, {"model": model, "optimizer": optimizers[k]}, epochs_done)
     group.restore_order(state)
-
-

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..base import names
-from ..base.config import ACTIVATIONS, MAX_WIDTH
+from ..base.config import ACTIVATIONS, MAX_ENSEMBLE, MAX_WIDTH
 from ..base.own import MAX_CLASSES
 from ..base.errors import CheckpointError, DataError, shown
 from ..base.files import file_kind, read_json, read_regular, write_bytes, write_json
@@ -119,12 +119,10 @@ def validate_meta(meta: Any, where: str | os.PathLike) -> dict[str, Any]:
             raise bad(name, "a JSON object", meta[name])
     if meta.get("data_dir") is not None and not isinstance(meta["data_dir"], str):
         raise bad("data_dir", "a folder name", meta["data_dir"])
-    if not _is_int(meta.get("ensemble", 1), 1, MAX_MEMBERS):
-        raise bad("ensemble", f"the number of networks, 1 to {MAX_MEMBERS}", meta.get("ensemble"))
+    if not _is_int(meta.get("ensemble", 1), 1, MAX_ENSEMBLE):
+        raise bad("ensemble", f"the number of networks, 1 to {MAX_ENSEMBLE}", meta.get("ensemble"))
     return meta
 
-
-MAX_MEMBERS = 4096  # networks in one ensemble checkpoint
 
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
 
@@ -197,14 +195,19 @@ class Checkpoint:
         shaped (H, W) or (N, H, W) (or (N, C, H, W)), uint8 or float; e.g.
         `mnistlab.load("mnist").test.images[:5]`. They are normalised as in training.
         """
+        self.model.eval()
+        return log_probabilities(self.model, self.output, self.inputs(images)).exp()
+
+    def inputs(self, images: Any) -> torch.Tensor:
+        """Pixels as the network takes them: float (N, C, H, W) on the model's device, normalised as in
+        training. `images` as for `predict_proba`; a float tensor keeps its autograd graph (saliency maps
+        differentiate through this)."""
         shape = tuple(self.meta["architecture"]["input_shape"])
         device = next(self.model.parameters()).device
-        x = torch.as_tensor(images, device=device).float().reshape(-1, *shape)
-        x = (x / 255 - self.mean) / self.std
-        self.model.eval()
-        return log_probabilities(self.model, self.output, x).exp()
+        return data.normalize(torch.as_tensor(images, device=device).reshape(-1, *shape), self.mean, self.std)
 
-    def load_data(self, data_dir: str | os.PathLike | None = None, any_data: bool = False):
+    def load_data(self, data_dir: str | os.PathLike | None = None, any_data: bool = False,
+                  download: bool = True):  # download=False: a DataError when not found instead of a download
         """The dataset this model was trained on: from `data_dir`, else from the folder
         it was trained from (if that still exists), else from the usual places. Your own
         data is read from the path in its name (or from `data_dir` if it has moved), skipping
@@ -218,7 +221,7 @@ class Checkpoint:
             recorded = self.meta.get("data_dir")
             data_dir = recorded if recorded and _is_dir(recorded) else None
         skip_bad = (self.meta.get("config") or {}).get("skip_bad") is True
-        dataset = data.load(expected, data_dir, any_data=True, skip_bad=skip_bad)
+        dataset = data.load(expected, data_dir, download_missing=download, any_data=True, skip_bad=skip_bad)
         problem = None if any_data else data.mismatch(dataset, expected)
         if problem:
             raise DataError(f"{problem}, which the model was trained on; point --data-dir at the {expected} "

@@ -35,7 +35,9 @@ from ..base.devices import describe, flush_denormals, select_device, synchronize
 from ..base.errors import Interrupted, MnistlabError, RunError, UsageError
 from ..base.models import Ensemble, build_model
 from . import distributed, runs
+from . import tensorboard as tensorboard_mod
 from .batched import Group, build_group, ensemble_members, ensemble_state, restore_ensemble
+from .evaluation import predictions
 from .events import PROGRESS_SECONDS, Emit, epoch_line, event, lines
 from .runs import Run
 from .training import Splits, Trainee, build, capture_forward_loss, checkpoint_meta, load_splits, recipe_line
@@ -248,39 +250,47 @@ def _log(log: Log | None, verbose: bool) -> Log | None:
 
 def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
           stop_after: int | None = None, log: Log | None = None, verbose: bool = False, on_event: Emit | None = None,
-          progress: bool = False) -> RunResult | None:
+          progress: bool = False, tensorboard: bool = False) -> RunResult | None:
     """Train `config` into a new run directory (`out`, default runs/<recipe>-<dataset>[-N]).
 
     `log` receives the lines the command prints (`verbose=True` prints them); `on_event` receives every
     event (core/events.py); `progress` shows a download's progress bar; `stop_after` ends the run after
-    that epoch as if interrupted (it can be resumed). Under torchrun, one network is trained across the
-    processes and only rank 0 gets the result (the others get None).
+    that epoch as if interrupted (it can be resumed); `tensorboard` writes the events for TensorBoard
+    too (RUN/tensorboard/). Under torchrun, one network is trained across the processes and only rank 0
+    gets the result (the others get None).
     """
     config = config.validated()
+    if tensorboard:
+        tensorboard_mod.require()
     events = Events(on_event, _log(log, verbose))
     process = distributed.launched()
     if process is not None:
-        return _across_processes(process, events, config=config, out=out, data_dir=data_dir, progress=progress)
+        return _across_processes(process, events, config=config, out=out, data_dir=data_dir, progress=progress,
+                                 tensorboard=tensorboard)
     device = select_device(config.device)
     with runs.create(out if out is not None else runs.default_path(config), config) as run:
+        run.tensorboard = tensorboard
         return _train(run, device, events, data_dir=data_dir, stop_after=stop_after, progress=progress)
 
 
 def resume(run_dir: str | os.PathLike, *, epochs: int | None = None, data_dir: str | os.PathLike | None = None,
            any_data: bool = False, stop_after: int | None = None, log: Log | None = None, verbose: bool = False,
-           on_event: Emit | None = None, progress: bool = False) -> RunResult | None:
+           on_event: Emit | None = None, progress: bool = False, tensorboard: bool = False) -> RunResult | None:
     """Continue the run in `run_dir` from its last committed epoch (to `epochs` in all, if given).
 
     The data is the run's own: the folder it was trained from unless `data_dir` says otherwise, and files
     whose content differs from what it was trained on are refused unless `any_data`. A refused resume
-    changes nothing in the run.
+    changes nothing in the run. A run that wrote for TensorBoard goes on doing so.
     """
+    if tensorboard:
+        tensorboard_mod.require()
     events = Events(on_event, _log(log, verbose))
     process = distributed.launched()
     if process is not None:
         return _across_processes(process, events, resume_dir=run_dir, epochs=epochs, data_dir=data_dir,
-                                 any_data=any_data, progress=progress)
+                                 any_data=any_data, progress=progress, tensorboard=tensorboard)
     with runs.open_run(run_dir) as run:
+        run.tensorboard = _tensorboard(run, tensorboard)
         return _train(run, select_device(run.config.device), events, data_dir=data_dir, any_data=any_data,
                       epochs=epochs, stop_after=stop_after, progress=progress)
 
@@ -325,6 +335,8 @@ def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.Pa
         if device.type == "cuda" and config.cuda_graph and isinstance(trainee, Trainee):
             trainee.forward_loss = _capture(trainee, splits, run, events)
         fit(trainee, splits, members, config.epochs if stop_after is None else min(config.epochs, stop_after), device)
+        if run.tensorboard and run.writing:
+            _mistakes(run, _model(trainee, run), splits, len(trainee.batches))
     except KeyboardInterrupt:
         message = f"interrupted; {run.kept()}"
         if began:
@@ -357,12 +369,34 @@ def _ended(run: Run, events: Events) -> dict[str, Any]:
     return s
 
 
+def _member_model(group: Group, k: int) -> nn.Module:
+    model = build_model(group.architecture).to(group.batches.y.device)
+    model.load_state_dict(group.stack.member_model(k))
+    return model
+
+
 def _model(trainee: Trainee | Group, run: Run) -> nn.Module:
     if isinstance(trainee, Group):  # an ensemble: one module averaging its members' probabilities
         model = Ensemble([build_model(trainee.architecture) for _ in range(trainee.members)], run.config.output)
         model.load_state_dict(run.state["model"])
         return model.to(trainee.batches.y.device)
     return trainee.model.module if isinstance(trainee, distributed.DistributedTrainee) else trainee.model
+
+
+def _tensorboard(run: Run, asked: bool) -> bool:
+    """Whether the run writes for TensorBoard: when asked, or when it did before (a resumed run goes on)."""
+    wrote = (run.path / tensorboard_mod.FOLDER).is_dir()
+    if wrote and not asked:
+        tensorboard_mod.require()
+    return asked or wrote
+
+
+def _mistakes(run: Run, model: nn.Module, splits: Splits, steps_per_epoch: int) -> None:
+    """The first misclassified test digits, for TensorBoard, as the run ends (at its last step)."""
+    predicted = predictions(model, splits.x_test)
+    wrong = (predicted != splits.y_test).nonzero().flatten()[:tensorboard_mod.MISTAKES].cpu()
+    run.board().mistakes(splits.dataset.test.images[wrong], splits.y_test[wrong].tolist(),
+                         predicted[wrong].tolist(), list(splits.dataset.classes), run.epoch * steps_per_epoch)
 
 
 def _recorded_data_dir(run: Run, events: Events) -> str | None:
@@ -426,7 +460,7 @@ def _capture(trainee: Trainee, splits: Splits, run: Run, events: Events):
 def _across_processes(process: distributed.Process, events: Events, config: Config | None = None,
                       out: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
                       epochs: int | None = None, data_dir: str | os.PathLike | None = None, any_data: bool = False,
-                      progress: bool = False) -> RunResult | None:
+                      progress: bool = False, tensorboard: bool = False) -> RunResult | None:
     """One network across the processes of a torchrun job (DDP): rank 0 opens and writes the run, the others
     follow it with writing off; all train the same lifecycle on their shard of every batch."""
     if config is not None and config.ensemble > 1:
@@ -455,6 +489,7 @@ def _across_processes(process: distributed.Process, events: Events, config: Conf
                 path, config_dict, state = payload
                 run = Run(Path(path), Config.from_dict(config_dict), state, writing=False)
             run.resume_command = f"torchrun ... -m mnistlab train --resume {run.path}"
+            run.tensorboard = _tensorboard(run, tensorboard) if run.writing else False
             device = distributed.local_device(select_device(run.config.device), process)
             if device.type == "cuda":
                 torch.cuda.set_device(device)
@@ -471,7 +506,7 @@ def _across_processes(process: distributed.Process, events: Events, config: Conf
 def train_group(paths: Sequence[str | os.PathLike], configs: Sequence[Config], *, device: str | None = None,
                 data_dir: str | os.PathLike | None = None, any_data: bool = False, resume_command: str = "",
                 local: distributed.Process | None = None, log: Log = lambda text: None, label: str = "",
-                on_event: Emit | None = None, stop_after: int | None = None) -> None:
+                on_event: Emit | None = None, stop_after: int | None = None, tensorboard: bool = False) -> None:
     """Train configurations that differ only in batched.MEMBER_FIELDS as one batched group, member k into the
     run directory paths[k] (created, or resumed from what it committed): a sweep's group.
 
@@ -488,6 +523,7 @@ def train_group(paths: Sequence[str | os.PathLike], configs: Sequence[Config], *
                 raise RunError(f"{run.path}: its config.json is not the sweep's configuration for it; move it "
                                "away or start a new sweep")
             run.resume_command = resume_command
+            run.tensorboard = _tensorboard(run, tensorboard)
         torch_device = select_device(device or configs[0].device)
         if local is not None:
             torch_device = distributed.local_device(torch_device, local)
@@ -516,6 +552,9 @@ def train_group(paths: Sequence[str | os.PathLike], configs: Sequence[Config], *
             log(f"{label}{len(opened)} models ({c.model} {shape}, batch {c.batch_size}, {c.dataset}, {c.optimizer}) "
                 f"on {describe(torch_device)}, from epoch {at + 1} of {c.epochs}")
             fit(group, splits, members, c.epochs if stop_after is None else min(c.epochs, stop_after), torch_device)
+            for k, run in enumerate(opened):
+                if run.tensorboard:
+                    _mistakes(run, _member_model(group, k), splits, len(group.batches))
         except KeyboardInterrupt:
             for run in opened:
                 events(run, "ended", status="stopped", epochs=run.epoch, message="")

@@ -6,11 +6,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..base import data as data_mod
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from ..base.devices import select_device
 from ..base.models import Ensemble
 
@@ -100,3 +101,51 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None =
     result.dataset = dataset.spec.name
     result.checkpoint = str(checkpoint)
     return result
+
+
+# ---------------------------------------------------------------------------
+# Every answer on a split: the confusion matrix and the images behind each of its cells
+
+ANSWER_BATCH = 500  # images per forward pass: a CNN's first maps for 500 images take 50 MB
+
+
+@dataclass
+class Answers:
+    """A model's answer for each image of a split (the page's Explore view)."""
+
+    classes: list[str]
+    labels: np.ndarray  # int64 (N,): the true classes
+    predicted: np.ndarray  # int64 (N,): the argmax of the model's output, as `predictions` gives it
+    probabilities: np.ndarray  # float32 (N, classes)
+
+    @property
+    def correct(self) -> int:
+        return int((self.predicted == self.labels).sum())
+
+    def confusion(self) -> np.ndarray:
+        """counts[i, j] = images of true class i predicted as j (int64)."""
+        n = len(self.classes)
+        return np.bincount(self.labels * n + self.predicted, minlength=n * n).reshape(n, n)
+
+    def cell(self, true: int, predicted: int) -> np.ndarray:
+        """Indices of the images of true class `true` predicted as `predicted`, the most confident
+        first (by the probability given to `predicted`; ties by index): in a cell off the diagonal,
+        the most confidently wrong first."""
+        indices = np.flatnonzero((self.labels == true) & (self.predicted == predicted))
+        confidence = self.probabilities[indices, predicted]
+        return indices[np.lexsort((indices, -confidence))]
+
+
+@torch.no_grad()
+def answers(checkpoint: Checkpoint, split: data_mod.Split, batch_size: int = ANSWER_BATCH) -> Answers:
+    """The checkpoint's answer (predicted class, probabilities) for every image of `split`."""
+    model = checkpoint.model
+    model.eval()
+    predicted, log_probs = [], []
+    for i in range(0, len(split), batch_size):
+        out = model(checkpoint.inputs(split.images[i:i + batch_size]))
+        predicted.append(out.argmax(dim=1))
+        log_probs.append(out if checkpoint.output == "log_softmax" else torch.log_softmax(out, dim=1))
+    return Answers(list(checkpoint.classes), split.labels.numpy().astype(np.int64),
+                   torch.cat(predicted).cpu().numpy().astype(np.int64),
+                   torch.cat(log_probs).exp().cpu().numpy().astype(np.float32))

@@ -63,6 +63,7 @@ from .checkpoint import (
     validate_meta,
 )
 from .events import EVENTS, EventLog, parse_line
+from .tensorboard import TensorBoard
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -543,7 +544,9 @@ class Run:
     _fd: int | None = field(default=None, repr=False)
     writing: bool = True
     resume_command: str = ""  # how to continue it, when not `mnistlab train --resume RUN`
+    tensorboard: bool = False  # also write the events for TensorBoard, into RUN/tensorboard/
     _events: EventLog | None = field(default=None, repr=False)
+    _board: TensorBoard | None = field(default=None, repr=False)
 
     @property
     def epoch(self) -> int:
@@ -613,6 +616,14 @@ class Run:
         if self._events is None:
             self._events = EventLog(self.path / EVENTS)
         self._events.write(event)
+        if self.tensorboard:
+            self.board().write(event)
+
+    def board(self) -> TensorBoard:
+        """The run's TensorBoard writer (opened on first use)."""
+        if self._board is None:
+            self._board = TensorBoard(self.path)
+        return self._board
 
     def extended(self, epochs: int) -> Config:
         """The config with `epochs` in all, when the run can be extended (or shortened, down to what is
@@ -636,6 +647,9 @@ class Run:
         if self._events is not None:
             self._events.close()
             self._events = None
+        if self._board is not None:
+            self._board.close()
+            self._board = None
         if self._fd is not None:
             # Removed while still locked (see _try_lock): an idle run holds no .lock naming a process long gone.
             with contextlib.suppress(OSError):

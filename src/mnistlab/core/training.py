@@ -361,5 +361,3 @@ def recipe_line(config: Config) -> str:
     changed = config.differences(base) if base else {}
     shown = ", ".join(f"{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in changed.items())
     return f"recipe {config.recipe}" + (f", with {shown}" if shown else "")
-
-
