@@ -122,9 +122,12 @@ def test_an_interrupted_ladder_continues_keeping_its_finished_runs(tmp_path, tin
             if e["run"].endswith(rungs[3].run_name(0)):
                 raise KeyboardInterrupt  # Ctrl-C just after step 3's first epoch was committed
 
-    with pytest.raises(Interrupted, match=rf"continue the ladder with: mnistlab ladder --track mlp --seeds 1 --out {out}"):
+    with pytest.raises(Interrupted) as stopped:
         ladder.run_ladder("mlp", seeds=1, device="cpu", data_dir=tiny_idx_dir, out=out, overrides={"epochs": 2},
                           on_event=interrupt_in_step_3)
+    assert str(stopped.value) == (f"interrupted; 3 runs of the ladder are done and kept, of {out / rungs[3].run_name(0)}, "
+                                  f"epoch 1 is kept; continue the ladder with: mnistlab ladder --track mlp --seeds 1 "
+                                  f"--device cpu --out {out}")
     commits = {r.run_name(0): runs.read_state(out / r.run_name(0))["commit"] for r in rungs[:3]}
     assert runs.info(out / rungs[3].run_name(0)).state == "resumable"
     assert not (out / rungs[4].run_name(0)).exists()

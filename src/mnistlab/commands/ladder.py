@@ -53,7 +53,7 @@ import torch
 
 from .. import __version__
 from ..base import data as data_mod
-from ..base.config import RECIPES, Config, ConfigError
+from ..base.config import RECIPES, Config
 from ..base.devices import describe, select_device
 from ..base.errors import Interrupted, RunError, UsageError
 from ..base.files import make_dirs, read_json, write_json, write_text
@@ -225,16 +225,18 @@ def _warm_up(config: Config, data_dir: str | None, examples: int) -> None:
 
 
 def train_all(out: Path, rungs: list[Rung], seeds: int, data_dir: str | None, examples: int,
-              log: Log, on_event: Emit | None) -> None:
-    """Train (or resume) every run the table needs, seed by seed, keeping what is finished."""
-    todo = []
+              log: Log, on_event: Emit | None, again: str) -> None:
+    """Train (or resume) every run the table needs, seed by seed, keeping what is finished.
+
+    Interrupted, it says what is kept and that `again` (the command that continues the ladder) goes on.
+    """
+    todo, done = [], []
     for seed in range(seeds):
         for rung in rungs:
             config = rung.config.replace(seed=seed)
             path = out / rung.run_name(seed)
             state = _state(path, config)
-            if state in ("new", "resumable"):
-                todo.append((rung, seed, config, path, state))
+            (todo if state in ("new", "resumable") else done).append((rung, seed, config, path, state))
     if not todo:
         return
     log(f"ladder {out}: {len(todo)} of {len(rungs) * seeds} runs to train"
@@ -243,10 +245,17 @@ def train_all(out: Path, rungs: list[Rung], seeds: int, data_dir: str | None, ex
     for number, (rung, seed, config, path, state) in enumerate(todo, 1):
         log(f"[{number}/{len(todo)}] step {rung.index} {rung.step.name}, seed {seed}: {rung.step.change}"
             + (" (resuming)" if state == "resumable" else ""))
-        if state == "new":
-            engine.train(config, out=path, data_dir=data_dir, on_event=on_event)
-        else:
-            engine.resume(path, data_dir=data_dir, on_event=on_event)
+        try:
+            if state == "new":
+                engine.train(config, out=path, data_dir=data_dir, on_event=on_event)
+            else:
+                engine.resume(path, data_dir=data_dir, on_event=on_event)
+        except Interrupted:
+            kept = runs.read_state(path)
+            this = (f"of {path}, {runs.epochs_text(kept['epoch'])} kept" if kept and kept["epoch"] else
+                    f"{path} had not finished an epoch")
+            raise Interrupted(f"interrupted; {number - 1 + len(done)} runs of the ladder are done and kept, {this}; "
+                              f"continue the ladder with: {again}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -374,10 +383,7 @@ def run_ladder(track: str = "mlp", *, seeds: int = 3, device: str = "auto", data
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1 (got {seeds})")
     overrides = dict(overrides or {})
-    try:
-        rungs = plan(track, device, overrides)
-    except ConfigError as e:
-        raise UsageError(f"ladder overrides: {e}") from None
+    rungs = plan(track, device, overrides)
     out = Path(out) if out is not None else default_out(track)
     kept = kept_plan(out, track, device, overrides)
     if data_dir is not None:
@@ -393,11 +399,8 @@ def run_ladder(track: str = "mlp", *, seeds: int = 3, device: str = "auto", data
     if kept is None:
         write_plan(out, track, rungs, device, data_dir, overrides)
     started = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_average": _load_average()}
-    try:
-        train_all(out, rungs, seeds, data_dir, examples, log, on_event)
-    except Interrupted as e:
-        again = f"mnistlab ladder --track {track} --seeds {seeds} --out {out}"
-        raise Interrupted(f"{e}; continue the ladder with: {again}") from None
+    again = f"mnistlab ladder --track {track} --seeds {seeds}{'' if device == 'auto' else ' --device ' + device} --out {out}"
+    train_all(out, rungs, seeds, data_dir, examples, log, on_event, again)
     targets = TARGETS[track]
     rows = table(out, rungs, seeds, targets, examples)
     machine = {"device": describe(torch_device), "torch": torch.__version__, "threads": torch.get_num_threads(),
