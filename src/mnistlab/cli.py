@@ -900,7 +900,7 @@ def add_ladder(sub) -> None:
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="the ladder's folder (default: runs/ladder-<track>[-N]); an existing ladder there is "
                    "continued")
-    json_flag(p, "the table (progress goes to stderr)")
+    json_flag(p, "the table")
     p.set_defaults(func=cmd_ladder)
 
 
