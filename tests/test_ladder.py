@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import shutil
 
 import pytest
 import torch
@@ -143,11 +144,12 @@ def test_an_interrupted_ladder_continues_keeping_its_finished_runs(tmp_path, tin
     assert json.loads((out / "ladder.json").read_text())["data_dir"] == str(tiny_idx_dir.resolve())
 
 
-def test_more_seeds_later_add_runs_to_the_same_ladder(tiny_ladder, tiny_idx_dir):
-    rungs = ladder.plan("mlp", "cpu", QUICK)
-    before = {r.run_name(0): runs.read_state(tiny_ladder.out / r.run_name(0))["commit"] for r in rungs}
-    result = ladder.run_ladder("mlp", seeds=2, device="cpu", out=tiny_ladder.out, overrides=QUICK, plots=False)
-    assert {name: runs.read_state(tiny_ladder.out / name)["commit"] for name in before} == before
+def test_more_seeds_later_add_runs_to_the_same_ladder(tiny_ladder, tmp_path):
+    out, rungs = tmp_path / "ladder", ladder.plan("mlp", "cpu", QUICK)
+    shutil.copytree(tiny_ladder.out, out)
+    before = {r.run_name(0): runs.read_state(out / r.run_name(0))["commit"] for r in rungs}
+    result = ladder.run_ladder("mlp", seeds=2, device="cpu", out=out, overrides=QUICK, plots=False)
+    assert {name: runs.read_state(out / name)["commit"] for name in before} == before
     assert [r["seeds"] for r in result.rows] == [2] * len(rungs)
     assert all(len(r["test_accuracies"]) == 2 for r in result.rows)
 
