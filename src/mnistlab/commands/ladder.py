@@ -425,6 +425,13 @@ def _seconds(value: float | None) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
+def _ratio(value: float | None) -> str:
+    """`1.40x`, `0.021x` (a conv net's step against the MLP's: two digits that say something)."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.3f}x"
+
+
 def format_table(ladder: Ladder) -> str:
     """The table as the terminal shows it, with the machine it was measured on."""
     m = ladder.machine
@@ -452,7 +459,7 @@ def format_table(ladder: Ladder) -> str:
                       _seconds(row["train_seconds_median"]),
                       f"{row['time_ratio']:.2f}" if row["time_ratio"] is not None else "",
                       _seconds(row["seconds_per_epoch_median"]), *reach,
-                      f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-",
+                      _ratio(row["speedup"]),
                       f"{row['flops_per_epoch'] / 1e9:.1f}",
                       f"{row['gflops_per_second']:.1f}" if row["gflops_per_second"] is not None else "-"])
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
