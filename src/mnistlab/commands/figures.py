@@ -388,26 +388,3 @@ def ladder_figure(rows: Sequence[dict[str, Any]], targets: Sequence[float] = (),
            title=title or "The ladder: test accuracy against training time")
     ax.grid(alpha=0.3)
     return fig
-    xs = [r["train_seconds_median"] for r in done]
-    # Clipped inside (0, 1): the logit of 0% or 100% is infinite.
-    ys = [min(max(r["test_accuracy_mean"], 1e-4), 1 - 1e-4) for r in done]
-    errs = [r.get("test_accuracy_std") or 0.0 for r in done]
-    ax.plot(xs, ys, "-", color="0.75", zorder=1)
-    ax.errorbar(xs, ys, yerr=errs, fmt="o", color="tab:blue", capsize=3, zorder=2)
-    for r, x, y in zip(done, xs, ys):
-        ax.annotate(f"{r['step']} {r['name']}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
-    for t in targets:
-        ax.axhline(t, color="tab:red", linestyle="--", linewidth=0.8)
-        ax.text(1.0, t, f" {100 * t:g}%", color="tab:red", va="center", fontsize=8,
-                transform=ax.get_yaxis_transform())
-    ax.set_xscale("log")
-    ax.set_yscale("logit")
-    low, high = min(ys + list(targets)), max(ys + list(targets))
-    ax.set_ylim(max(1e-4, low - (1 - low) * 0.6), min(1 - 1e-5, 1 - (1 - high) * 0.5))
-    ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="training seconds (median over the seeds, log scale)", ylabel="test accuracy (mean over the seeds)",
-           title=title or "The ladder: test accuracy against training time")
-    ax.grid(alpha=0.3, which="both")
-    return fig
