@@ -989,9 +989,50 @@ def _print_sweep(args: argparse.Namespace, results, folder: Path) -> int:
 
 
 # ---------------------------------------------------------------------------
+# ladder
+
+def add_ladder(sub) -> None:
+    p = sub.add_parser(
+        "ladder", help="from the notebook's 90% to 98-99%, one change at a time, each step measured here",
+        description="Train a fixed sequence of steps, each one change from the step before: the first is the "
+        "course notebook's recipe (--recipe seed), the last the track's best (mlp: the notebook's network "
+        "trained well, >= 98%; cnn: the conv net, >= 99.3%). Prints one row per step: the change, test accuracy "
+        "(mean and spread over the seeds), training seconds (median), time to reach 98% (and 99% on the cnn "
+        "track), speed-up against the first row, FLOPs per epoch. Writes OUT/ladder.csv, OUT/ladder.png and one "
+        "run directory per step and seed. Interrupted, the same command with the same --out continues it.")
+    p.add_argument("--track", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp: the notebook's network; cnn: the conv net (slow on a CPU) (default: mlp)")
+    p.add_argument("--seeds", type=_positive(int, "seeds"), default=3, metavar="N",
+                   help="seeds per step: 0 to N-1 (default: 3)")
+    device_flag(p)
+    data_dir_flag(p)
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="the ladder's folder (default: runs/ladder-<track>[-N]); an existing ladder there is "
+                   "continued")
+    json_flag(p, "the table")
+    p.set_defaults(func=cmd_ladder)
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    from .commands import ladder
+    from .commands.progress import Printer
+
+    log = print_err if args.json else print_flush
+    result = ladder.run_ladder(args.track, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
+                               out=args.out, log=log, on_event=Printer(log), progress=True)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(ladder.format_table(result))
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 COMMANDS = (add_train, add_evaluate, add_runs, add_recipes, add_datasets, add_predict, add_plot, add_inspect,
-            add_bench, add_export, add_serve, add_sweep)
+            add_bench, add_export, add_serve, add_sweep, add_ladder)
 
 
 def build_parser() -> Parser:

@@ -338,3 +338,53 @@ def sweep_figure(runs: Sequence[dict[str, Any]], swept: Sequence[str], metric: s
     if not done:
         fig.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", fontsize=14)
     return fig
+
+
+# ---------------------------------------------------------------------------
+# The ladder
+
+def ladder_figure(rows: Sequence[dict[str, Any]], targets: Sequence[float] = (), title: str = "") -> "Figure":
+    """Test accuracy against training seconds (log axis), one labelled point per step of a ladder, joined in
+    step order; error bars of one standard deviation over the seeds; a dashed line at each target accuracy.
+
+    The accuracy axis is a logit scale (90%, 99%, 99.9% equally far apart), so that the last steps, a few
+    tenths of a point apart near 99%, stay as readable as the first ones, ten points apart near 90%.
+    """
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    fig = new_figure(8.5, 5.5)
+    ax = fig.subplots()
+    done = [r for r in rows if r.get("test_accuracy_mean") is not None and r.get("train_seconds_median")]
+    if not done:
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes, fontsize=14)
+        ax.set_axis_off()
+        return fig
+    xs = [r["train_seconds_median"] for r in done]
+    # Clipped inside (0, 1): the logit of 0% or 100% is infinite.
+    ys = [min(max(r["test_accuracy_mean"], 1e-4), 1 - 1e-4) for r in done]
+    errs = [r.get("test_accuracy_std") or 0.0 for r in done]
+    ax.plot(xs, ys, "-", color="0.75", zorder=1)
+    ax.errorbar(xs, ys, yerr=errs, fmt="o", color="tab:blue", capsize=3, zorder=2)
+    for k, (r, x, y) in enumerate(zip(done, xs, ys)):
+        # Right and left of the point in turn: steps that cost the same time stack up in a column.
+        ax.annotate(f"{r['step']} {r['name']}", (x, y), textcoords="offset points", xytext=(-7 if k % 2 else 7, -3),
+                    ha="right" if k % 2 else "left", fontsize=8)
+    for t in targets:
+        ax.axhline(t, color="tab:red", linestyle="--", linewidth=0.8)
+        ax.text(1.0, t, f" {100 * t:g}%", color="tab:red", va="center", fontsize=8,
+                transform=ax.get_yaxis_transform())
+    ax.set_xscale("log")
+    ax.set_yscale("logit")
+    low, high = min(ys + list(targets)), max(ys + list(targets))
+    ax.set_ylim(max(1e-4, low - (1 - low) * 0.6), min(1 - 1e-5, 1 - (1 - high) * 0.5))
+    ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)  # room for the labels
+    ax.yaxis.set_major_locator(FixedLocator([0.1, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="training seconds (median over the seeds, log scale)", ylabel="test accuracy (mean over the seeds)",
+           title=title or "The ladder: test accuracy against training time")
+    ax.grid(alpha=0.3)
+    return fig
