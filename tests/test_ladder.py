@@ -89,6 +89,8 @@ def test_each_steps_runs_are_ordinary_run_directories_that_differ_in_the_one_set
     out, rungs = tiny_ladder.out, ladder.plan("mlp", "cpu", QUICK)
     listed = {r.name: r for r in runs.list_runs(out)}
     assert set(listed) == {r.run_name(0) for r in rungs} and {r.state for r in listed.values()} == {"finished"}
+    # and `mnistlab runs runs/` lists them among the others, by their path below it
+    assert {r.name for r in runs.list_runs(out.parent)} >= {f"{out.name}/{r.run_name(0)}" for r in rungs}
     configs = run_configs(out, rungs)
     assert configs == [r.config for r in rungs]
     for rung, before, after in zip(rungs[1:], configs, configs[1:]):

@@ -1005,6 +1005,7 @@ def add_ladder(sub) -> None:
     p.add_argument("--seeds", type=_positive(int, "seeds"), default=3, metavar="N",
                    help="seeds per step: 0 to N-1 (default: 3)")
     device_flag(p)
+    threads_flag(p)
     data_dir_flag(p)
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="the ladder's folder (default: runs/ladder-<track>[-N]); an existing ladder there is "
@@ -1019,7 +1020,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
 
     log = print_err if args.json else print_flush
     result = ladder.run_ladder(args.track, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
-                               out=args.out, log=log, on_event=Printer(log), progress=True)
+                               out=args.out, log=log, on_event=Printer(log), progress=True, threads=args.threads)
     if args.json:
         print_json(result.to_dict())
         return 0

@@ -65,7 +65,7 @@ from .figures import ladder_figure, save_png
 
 Log = Callable[[str], None]
 
-PLAN = "ladder.json"
+PLAN = runs.LADDER_PLAN
 TABLE = "ladder.csv"
 FIGURE = "ladder.png"
 PLAN_FORMAT = 1
@@ -218,15 +218,16 @@ def _state(path: Path, config: Config) -> str:
 # ---------------------------------------------------------------------------
 # Training
 
-def _warm_up(config: Config, data_dir: str | None, examples: int) -> None:
+def _warm_up(config: Config, data_dir: str | None, examples: int, threads: int | None) -> None:
     """A few untimed batches of `config`, so that the first timed run does not pay the process's first calls."""
     size = min(examples, WARMUP_BATCHES * config.batch_size)
     with tempfile.TemporaryDirectory(prefix="mnistlab-ladder-warmup-") as tmp:
-        engine.train(config.replace(epochs=1, train_size=size, val_size=0), out=Path(tmp) / "run", data_dir=data_dir)
+        engine.train(config.replace(epochs=1, train_size=size, val_size=0), out=Path(tmp) / "run", data_dir=data_dir,
+                     threads=threads)
 
 
 def train_all(out: Path, rungs: list[Rung], seeds: int, data_dir: str | None, examples: int,
-              log: Log, on_event: Emit | None, again: str) -> None:
+              log: Log, on_event: Emit | None, again: str, threads: int | None = None) -> None:
     """Train (or resume) every run the table needs, seed by seed, keeping what is finished.
 
     Interrupted, it says what is kept and that `again` (the command that continues the ladder) goes on.
@@ -242,15 +243,15 @@ def train_all(out: Path, rungs: list[Rung], seeds: int, data_dir: str | None, ex
         return
     log(f"ladder {out}: {len(todo)} of {len(rungs) * seeds} runs to train"
         + (f" ({len(rungs) * seeds - len(todo)} kept)" if len(todo) < len(rungs) * seeds else ""))
-    _warm_up(todo[0][2], data_dir, examples)
+    _warm_up(todo[0][2], data_dir, examples, threads)
     for number, (rung, seed, config, path, state) in enumerate(todo, 1):
         log(f"[{number}/{len(todo)}] step {rung.index} {rung.step.name}, seed {seed}: {rung.step.change}"
             + (" (resuming)" if state == "resumable" else ""))
         try:
             if state == "new":
-                engine.train(config, out=path, data_dir=data_dir, on_event=on_event)
+                engine.train(config, out=path, data_dir=data_dir, on_event=on_event, threads=threads)
             else:
-                engine.resume(path, data_dir=data_dir, on_event=on_event)
+                engine.resume(path, data_dir=data_dir, on_event=on_event, threads=threads)
         except Interrupted:
             kept = runs.read_state(path)
             this = (f"of {path}, {runs.epochs_text(kept['epoch'])} kept" if kept and kept["epoch"] else
@@ -374,7 +375,8 @@ def _load_average() -> float | None:
 
 def run_ladder(track: str = "mlp", *, seeds: int = 3, device: str = "auto", data_dir: str | os.PathLike | None = None,
                out: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None, plots: bool = True,
-               log: Log = lambda line: None, on_event: Emit | None = None, progress: bool = False) -> Ladder:
+               log: Log = lambda line: None, on_event: Emit | None = None, progress: bool = False,
+               threads: int | None = None) -> Ladder:
     """Train the `track`'s ladder with `seeds` seeds into `out` (default runs/ladder-<track>[-N]), or continue
     the one there, and return its table (also written as ladder.csv, and ladder.png unless `plots` is off).
 
@@ -401,7 +403,7 @@ def run_ladder(track: str = "mlp", *, seeds: int = 3, device: str = "auto", data
         write_plan(out, track, rungs, device, data_dir, overrides)
     started = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_average": _load_average()}
     again = f"mnistlab ladder --track {track} --seeds {seeds}{'' if device == 'auto' else ' --device ' + device} --out {out}"
-    train_all(out, rungs, seeds, data_dir, examples, log, on_event, again)
+    train_all(out, rungs, seeds, data_dir, examples, log, on_event, again, threads)
     targets = TARGETS[track]
     rows = table(out, rungs, seeds, targets, examples)
     machine = {"device": describe(torch_device), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -454,11 +454,12 @@ def is_run(path: Path) -> bool:
 
 
 SWEEP_PLAN = "sweep.json"  # a sweep folder (commands/sweep.py) holds its runs in runs/
+LADDER_PLAN = "ladder.json"  # a ladder's folder (commands/ladder.py) holds its runs side by side
 
 
 def run_dirs(root: Path) -> list[Path]:
     """The run directories in `root`: `root` itself if it is one, else its sub-folders that are, and the runs
-    of the sweep folders among them (in `<sweep>/runs/`), sorted by path."""
+    of the folders of many runs among them (a sweep's `<sweep>/runs/*`, a ladder's `<ladder>/*`), sorted."""
     if is_run(root):
         return [root]
     if (root / SWEEP_PLAN).is_file():
@@ -471,6 +472,8 @@ def run_dirs(root: Path) -> list[Path]:
             found.append(p)
         elif (p / SWEEP_PLAN).is_file() and (p / "runs").is_dir():
             found += sorted(q for q in (p / "runs").iterdir() if q.is_dir() and is_run(q))
+        elif (p / LADDER_PLAN).is_file():
+            found += sorted(q for q in p.iterdir() if q.is_dir() and is_run(q))
     return found
 
 
