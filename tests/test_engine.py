@@ -153,7 +153,7 @@ def test_runs_follow_prints_a_run_live_from_another_process_and_ends_with_it(tmp
     env = {**os.environ, "MNISTLAB_PROGRESS_SECONDS": "0"}
     trainer = subprocess.Popen(
         [sys.executable, "-m", "mnistlab", "train", "--out", str(tmp_path / "r"), "--data-dir", str(tiny_idx_dir),
-         "--epochs", "30", "--batch-size", "8", "--device", "cpu", "--no-plots", "--recipe", "seed"],
+         "--epochs", "300", "--batch-size", "8", "--device", "cpu", "--no-plots", "--recipe", "seed"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
     while not (tmp_path / "r" / "events.jsonl").exists() and time.monotonic() < deadline:
@@ -168,7 +168,7 @@ def test_runs_follow_prints_a_run_live_from_another_process_and_ends_with_it(tmp
     assert follower.wait(timeout=120) == 0 and trainer.wait(timeout=120) == 0
     assert sizes[0] < sizes[-1]  # the file grew while it was followed
     assert followed[0]["type"] == "started" and followed[-1] == {**followed[-1], "type": "ended",
-                                                                 "status": "finished", "epochs": 30}
+                                                                 "status": "finished", "epochs": 300}
     assert followed == events.read(tmp_path / "r" / "events.jsonl")
 
 

@@ -13,6 +13,7 @@ import ctypes.util
 import os
 import signal
 import sys
+from typing import Iterator
 
 try:
     import resource
@@ -49,3 +50,22 @@ def end_with_parent() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     return os.getppid() == parent and parent != 1
+
+
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back until the block is done, then delivered: a commit and the files derived
+    from it happen whole (a kill -9 cannot be held back; the readers of a run cope with that one). Where
+    signals cannot be blocked (Windows, a thread that is not the main one) the block runs as it is."""
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

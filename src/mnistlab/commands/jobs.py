@@ -66,7 +66,7 @@ from .sweep import PLAN, RUNS, run_name
 JOBS = ".jobs"  # in the served folder: hidden, and no run directory, so `mnistlab runs` passes it over
 MAX_LRS = 8  # learning rates compared in one batched group
 REFRESH = 1.0  # seconds: the folder is looked at again at most this often per process
-POLL = 0.25  # seconds between two looks at a followed events.jsonl (progress events come every 0.5 s)
+POLL = 0.25  # seconds between two looks at a followed events.jsonl (progress events come every 0.25 s)
 KEEP_ALIVE = 15.0  # seconds: an event stream with nothing to say sends a comment this often
 STOP_WAIT = 10.0  # seconds a closing server waits for its jobs to commit nothing more and end
 JOB_FORMAT = 1

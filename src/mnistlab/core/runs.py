@@ -43,6 +43,7 @@ from .. import __version__
 from ..base import names
 from ..base.config import Config, ConfigError
 from ..base.errors import CheckpointError, RunError, WriteError, shown
+from ..base.system import signals_held
 from ..base.files import (
     make_dirs,
     open_regular,
@@ -589,15 +590,16 @@ class Run:
     def _save(self, state: dict[str, Any], failure: str) -> None:
         buf = io.BytesIO()
         torch.save(state, buf)  # in memory first: the disk is touched by one write we control
-        if self.writing:
-            try:
-                write_bytes(self.path / STATE, buf.getvalue())
-            except WriteError as e:
-                raise RunError(f"{failure} ({e}); {self.kept()}") from None
-        # What was written, read back: the live tensors of `state` go on changing as training goes on.
-        buf.seek(0)
-        self.state = torch.load(buf, map_location="cpu", weights_only=True)
-        self.publish()
+        with signals_held():  # Ctrl-C waits for the commit and its derived files: a stopped run is whole
+            if self.writing:
+                try:
+                    write_bytes(self.path / STATE, buf.getvalue())
+                except WriteError as e:
+                    raise RunError(f"{failure} ({e}); {self.kept()}") from None
+            # What was written, read back: the live tensors of `state` go on changing as training goes on.
+            buf.seek(0)
+            self.state = torch.load(buf, map_location="cpu", weights_only=True)
+            self.publish()
 
     def publish(self) -> None:
         """Rewrite metrics.csv, the checkpoint and summary.json (last) from the last commit."""
