@@ -156,6 +156,7 @@ def test_more_seeds_later_add_runs_to_the_same_ladder(tiny_ladder, tmp_path):
     assert all(len(r["test_accuracies"]) == 2 for r in result.rows)
 
 
+@pytest.mark.slow
 def test_the_cnn_track_measures_the_time_to_99_too(tmp_path, tiny_idx_dir):
     result = ladder.run_ladder("cnn", seeds=1, device="cpu", data_dir=tiny_idx_dir, out=tmp_path / "cnn",
                                overrides={"epochs": 1, "train_size": 128})

@@ -42,7 +42,7 @@ def committed(run_dir):
 # Replacements: config.json, epoch 0 (state, metrics, summary), epoch 1 (state, metrics, weights, model.json,
 # summary), then epoch 2: state.pt is the 10th (n=9). A kill at n=10..13 leaves epoch 2 committed and
 # some of its derived files one epoch behind.
-@pytest.mark.parametrize("n", [10, 11, 12, 13])
+@pytest.mark.parametrize("n", [10, *(pytest.param(n, marks=pytest.mark.slow) for n in (11, 12, 13))])
 def test_after_a_kill_between_the_commit_and_its_files_every_reader_sees_the_commit(
         tmp_path, tiny_idx_dir, monkeypatch, capsys, n):
     run = tmp_path / "r"
