@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from mnistlab.base.config import RECIPES, recipe
+from mnistlab.base.errors import UsageError
 from mnistlab.cli import main
 from mnistlab.core import batched, engine, events, runs, training
 
@@ -315,3 +316,15 @@ def test_an_ensemble_resumed_after_a_kill_equals_one_trained_straight_through(tm
     a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "split" /
                                                                                    "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_lines_of_a_run_can_be_french_in_the_courses_words(tmp_path, tiny_idx_dir):
+    said = []
+    engine.train(quick("seed", epochs=1, lr=0.05), out=tmp_path / "r", data_dir=tiny_idx_dir, log=said.append,
+                 lang="fr")
+    assert said[0] == f"dossier: {tmp_path / 'r'}" and said[1].startswith("recette seed, avec ")
+    assert said[2].startswith("appareil: cpu") and said[3].startswith("données: mnist")
+    epoch = next(line for line in said if line.startswith("époque"))
+    assert "perte d'entraînement" in epoch and "exactitude test" in epoch  # `inspect --lang fr`'s words
+    with pytest.raises(UsageError, match="lang must be en or fr"):
+        engine.train(quick(), out=tmp_path / "x", data_dir=tiny_idx_dir, lang="de")

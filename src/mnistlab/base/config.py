@@ -243,6 +243,15 @@ MEASURED: dict[str, Any] = {
 }
 
 
+def recipe_line(config: Config, lang: str = "en") -> str:
+    """`recipe fast, with lr 0.2, epochs 3`: the recipe and what differs from it (`lang` fr: `recette ...`)."""
+    base = RECIPES.get(config.recipe)
+    changed = config.differences(base) if base else {}
+    shown = ", ".join(f"{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in changed.items())
+    recipe_word, with_word = ("recette", "avec") if lang == "fr" else ("recipe", "with")
+    return f"{recipe_word} {config.recipe}" + (f", {with_word} {shown}" if shown else "")
+
+
 def recipe(name: str, **overrides: Any) -> Config:
     """The named recipe with some fields replaced, validated."""
     if name not in RECIPES:

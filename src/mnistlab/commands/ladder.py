@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import statistics
 import tempfile

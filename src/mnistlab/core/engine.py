@@ -39,9 +39,9 @@ from . import distributed, runs
 from . import tensorboard as tensorboard_mod
 from .batched import Group, build_group, ensemble_members, ensemble_state, restore_ensemble
 from .evaluation import predictions
-from .events import PROGRESS_SECONDS, Emit, epoch_line, event, lines
+from .events import LANGUAGES, PROGRESS_SECONDS, Emit, epoch_line, event, lines
 from .runs import Run
-from .training import Splits, Trainee, build, capture_forward_loss, checkpoint_meta, load_splits, recipe_line
+from .training import Splits, Trainee, build, capture_forward_loss, checkpoint_meta, load_splits
 
 Log = Callable[[str], None]
 
@@ -87,8 +87,8 @@ def timed_epoch(trainee: Trainee | Group, device: torch.device,
 class Events:
     """Where events go: the run's events.jsonl, the caller's `on_event`, and their lines to `log`."""
 
-    def __init__(self, on_event: Emit | None = None, log: Log | None = None, heard: bool = True):
-        self.on_event, self.log = on_event, log
+    def __init__(self, on_event: Emit | None = None, log: Log | None = None, heard: bool = True, lang: str = "en"):
+        self.on_event, self.log, self.lang = on_event, log, lang
         self.heard = heard  # False on the other ranks of a torchrun job: rank 0 speaks for all
 
     def __call__(self, run: Run, kind: str, **fields: Any) -> None:
@@ -99,7 +99,7 @@ class Events:
         if self.on_event is not None:
             self.on_event(e)
         if self.log is not None:
-            for text in lines(e):
+            for text in lines(e, self.lang):
                 self.log(text)
 
 
@@ -243,6 +243,12 @@ def _progress(members: Members, epoch: int, steps: int) -> Callable[[int, torch.
 # ---------------------------------------------------------------------------
 # The lifecycle
 
+def _language(lang: str) -> str:
+    if lang not in LANGUAGES:
+        raise UsageError(f"lang must be {' or '.join(LANGUAGES)} (got {lang!r})")
+    return lang
+
+
 def _log(log: Log | None, verbose: bool) -> Log | None:
     if log is not None:
         return log
@@ -251,20 +257,21 @@ def _log(log: Log | None, verbose: bool) -> Log | None:
 
 def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
           stop_after: int | None = None, log: Log | None = None, verbose: bool = False, on_event: Emit | None = None,
-          progress: bool = False, tensorboard: bool = False, threads: int | None = None) -> RunResult | None:
+          progress: bool = False, tensorboard: bool = False, threads: int | None = None,
+          lang: str = "en") -> RunResult | None:
     """Train `config` into a new run directory (`out`, default runs/<recipe>-<dataset>[-N]).
 
     `log` receives the lines the command prints (`verbose=True` prints them); `on_event` receives every
     event (core/events.py); `progress` shows a download's progress bar; `stop_after` ends the run after
     that epoch as if interrupted (it can be resumed); `tensorboard` writes the events for TensorBoard
     too (RUN/tensorboard/); `threads`: torch's CPU threads (default: chosen for the network's step and the
-    machine, base/threads.py). Under torchrun, one network is trained across the processes and only rank 0
-    gets the result (the others get None).
+    machine, base/threads.py); `lang`: the language of the lines `log` gets, en or fr. Under torchrun, one
+    network is trained across the processes and only rank 0 gets the result (the others get None).
     """
     config = config.validated()
     if tensorboard:
         tensorboard_mod.require()
-    events = Events(on_event, _log(log, verbose))
+    events = Events(on_event, _log(log, verbose), lang=_language(lang))
     process = distributed.launched()
     if process is not None:
         return _across_processes(process, events, config=config, out=out, data_dir=data_dir, progress=progress,
@@ -279,7 +286,7 @@ def train(config: Config, *, out: str | os.PathLike | None = None, data_dir: str
 def resume(run_dir: str | os.PathLike, *, epochs: int | None = None, data_dir: str | os.PathLike | None = None,
            any_data: bool = False, stop_after: int | None = None, log: Log | None = None, verbose: bool = False,
            on_event: Emit | None = None, progress: bool = False, tensorboard: bool = False,
-           threads: int | None = None) -> RunResult | None:
+           threads: int | None = None, lang: str = "en") -> RunResult | None:
     """Continue the run in `run_dir` from its last committed epoch (to `epochs` in all, if given).
 
     The data is the run's own: the folder it was trained from unless `data_dir` says otherwise, and files
@@ -288,7 +295,7 @@ def resume(run_dir: str | os.PathLike, *, epochs: int | None = None, data_dir: s
     """
     if tensorboard:
         tensorboard_mod.require()
-    events = Events(on_event, _log(log, verbose))
+    events = Events(on_event, _log(log, verbose), lang=_language(lang))
     process = distributed.launched()
     if process is not None:
         return _across_processes(process, events, resume_dir=run_dir, epochs=epochs, data_dir=data_dir,
@@ -451,7 +458,7 @@ def _started(run: Run, config: Config, splits: Splits, device: torch.device, tra
              events: Events, resumed: bool, process: distributed.Process | None) -> None:
     world = process.world_size if process else 1
     where = describe(device) + (f" on each of {world} processes" if world > 1 else "")
-    events(run, "started", config=config.to_dict(), recipe_line=recipe_line(config), epochs=config.epochs,
+    events(run, "started", config=config.to_dict(), epochs=config.epochs,
            epoch=run.epoch, steps_per_epoch=len(trainee.batches), device=where, dataset=splits.dataset.spec.name,
            data_source=splits.dataset.source, members=config.ensemble, world_size=world, resumed=resumed,
            mnistlab=__version__)

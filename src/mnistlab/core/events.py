@@ -9,7 +9,7 @@ appended as they happen), and another process follows that file live
 Every event has "type", "time" (Unix seconds) and "run" (the run directory).
 The types, and what else each holds:
 
-    started   config, recipe_line, epochs (planned in all), epoch (already committed), steps_per_epoch,
+    started   config, epochs (planned in all), epoch (already committed), steps_per_epoch,
               device, dataset, data_source, members, world_size, resumed, mnistlab (version)
     progress  epoch, step (done in this epoch), steps, loss (running mean of this epoch),
               steps_per_second
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from ..base.config import Config, recipe_line
 from ..base.errors import WriteError
 from ..base.files import json_text
 
@@ -53,13 +54,27 @@ def ignore(event: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 # For people: the line each event stands for
 
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
+# The words of the lines, in the languages the course is taught in (French: the course's, with
+# `inspect --lang fr`'s vocabulary: "exactitude" for accuracy).
+WORDS = {
+    "en": {"epoch": "epoch", "train loss": "train loss", "val acc": "val acc", "test acc": "test acc",
+           "run": "run", "resuming": "resuming after epoch", "processes": "processes", "device": "device",
+           "data": "data"},
+    "fr": {"epoch": "époque", "train loss": "perte d'entraînement", "val acc": "exactitude val",
+           "test acc": "exactitude test", "run": "dossier", "resuming": "reprise après l'époque",
+           "processes": "processus", "device": "appareil", "data": "données"},
+}
+LANGUAGES = tuple(WORDS)
+
+
+def epoch_line(row: dict[str, Any], epochs: int, lang: str = "en") -> str:
     """`epoch 2/5  train loss 0.9025  test acc 84.12%  0.71s`: the number the notebook prints, and more."""
-    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}", f"train loss {row['train_loss']:.4f}"]
+    w = WORDS[lang]
+    parts = [f"{w['epoch']} {row['epoch']:>{len(str(epochs))}}/{epochs}", f"{w['train loss']} {row['train_loss']:.4f}"]
     if row.get("val_accuracy") is not None:
-        parts.append(f"val acc {100 * row['val_accuracy']:.2f}%")
+        parts.append(f"{w['val acc']} {100 * row['val_accuracy']:.2f}%")
     if row.get("test_accuracy") is not None:
-        parts.append(f"test acc {100 * row['test_accuracy']:.2f}%")
+        parts.append(f"{w['test acc']} {100 * row['test_accuracy']:.2f}%")
     parts.append(f"{row['seconds']:.2f}s")
     return "  ".join(parts)
 
@@ -70,21 +85,22 @@ def progress_line(e: dict[str, Any], epochs: int, started: float) -> str:
             f"loss {e['loss']:.4f}  {e['time'] - started:.0f}s")
 
 
-def lines(e: dict[str, Any]) -> list[str]:
-    """What a person reads for event `e` (progress events have none here: commands/progress.py shows them)."""
-    kind = e["type"]
+def lines(e: dict[str, Any], lang: str = "en") -> list[str]:
+    """What a person reads for event `e` (progress events have none here: commands/progress.py shows them).
+    `lang`: en or fr, for the run's own lines (a hint or a note is said in English)."""
+    kind, w = e["type"], WORDS[lang]
     if kind == "started":
-        where = f"run: {e['run']}"
+        where = f"{w['run']}: {e['run']}"
         if e["resumed"]:
-            where += f" (resuming after epoch {e['epoch']}/{e['epochs']})"
+            where += f" ({w['resuming']} {e['epoch']}/{e['epochs']})"
         if e["world_size"] > 1:
-            where += f" ({e['world_size']} processes)"
+            where += f" ({e['world_size']} {w['processes']})"
         out = [where]
-        if not e["resumed"] and e.get("recipe_line"):
-            out.append(e["recipe_line"])
-        return [*out, f"device: {e['device']}", f"data: {e['dataset']} ({e['data_source']})"]
+        if not e["resumed"]:
+            out.append(recipe_line(Config.from_dict(e["config"]), lang))
+        return [*out, f"{w['device']}: {e['device']}", f"{w['data']}: {e['dataset']} ({e['data_source']})"]
     if kind == "epoch":
-        return [epoch_line(e["row"], e["epochs"])]
+        return [epoch_line(e["row"], e["epochs"], lang)]
     if kind in ("hint", "note") or (kind == "ended" and e["message"]):
         return [e["message"]]
     return []

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..base import data as data_mod
-from ..base.config import RECIPES, Config
+from ..base.config import Config
 from ..base.errors import RunError, shown
 from ..base.models import architecture, build_model, loss_function
 from .evaluation import accuracy
@@ -364,11 +364,3 @@ def checkpoint_meta(config: Config, arch: dict[str, Any], splits: Splits,
             "normalization": {"mean": config.mean, "std": config.std}, "config": config.to_dict(),
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
             "data_fingerprint": splits.fingerprint}
-
-
-def recipe_line(config: Config) -> str:
-    """`recipe fast, with lr 0.2, epochs 3`: the recipe and what differs from it."""
-    base = RECIPES.get(config.recipe)
-    changed = config.differences(base) if base else {}
-    shown = ", ".join(f"{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in changed.items())
-    return f"recipe {config.recipe}" + (f", with {shown}" if shown else "")
