@@ -285,6 +285,9 @@ def test_a_jobs_command_line_makes_the_config_asked_for():
     argv = command([config], "default-mnist", Path("/data"))
     assert argv[:4] == ["train", "--out", "default-mnist", "--no-plots"]
     assert config_from_args(build_parser().parse_args(argv)) == config
+    assert not build_parser().parse_args(argv).tensorboard
+    # `serve --tensorboard`: the page's runs write for TensorBoard, as `train --tensorboard` does
+    assert build_parser().parse_args(command([config], "default-mnist", None, tensorboard=True)).tensorboard
 
 
 def test_a_comparisons_members_are_exactly_the_single_runs_of_their_rates():

@@ -42,6 +42,7 @@ from .commands.prediction import (expand, figure_path, predict_many, predict_tes
                                   write_table)
 from .commands.progress import Count, Printer
 from .commands.sweep import collect, format_table, make_plan, parse_list, read_toml, run_sweep
+from .core import tensorboard
 from .core.checkpoint import load_checkpoint
 from .core.engine import resume, train
 from .core.evaluation import evaluate
@@ -862,6 +863,8 @@ def add_serve(sub) -> None:
                        help="epochs per run at most (default: 20)")
     group.add_argument("--max-train-size", type=_count("max-train-size"), default=0, metavar="N",
                        help="training images per run at most (default: 0, no cap)")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="the page's runs also write for TensorBoard, into RUN/tensorboard/ (needs mnistlab[tensorboard])")
     p.set_defaults(func=cmd_serve)
 
 
@@ -896,10 +899,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if e.name not in ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart", "anyio"):
             raise
         raise UsageError(f"mnistlab serve needs {e.name}: pip install 'mnistlab[serve]'") from None
+    if args.tensorboard:
+        tensorboard.require()  # before the server starts: the page's runs would each fail on it
     try:
         bounds = Bounds(jobs=default_workers() if args.train_jobs is None else args.train_jobs,
                         queue=args.train_queue, per_client=args.train_per_client, max_epochs=args.max_epochs,
-                        max_train_size=args.max_train_size)
+                        max_train_size=args.max_train_size, tensorboard=args.tensorboard)
         serve(args.models, host=args.host, port=args.port, max_upload=args.max_upload, processes=args.processes,
               token=args.token, allow_hosts=args.allow_host, bounds=bounds, data_dir=args.data_dir, log=print_flush)
     except KeyboardInterrupt:  # Ctrl-C while the models load; once serving, serve() returns

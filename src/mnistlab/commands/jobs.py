@@ -90,6 +90,7 @@ class Bounds:
     per_client: int = 2  # jobs running or waiting per client address
     max_epochs: int = 20  # epochs per run
     max_train_size: int = 0  # training images per run (0: no cap)
+    tensorboard: bool = False  # the page's runs write for TensorBoard too (serve --tensorboard)
 
 
 # ---------------------------------------------------------------------------
@@ -173,6 +174,7 @@ class Limits(BaseModel):
     max_epochs: int
     max_train_size: int = Field(description="training images per run at most (0: no cap)")
     max_lrs: int = Field(description="learning rates compared at once at most")
+    tensorboard: bool = Field(False, description="whether the runs also write for TensorBoard (RUN/tensorboard/)")
 
 
 class RecipeOut(BaseModel):
@@ -338,11 +340,12 @@ def _flags(config: Config, recipe: Config, sweep: bool) -> list[str]:
     return out
 
 
-def command(configs: list[Config], out: str, data_dir: Path | None) -> list[str]:
+def command(configs: list[Config], out: str, data_dir: Path | None, tensorboard: bool = False) -> list[str]:
     """The arguments after `python -m mnistlab` that train `configs` into `out`, with one torch thread (one
     training process per core is then what the machine holds)."""
     recipe = RECIPES[configs[0].recipe]
-    where = ["--threads", "1"] + (["--data-dir", str(data_dir)] if data_dir is not None else [])
+    where = (["--threads", "1"] + (["--data-dir", str(data_dir)] if data_dir is not None else [])
+             + (["--tensorboard"] if tensorboard else []))
     if len(configs) == 1:
         return ["train", "--out", out, "--no-plots", "--recipe", recipe.recipe, *where,
                 *_flags(configs[0], recipe, sweep=False)]
@@ -504,7 +507,8 @@ class Jobs:
             members = {f"{out}/{RUNS}/{member_name(c)}": c for c in configs}
         return Job(id=f"{time.time_ns():x}-{secrets.token_hex(3)}", kind="train" if len(configs) == 1 else "sweep",
                    out=out, runs=list(members), configs={n: c.to_dict() for n, c in members.items()},
-                   argv=command(configs, out, self.data_dir), client=client, created=time.time())
+                   argv=command(configs, out, self.data_dir, self.bounds.tensorboard), client=client,
+                   created=time.time())
 
     def _reserve(self, base: str) -> str:
         """A new folder for a job's runs, `base`, `base-2`, ...: made here, so no other job takes its name."""
