@@ -216,7 +216,8 @@ def test_the_operators_caps_on_epochs_and_training_images_are_one_line_each(fold
         assert "--max-train-size" in line
         assert "train_size 501" in error_of(c.post("/api/runs", json={"epochs": 2, "train_size": 501}), 422)
         limits = c.get("/api/training").json()["limits"]
-        assert limits == {"jobs": 1, "queue": 8, "per_client": 2, "max_epochs": 3, "max_train_size": 500, "max_lrs": 8}
+        assert limits == {"jobs": 1, "queue": 8, "per_client": 2, "max_epochs": 3, "max_train_size": 500, "max_lrs": 8,
+                          "tensorboard": False}
 
 
 def test_a_body_that_is_not_json_settings_is_refused_in_one_line(client):
