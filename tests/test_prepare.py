@@ -114,7 +114,8 @@ def test_median_is_numpys_median_for_any_mix_of_values(n):
     spread = rng.normal(0, 5, n).astype(np.float32)
     mostly_paper = np.where(rng.random(n) < 0.9, 0, rng.uniform(50, 255, n)).astype(np.float32)
     half_paper = np.concatenate([np.zeros(n // 2), rng.uniform(1, 2, n - n // 2)]).astype(np.float32)
-    for x in (spread, mostly_paper, half_paper, np.full(n, 3.5, np.float32), spread.reshape(1, -1)):
+    white_paper = 255 - mostly_paper  # a canvas before its ink is made bright: most values the highest
+    for x in (spread, mostly_paper, half_paper, white_paper, np.full(n, 3.5, np.float32), spread.reshape(1, -1)):
         assert prepare._median(x) == pytest.approx(float(np.median(x)), abs=1e-6)
 
 

@@ -202,10 +202,11 @@ def _flatten_transparency(rgba: Image.Image) -> np.ndarray:
     alpha = np.asarray(rgba.getchannel("A"))  # 0 transparent .. 255 opaque
     grey = np.asarray(rgba.convert("L"), dtype=np.float32)  # ITU-R 601-2 luma of the colour, alpha ignored
     opaque = alpha > 127
-    if not opaque.any():
+    count = np.count_nonzero(opaque)
+    if not count:
         raise PredictionError("no ink found (the image is fully transparent)")
-    typical = _median(grey[opaque])
-    if opaque.mean() < 0.5:
+    typical = _median(grey if count == grey.size else grey[opaque])  # a browser's canvas export: all opaque
+    if 2 * count < grey.size:
         paper = 255.0 if typical < 128 else 0.0
     else:
         paper = typical
@@ -224,13 +225,14 @@ def _median(x: np.ndarray) -> float:
     selects two middle ranks and the last one (looking for NaN) in one call, which
     numpy does many times slower than a single selection. numpy's selection is slow
     too when most values are equal, so the common case of more than half the values
-    at the lowest level (a canvas's flat paper) is answered by counting.
+    at one end (a canvas's flat paper: black once the ink is bright, white in a
+    browser's canvas export before) is answered by counting.
     """
     flat = x.ravel()
     middle = flat.size // 2
-    lowest = flat.min()
-    if np.count_nonzero(flat == lowest) > middle:  # both middle ranks are at the lowest level
-        return float(lowest)
+    for end in (flat.min(), flat.max()):
+        if np.count_nonzero(flat == end) > middle:  # both middle ranks are at this level
+            return float(end)
     part = np.partition(flat, middle)
     if flat.size % 2:
         return float(part[middle])
