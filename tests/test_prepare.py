@@ -104,6 +104,40 @@ def test_flat_paper_is_its_own_level_everywhere():
     np.testing.assert_array_equal(paper_level(grey), 0)
 
 
+def zero_paper_pictures(count: int, seed: int = 0):
+    """Pictures on paper at exactly 0 (a canvas once its ink is bright), any size up to WORK_SIZE,
+    with bars of ink as thin as a pen or wider than the paper's window."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        h, w = rng.integers(1, prepare.WORK_SIZE + 1, 2)
+        grey = np.zeros((h, w), np.float32)
+        for _ in range(rng.integers(0, 5)):
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            grey[y:y + rng.integers(1, h // 2 + 2), x:x + rng.integers(1, w // 2 + 2)] = rng.uniform(1, 255)
+        yield grey
+
+
+def test_flat_paper_found_at_once_has_exactly_the_level_of_the_full_opening(monkeypatch):
+    pictures = list(zero_paper_pictures(300))
+    pictures.append(np.pad(np.full((40, 40), 1e-40, np.float32), 20))  # tiny levels: no shortcut
+    fast = [paper_level(grey) for grey in pictures]
+    monkeypatch.setattr(prepare, "_paper_at_zero_everywhere", lambda grey, size: False)
+    slow = [paper_level(grey) for grey in pictures]
+    assert any(level.any() for level in slow) and any(not level.any() for level in slow)  # both kinds
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_which_shrunk_pixels_hold_any_ink_is_exactly_what_shrinking_says():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        h, w = rng.integers(1, prepare.WORK_SIZE + 1, 2)
+        mask = rng.random((h, w)) < rng.random() ** 4  # from a few pixels to nearly all
+        expected = prepare._shrink(mask.astype(np.float32), prepare.BLOB_SIZE) > 0
+        got = prepare._shrunk_any(mask, prepare.BLOB_SIZE)
+        assert got.shape == expected.shape and np.array_equal(got, expected)
+
+
 # ---------------------------------------------------------------------------
 # The median used for the paper's level and grain
 

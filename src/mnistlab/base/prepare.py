@@ -17,6 +17,7 @@ numpy, Pillow and scipy.ndimage only: no torch, no checkpoints, no figures.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -239,14 +240,52 @@ def _median(x: np.ndarray) -> float:
     return (float(part[:middle].max()) + float(part[middle])) / 2
 
 
-def _shrink(grey: np.ndarray, longer_side: int = WORK_SIZE) -> np.ndarray:
-    """Shrink by area averaging so that the longer side is at most `longer_side`."""
-    h, w = grey.shape
+def _shrunk_size(h: int, w: int, longer_side: int) -> tuple[int, int] | None:
+    """(width, height) of a (h, w) picture shrunk so that its longer side is at most `longer_side`;
+    None when it is that small already."""
     scale = longer_side / max(h, w)
     if scale >= 1:
+        return None
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _shrink(grey: np.ndarray, longer_side: int = WORK_SIZE) -> np.ndarray:
+    """Shrink by area averaging so that the longer side is at most `longer_side`."""
+    size = _shrunk_size(*grey.shape, longer_side)
+    if size is None:
         return grey
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(np.asarray(grey, dtype=np.float32)).resize(size, Image.Resampling.BOX))
+
+
+def _shrunk_any(mask: np.ndarray, longer_side: int) -> np.ndarray:
+    """`_shrink(mask, longer_side) > 0` for a boolean mask, exactly, in a third of its time: a pixel of
+    the shrunk copy is above 0 when any pixel of its box (those Pillow gives a weight) is set."""
+    size = _shrunk_size(*mask.shape, longer_side)
+    if size is None:
+        return mask
+    (w, h), (new_w, new_h) = mask.shape[::-1], size
+    out = _any_in_boxes(mask, *_box_bounds(h, new_h))
+    return _any_in_boxes(np.ascontiguousarray(out.T), *_box_bounds(w, new_w)).T  # columns: rows of the transpose
+
+
+def _any_in_boxes(mask: np.ndarray, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """For each box of rows [first[i], end[i]), whether any of its rows is set (whole rows copied at once)."""
+    out = mask[first]
+    for k in range(1, int((end - first).max())):
+        out |= mask[np.minimum(first + k, end - 1)]  # a box shorter than k: its last row again
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _box_bounds(size: int, new_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and one past the last of the `size` pixels that Pillow's BOX resampling to `new_size`
+    weighs into each new pixel: read from Pillow itself (an identity matrix resampled along one axis),
+    so that they are its own to the last rounding."""
+    weights = np.asarray(Image.fromarray(np.eye(size, dtype=np.float32)).resize((new_size, size),
+                                                                                 Image.Resampling.BOX)) > 0
+    first = weights.argmax(axis=0)
+    end = size - weights[::-1].argmax(axis=0)
+    return first, end
 
 
 # ---------------------------------------------------------------------------
@@ -274,8 +313,11 @@ def paper_level(grey: np.ndarray) -> np.ndarray:
     for speed.
     """
     h, w = grey.shape
+    small_w, small_h = _shrunk_size(h, w, OPENING_SIZE) or (w, h)
+    size = max(3, 2 * round(PAPER_WINDOW * max(small_w, small_h) / 2) + 1)  # pixels, odd: centred windows
+    if _paper_at_zero_everywhere(grey, size):  # a canvas export (the same answer as below, sooner)
+        return np.zeros(grey.shape, dtype=np.float32)
     small = _shrink(grey, OPENING_SIZE)
-    size = max(3, 2 * round(PAPER_WINDOW * max(small.shape) / 2) + 1)  # pixels, odd: centred windows
     # Beyond the picture's edge the edge pixels repeat ("nearest"), so the paper at
     # the border is judged from the paper nearby, not from an invented level.
     eroded = ndimage.minimum_filter(small, size=size, mode="nearest")  # the ink erased
@@ -286,6 +328,37 @@ def paper_level(grey: np.ndarray) -> np.ndarray:
     if opened.shape == grey.shape:
         return opened
     return np.asarray(Image.fromarray(opened.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _paper_at_zero_everywhere(grey: np.ndarray, size: int) -> bool:
+    """Whether `paper_level` is 0 everywhere: grey levels >= 0, and every size x size window of the
+    shrunk copy (edges repeated) holds a pixel at 0, i.e. a pixel whose whole box is 0 in `grey`.
+
+    The erosion is done on the boolean "inked" mask of the shrunk copy, found without shrinking the
+    grey levels (`_shrunk_any`): a canvas's paper is exactly 0 once its ink is bright. (Levels below
+    float32's smallest normal number could round to 0 when shrunk: those go the long way.)"""
+    if grey.min() != 0:
+        return False
+    inked = grey >= np.finfo(np.float32).tiny
+    if np.count_nonzero(inked) + np.count_nonzero(grey == 0) != grey.size:  # some tiny levels
+        return False
+    inked = _shrunk_any(inked, OPENING_SIZE)
+    # Is a window wholly inked? The mask eroded by size x size, separably, along each axis within
+    # the inked rows or columns (a window reaching beyond them holds paper), with windows doubled in
+    # length at each step, on a copy whose edges repeat as far as a window reaches.
+    half = size // 2
+    for axis in (0, 1):
+        lines = np.flatnonzero(inked.any(axis=1 - axis))
+        if not lines.size:
+            return True
+        reach = np.clip(np.arange(lines[0] - half, lines[-1] + 1 + half), 0, inked.shape[axis] - 1)
+        inked = inked.take(reach, axis=axis)
+        length = 1
+        while length < size:
+            step = min(length, size - length)
+            inked = inked[step:] & inked[:-step] if axis == 0 else inked[:, step:] & inked[:, :-step]
+            length += step
+    return not inked.any()
 
 
 def remove_background(grey: np.ndarray) -> np.ndarray:
@@ -319,7 +392,7 @@ def writing(ink: np.ndarray) -> np.ndarray:
 
     Blobs are found on a copy at most BLOB_SIZE pixels a side, for speed.
     """
-    coarse = _shrink((ink >= 127.5).astype(np.float32), BLOB_SIZE) > 0  # any half-inked pixel below
+    coarse = _shrunk_any(ink >= 127.5, BLOB_SIZE)  # any half-inked pixel below
     labels, count = ndimage.label(coarse, structure=EIGHT_CONNECTED)  # blob i is label i, 0 is paper
     mass = np.bincount(labels.ravel(), minlength=count + 1)  # pixels per blob
     mass[0] = 0
