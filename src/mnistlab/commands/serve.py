@@ -61,8 +61,8 @@ from ..core.activations import ActivationTap
 from ..core.checkpoint import Checkpoint, load_checkpoint
 from ..base.errors import CheckpointError, DataError, PredictionError, UsageError
 from .lab import (MAX_EXAMPLES, AnswerCache, Answered, Confusion, Examples, Extras, FirstLayerOut,
-                  PreparationStep, SaliencyOut, confusion_out, examples_out, first_layer_out, preparation_out,
-                  saliency_out)
+                  PreparationStep, SaliencyOut, _rounded, confusion_out, examples_out, first_layer_out,
+                  preparation_out, saliency_out)
 from .prediction import predict_array, result
 from .server import AllowedHosts, Limits, StopSignals, reachable_address, run
 from ..base.prepare import MIN_CONTRAST, SIZE, Preparation, TooManyPixels, load_image, prepare_steps
@@ -348,7 +348,7 @@ def classify(served: ServedModel, source: Picture | Array, activations: bool,
         probabilities=answer["probabilities"], prepared=image.tolist(),
         activations=None if layers is None else [
             LayerActivation(name=layer.name, description=layer.description, shape=list(layer.values.shape),
-                            values=np.round(layer.values.ravel(), 4).tolist())
+                            values=_rounded(layer.values.ravel(), 4))
             for layer in layers],
         preparation=preparation_out(steps) if extras.preparation and steps is not None else None,
         saliency=saliency_out(checkpoint, image, target) if extras.saliency else None,
