@@ -397,7 +397,7 @@ def test_a_bug_while_classifying_is_a_500_with_one_line_and_the_next_request_is_
             raise RuntimeError("a bug")
 
         with monkeypatch.context() as m:
-            m.setattr(serve, "predict_array", broken)
+            m.setattr(serve, "predict_array_layers", broken)
             r = post(c, png(canvas_seven()))
         assert r.status_code == 500
         assert r.json() == {"error": "internal error (RuntimeError); the server goes on"}

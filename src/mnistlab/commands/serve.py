@@ -63,7 +63,7 @@ from ..base.errors import CheckpointError, DataError, PredictionError, UsageErro
 from .lab import (MAX_EXAMPLES, AnswerCache, Answered, Confusion, Examples, Extras, FirstLayerOut,
                   PreparationStep, SaliencyOut, _rounded, confusion_out, examples_out, first_layer_out,
                   preparation_out, saliency_out)
-from .prediction import predict_array, result
+from .prediction import predict_array_layers, result
 from .server import AllowedHosts, Limits, StopSignals, reachable_address, run
 from ..base.prepare import MIN_CONTRAST, SIZE, Preparation, TooManyPixels, load_image, prepare_steps
 
@@ -335,10 +335,8 @@ def classify(served: ServedModel, source: Picture | Array, activations: bool,
                            "0..255")
     checkpoint = served.checkpoint
     try:
-        if activations:
-            probs, layers = served.tap.run(lambda: predict_array(checkpoint, image))
-        else:
-            probs, layers = predict_array(checkpoint, image), None
+        probs, kept = predict_array_layers(checkpoint, image, served.tap.indices if activations else ())
+        layers = served.tap.outputs(kept) if activations else None
     except PredictionError as e:
         raise ApiError(422, e.reason) from None
     answer = result(served.name, probs, checkpoint.classes)  # predict's own choice of the best class
