@@ -153,6 +153,16 @@ def test_median_is_numpys_median_for_any_mix_of_values(n):
         assert prepare._median(x) == pytest.approx(float(np.median(x)), abs=1e-6)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 11, 999, 1000, 4097])
+def test_the_ink_level_percentile_is_numpys_bit_for_bit(n):
+    rng = np.random.default_rng(n)
+    for x in (rng.uniform(0, 300, n), rng.normal(100, 30, n), rng.integers(0, 4, n), rng.exponential(50, n),
+              np.full(n, 127.5)):
+        x = x.astype(np.float32)
+        for q in (90, 50, 10):
+            assert prepare._percentile(x.copy(), q) == float(np.percentile(x, q))
+
+
 # ---------------------------------------------------------------------------
 # Reading: big JPEG photos are decoded small
 

@@ -18,6 +18,7 @@ numpy, Pillow and scipy.ndimage only: no torch, no checkpoints, no figures.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -240,6 +241,22 @@ def _median(x: np.ndarray) -> float:
     return (float(part[:middle].max()) + float(part[middle])) / 2
 
 
+def _percentile(x: np.ndarray, q: int) -> float:
+    """np.percentile(x, q) of a float32 array, bit for bit ("linear": the two order statistics around
+    rank (n - 1) q / 100, interpolated in float32 as numpy does for a Python q), found by one selection
+    in `x` itself (its order changes) in a fraction of np.percentile's time, most of which is its
+    generality."""
+    rank = (x.size - 1) * (q / 100)
+    if rank >= x.size - 1:
+        return float(x.max())
+    below = math.floor(rank)
+    x.partition([below, below + 1])
+    low, high = x[below], x[below + 1]
+    weight = rank - below
+    step = high - low
+    return float(high - step * np.float32(1 - weight) if weight >= 0.5 else low + step * np.float32(weight))
+
+
 def _shrunk_size(h: int, w: int, longer_side: int) -> tuple[int, int] | None:
     """(width, height) of a (h, w) picture shrunk so that its longer side is at most `longer_side`;
     None when it is that small already."""
@@ -375,7 +392,7 @@ def remove_background(grey: np.ndarray) -> np.ndarray:
     # The ink level: a high percentile of the clearly inked pixels (MNIST's stroke
     # cores are saturated, so they are mapped to 255 here too).
     strong = ink[ink > 0.5 * ink.max()]
-    level = float(np.percentile(strong, 90)) if strong.size else 0.0
+    level = _percentile(strong, 90) if strong.size else 0.0
     if level < max(MIN_CONTRAST, NOISE_SIGMAS * grain):
         raise PredictionError(f"no ink found (nothing stands out from the paper: contrast {level:.0f} "
                               f"grey levels of 255, paper grain {grain:.1f})")
@@ -418,15 +435,16 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 def ink_box(ink: np.ndarray) -> tuple[slice, slice]:
     """Rows and columns holding the at-least-half-inked pixels."""
-    rows, cols = np.flatnonzero((ink >= 127.5).any(axis=1)), np.flatnonzero((ink >= 127.5).any(axis=0))
+    inked = ink >= 127.5
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def stroke_width(ink: np.ndarray) -> float:
     """Mean stroke width in pixels: twice the inked area over its outline's length (at half ink)."""
     inked = np.pad(ink > 127.5, 1)  # ink touching the edge still has an outline there
-    outline = (inked[1:] != inked[:-1]).sum() + (inked[:, 1:] != inked[:, :-1]).sum()
-    return 2 * float(inked.sum()) / max(int(outline), 1)
+    outline = np.count_nonzero(inked[1:] != inked[:-1]) + np.count_nonzero(inked[:, 1:] != inked[:, :-1])
+    return 2 * float(np.count_nonzero(inked)) / max(outline, 1)
 
 
 def fit_box(ink: np.ndarray) -> np.ndarray:
