@@ -138,6 +138,16 @@ def test_which_shrunk_pixels_hold_any_ink_is_exactly_what_shrinking_says():
         assert got.shape == expected.shape and np.array_equal(got, expected)
 
 
+def test_the_kept_blobs_grow_back_to_full_size_exactly_as_pillow_resamples_them():
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        (h, w), (new_h, new_w) = rng.integers(1, prepare.BLOB_SIZE + 1, 2), rng.integers(1, prepare.WORK_SIZE + 1, 2)
+        mask = rng.random((h, w)) < 0.5
+        expected = Image.fromarray(mask.astype(np.uint8)).resize((new_w, new_h), Image.Resampling.NEAREST)
+        got = mask[prepare._nearest(h, new_h, 0)][:, prepare._nearest(w, new_w, 1)]
+        assert np.array_equal(got, np.asarray(expected).astype(bool))
+
+
 # ---------------------------------------------------------------------------
 # The median used for the paper's level and grain
 

@@ -410,7 +410,8 @@ def writing(ink: np.ndarray) -> np.ndarray:
     Blobs are found on a copy at most BLOB_SIZE pixels a side, for speed.
     """
     coarse = _shrunk_any(ink >= 127.5, BLOB_SIZE)  # any half-inked pixel below
-    labels, count = ndimage.label(coarse, structure=EIGHT_CONNECTED)  # blob i is label i, 0 is paper
+    # blob i is label i, 0 is paper; numbered in numpy's index type, as bincount and indexing want them
+    labels, count = ndimage.label(coarse, structure=EIGHT_CONNECTED, output=np.intp)
     mass = np.bincount(labels.ravel(), minlength=count + 1)  # pixels per blob
     mass[0] = 0
     edge = np.zeros(count + 1, dtype=bool)
@@ -421,8 +422,18 @@ def writing(ink: np.ndarray) -> np.ndarray:
     kept = mass >= SPECK * mass.max()
     kept[0] = False
     keep = _dilate(kept[labels])  # a margin of one pixel for the strokes' soft edges
-    keep = Image.fromarray(keep.astype(np.uint8)).resize(ink.shape[::-1], Image.Resampling.NEAREST)
-    return ink * np.asarray(keep)
+    if keep.shape != ink.shape:  # back to full size as Pillow's NEAREST resampling would
+        keep = keep[_nearest(keep.shape[0], ink.shape[0], 0)][:, _nearest(keep.shape[1], ink.shape[1], 1)]
+    return ink * keep
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest(size: int, new_size: int, axis: int) -> np.ndarray:
+    """Which of `size` rows (axis 0) or columns (1) Pillow's NEAREST resampling to `new_size` copies
+    into each: read from Pillow itself, resampling the numbers of the lines."""
+    lines = np.arange(size, dtype=np.int32).reshape((size, 1) if axis == 0 else (1, size))
+    new = (1, new_size) if axis == 0 else (new_size, 1)  # (width, height)
+    return np.asarray(Image.fromarray(lines).resize(new, Image.Resampling.NEAREST)).ravel().astype(np.intp)
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
