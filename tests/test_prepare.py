@@ -148,6 +148,31 @@ def test_the_kept_blobs_grow_back_to_full_size_exactly_as_pillow_resamples_them(
         assert np.array_equal(got, np.asarray(expected).astype(bool))
 
 
+def test_centring_by_mass_uses_exactly_scipys_centre_of_mass():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        h, w = rng.integers(1, prepare.BOX + 1, 2)
+        box = (rng.random((h, w)) * 255 * (rng.random((h, w)) < 0.4)).astype(np.float32)
+        box[rng.integers(0, h), rng.integers(0, w)] = 200  # some ink
+        cy, cx = ndimage.center_of_mass(box)
+        top = int(np.clip(round(prepare.CENTRE - cy), 0, prepare.SIZE - h))
+        left = int(np.clip(round(prepare.CENTRE - cx), 0, prepare.SIZE - w))
+        expected = np.zeros((prepare.SIZE, prepare.SIZE), np.float32)
+        expected[top:top + h, left:left + w] = box
+        assert np.array_equal(prepare.centre_by_mass(box), expected)
+
+
+def test_stroke_width_counts_the_outline_at_the_picture_edge_too():
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        ink = (rng.random(tuple(rng.integers(1, 60, 2))) < rng.random()) * np.float32(255)
+        inked = np.pad(ink > 127.5, 1)  # the definition: an outline all round, the edge included
+        outline = (inked[1:] != inked[:-1]).sum() + (inked[:, 1:] != inked[:, :-1]).sum()
+        assert prepare.stroke_width(ink) == 2 * float(inked.sum()) / max(int(outline), 1)
+
+
 # ---------------------------------------------------------------------------
 # The median used for the paper's level and grain
 

@@ -453,8 +453,9 @@ def ink_box(ink: np.ndarray) -> tuple[slice, slice]:
 
 def stroke_width(ink: np.ndarray) -> float:
     """Mean stroke width in pixels: twice the inked area over its outline's length (at half ink)."""
-    inked = np.pad(ink > 127.5, 1)  # ink touching the edge still has an outline there
-    outline = np.count_nonzero(inked[1:] != inked[:-1]) + np.count_nonzero(inked[:, 1:] != inked[:, :-1])
+    inked = ink > 127.5
+    outline = (np.count_nonzero(inked[1:] != inked[:-1]) + np.count_nonzero(inked[:, 1:] != inked[:, :-1])
+               + np.count_nonzero(inked[[0, -1]]) + np.count_nonzero(inked[:, [0, -1]]))  # ink at the edge too
     return 2 * float(np.count_nonzero(inked)) / max(outline, 1)
 
 
@@ -484,11 +485,14 @@ def centre_by_mass(box: np.ndarray) -> np.ndarray:
     test set). The shift is rounded to whole pixels, and limited so no ink is cut.
     """
     h, w = box.shape
-    if not box.sum() > 0:
+    mass = box.sum()
+    if not mass > 0:
         raise PredictionError("no ink found (the ink vanished when fitted into 20x20)")
-    cy, cx = ndimage.center_of_mass(box)  # in pixel indices of `box`
-    top = int(np.clip(round(CENTRE - cy), 0, SIZE - h))
-    left = int(np.clip(round(CENTRE - cx), 0, SIZE - w))
+    # In pixel indices of `box`: ndimage.center_of_mass's own sums, without its generality.
+    cy = (box * np.arange(h, dtype=np.float64)[:, None]).sum() / mass
+    cx = (box * np.arange(w, dtype=np.float64)[None, :]).sum() / mass
+    top = min(max(round(CENTRE - cy), 0), SIZE - h)
+    left = min(max(round(CENTRE - cx), 0), SIZE - w)
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
     canvas[top:top + h, left:left + w] = box
     return canvas
