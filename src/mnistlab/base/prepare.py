@@ -173,7 +173,7 @@ def _grey(image: Any) -> np.ndarray:
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
             return _levels(np.asarray(image))  # keep the full depth; _levels rescales it
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-            return _flatten_transparency(image.convert("RGBA"))
+            return _flatten_transparency(image if image.mode == "RGBA" else image.convert("RGBA"))
         return np.asarray(image.convert("L"), dtype=np.float32)
     except (ValueError, OSError, SyntaxError, KeyError, TypeError) as e:  # odd modes, broken metadata
         raise PredictionError(f"cannot convert the {image.mode} image to grey ({e})") from None
