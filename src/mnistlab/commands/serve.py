@@ -14,6 +14,8 @@ OpenAPI document (`/openapi.json`).
 Classification goes through the very functions `predict` uses
 (`prepare.load_image`, `prepare.prepare_image`, `prediction.predict_array`), so
 page, API and CLI agree. Bad input of any kind is a 4xx with `{"error": "..."}`.
+`POST /api/predict`, called at every stroke, is a `DirectRoute`: no FastAPI
+dependency system, no Starlette router (see docs/serve.md for what each costs).
 
 `serve()` runs the app in several processes, one per core (`server.py`: idle,
 slow and oversized clients are cut off there), each classifying on its event
@@ -93,7 +95,8 @@ class LayerActivation(BaseModel):
     name: str = Field(description="e.g. 'hidden 1'")
     description: str = Field(description="the layer and its activation, e.g. 'Linear(784, 128) + ReLU'")
     shape: list[int] = Field(description="[units] for an MLP layer, [channels, height, width] for feature maps")
-    values: list[float] = Field(description="the outputs for this image, flattened in row-major order")
+    values: list[float] = Field(description="the outputs for this image, flattened in row-major order, "
+                                "rounded to 4 decimals")
 
 
 class PredictionOut(BaseModel):
