@@ -50,8 +50,8 @@ import torch
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
@@ -63,8 +63,9 @@ from ..core.activations import ActivationTap
 from ..core.checkpoint import Checkpoint, load_checkpoint
 from ..base.errors import CheckpointError, DataError, PredictionError, UsageError
 from .lab import (MAX_EXAMPLES, AnswerCache, Answered, Confusion, Examples, Extras, FirstLayerOut,
-                  PreparationStep, SaliencyOut, _rounded, confusion_out, examples_out, first_layer_out,
-                  preparation_out, saliency_out)
+                  PreparationStep, SaliencyOut, confusion_out, examples_out, first_layer_out, preparation_out,
+                  saliency_out)
+from .lab import _rounded
 from .prediction import predict_array_layers, result
 from .server import AllowedHosts, Limits, StopSignals, reachable_address, run
 from ..base.prepare import MIN_CONTRAST, SIZE, Preparation, TooManyPixels, load_image, prepare_steps
@@ -517,74 +518,10 @@ async def get_state(request: Request) -> ServerState:
 async def get_model(state: Annotated[ServerState, Depends(get_state)],
               model: Annotated[str | None, Query(description="a name from /api/models "
                                                  "(default: the first model)")] = None) -> ServedModel:
-    return _model_named(state, model)
-
-
-def _model_named(state: ServerState, name: str | None) -> ServedModel:
-    """The model called `name` (None: the default one); a 404 naming the models there are."""
-    name = state.default if name is None else name
+    name = state.default if model is None else model
     if name not in state.models:
         raise ApiError(404, f"no model named {name!r}; the models are: {', '.join(state.models)}")
     return state.models[name]
-
-
-class DirectRoute(APIRoute):
-    """A route for an endpoint `endpoint(request, query)` whose query parameters are one pydantic model,
-    validated in one call: FastAPI's dependency system is not involved, and with `DirectRoutes` in the
-    app's middleware neither are Starlette's routing and exception middleware. For /api/predict, which
-    the page calls at every stroke, these cost about 130 us of a 28x28 array's 0.5 ms. The OpenAPI
-    document describes the route as FastAPI describes any other (FastAPI's query parameter models);
-    invalid parameters are FastAPI's 422, the same line."""
-
-    def get_route_handler(self) -> Callable[[Request], Any]:
-        endpoint = self.endpoint
-        query_type = typing.get_args(typing.get_type_hints(endpoint, include_extras=True)["query"])[0]
-
-        async def handler(request: Request) -> Response:
-            try:
-                query = query_type.model_validate(dict(request.query_params))
-            except ValidationError as e:
-                raise RequestValidationError(e.errors()) from None
-            return await endpoint(request, query)
-
-        self.handler = handler
-        return handler
-
-
-class DirectRoutes:
-    """ASGI middleware that hands each request for a `DirectRoute` (its exact path and method) to the
-    route's handler itself, ahead of Starlette's router, and answers its errors with the app's own
-    exception handlers (`_add_error_handlers`). Anything else goes on to the app."""
-
-    def __init__(self, app):
-        self.app = app
-        self.routes: dict[tuple[str, str], DirectRoute] | None = None  # found at the first request
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            if self.routes is None:
-                self.routes = {(method, route.path): route for route in scope["app"].routes
-                               if isinstance(route, DirectRoute) for method in route.methods}
-            route = self.routes.get((scope["method"], scope["path"]))
-            if route is not None:
-                return await self._handle(route, scope, receive, send)
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    async def _handle(route: DirectRoute, scope, receive, send) -> None:
-        request = Request(scope, receive, send)
-        try:
-            response = await route.handler(request)
-        except Exception as e:  # noqa: BLE001 - to the handler registered for it, as Starlette would
-            handlers = scope["app"].exception_handlers
-            kind = next((k for k in type(e).__mro__ if k in handlers), None)
-            if kind is None:
-                raise
-            response = await handlers[kind](request, e)
-            if kind is Exception:  # a bug: answered, then raised for the server to log
-                await response(scope, receive, send)
-                raise
-        await response(scope, receive, send)
 
 
 State = Annotated[ServerState, Depends(get_state)]
@@ -629,11 +566,11 @@ def create_app(models: Sequence[ServedModel], max_upload: int = MAX_UPLOAD, work
         workers=Workers(default_workers() if workers is None else workers, queue), max_upload=max_upload,
         body_timeout=body_timeout)
     _add_error_handlers(app)
-    app.add_middleware(DirectRoutes)
-    app.add_middleware(Gate, hosts=hosts, token=token)  # added last: Gate comes first
+    app.add_middleware(DirectRoutes)  # inside Gate, which is added after it: the last added comes first
+    app.add_middleware(Gate, hosts=hosts, token=token)
     async def predict(request: Request, query: Annotated[PredictQuery, Query()]) -> Response:
         state: ServerState = request.app.state.mnistlab
-        served = _model_named(state, query.model)
+        served = await get_model(state, query.model)
         extras = Extras(query.preparation, query.saliency, _class_of(served, "saliency_class", query.saliency_class),
                         query.first_layer)
         body = await read_body(request, state.max_upload, state.body_timeout)
@@ -785,6 +722,65 @@ async def _redirect_with_cookie(send, name: bytes, token: bytes) -> None:
         (b"set-cookie", name + b"=" + token + b"; Path=/; Max-Age=43200; HttpOnly; SameSite=Strict"),
         *SECURITY_HEADERS]})
     await send({"type": "http.response.body", "body": b""})
+
+
+class DirectRoute(APIRoute):
+    """A route for an endpoint `endpoint(request, query)` whose query parameters are one pydantic model,
+    validated in one call: FastAPI's dependency system is not involved, and with `DirectRoutes` in the
+    app's middleware neither are Starlette's routing and exception middleware. For /api/predict, which
+    the page calls at every stroke, these cost about 130 us of a 28x28 array's 0.5 ms. The OpenAPI
+    document describes the route as FastAPI describes any other (FastAPI's query parameter models);
+    invalid parameters are FastAPI's 422, the same line."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        endpoint = self.endpoint
+        query_type = typing.get_args(typing.get_type_hints(endpoint, include_extras=True)["query"])[0]
+
+        async def handler(request: Request) -> Response:
+            try:
+                query = query_type.model_validate(dict(request.query_params))
+            except ValidationError as e:
+                raise RequestValidationError(e.errors()) from None
+            return await endpoint(request, query)
+
+        self.handler = handler
+        return handler
+
+
+class DirectRoutes:
+    """ASGI middleware that hands each request for a `DirectRoute` (its exact path and method) to the
+    route's handler itself, ahead of Starlette's router, and answers its errors with the app's own
+    exception handlers (`_add_error_handlers`). Anything else goes on to the app."""
+
+    def __init__(self, app):
+        self.app = app
+        self.routes: dict[tuple[str, str], DirectRoute] | None = None  # found at the first request
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            if self.routes is None:
+                self.routes = {(method, route.path): route for route in scope["app"].routes
+                               if isinstance(route, DirectRoute) for method in route.methods}
+            route = self.routes.get((scope["method"], scope["path"]))
+            if route is not None:
+                return await self._handle(route, scope, receive, send)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _handle(route: DirectRoute, scope, receive, send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            response = await route.handler(request)
+        except Exception as e:  # noqa: BLE001 - to the handler registered for it, as Starlette would
+            handlers = scope["app"].exception_handlers
+            kind = next((k for k in type(e).__mro__ if k in handlers), None)
+            if kind is None:
+                raise
+            response = await handlers[kind](request, e)
+            if kind is Exception:  # a bug: answered, then raised for the server to log
+                await response(scope, receive, send)
+                raise
+        await response(scope, receive, send)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
