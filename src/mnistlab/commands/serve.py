@@ -140,7 +140,7 @@ class PredictQuery(BaseModel):
     saliency_class: int | None = Field(None, ge=0, description="the class the saliency map explains "
                                        "(default: the predicted one)")
     first_layer: bool = Field(False, description="also return the first layer's most active units or filters")
-    model: str | None = Field(None, description="a name from /api/models (default: the first model)")
+    model: str | None = Field(None, description="a name from /api/models (default: /api/models' default)")
 
 
 class ModelSummary(BaseModel):
