@@ -69,7 +69,11 @@ DIGITS = {
 
 
 def drawings(n: int, size: int, seed: int = 0) -> list[tuple[int, bytes]]:
-    """(digit, PNG bytes) canvases: each digit's strokes shifted, scaled and rotated a little."""
+    """(digit, PNG bytes) canvases: each digit's strokes shifted, scaled and rotated a little.
+
+    RGBA, opaque: a browser's canvas.toBlob("image/png") writes four channels even when the page
+    painted its paper white (Chromium does), and the server's preparation reads an alpha channel
+    differently (transparent pixels are paper), so the benchmark sends what the page sends."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
@@ -78,7 +82,7 @@ def drawings(n: int, size: int, seed: int = 0) -> list[tuple[int, bytes]]:
         digit = i % 10
         angle, scale = math.radians(rng.uniform(-8, 8)), rng.uniform(0.8, 1.1)
         dx, dy = rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08)
-        image = Image.new("RGB", (size, size), "white")
+        image = Image.new("RGBA", (size, size), "white")
         draw = ImageDraw.Draw(image)
         for stroke in DIGITS[digit]:
             points = []
@@ -129,16 +133,21 @@ def memory_mb(pid: int) -> dict[str, float]:
     return {"pss": pss, "peak": peak}
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) the process and its descendants have used so far (Linux /proc)."""
-    total = 0.0
+def usage(pid: int) -> tuple[float, float, int]:
+    """User and system CPU seconds, and minor page faults, of the process and its descendants so far
+    (Linux /proc). A fault is the kernel handing a page of fresh memory to the process: its cost is
+    system time, and counting them shows memory freed to the system and asked for again."""
+    user = system = 0.0
+    faults = 0
     for p in tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # ended meanwhile
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-    return total
+        faults += int(fields[7])  # minflt
+        user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+        system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user, system, faults
 
 
 def start_server(model: str, processes: int | None, *more: str) -> tuple[subprocess.Popen, str]:
@@ -468,14 +477,15 @@ def machine() -> str:
 
 def measure(process: subprocess.Popen | None, url: str, images, args, query: str, content_type: str) -> dict:
     """One load of --requests requests, with the server's and the clients' CPU time per request."""
-    server_cpu, client_cpu = cpu_seconds(process.pid) if process else math.nan, time.process_time()
+    before, client_cpu = usage(process.pid) if process else (math.nan,) * 3, time.process_time()
     result = run_load(url, images, args.requests, args.clients, query, time.perf_counter() + args.max_seconds,
                       content_type, args.pause / 1000)
     client_cpu = time.process_time() - client_cpu
-    server_cpu = cpu_seconds(process.pid) - server_cpu if process else math.nan
-    result.update(server_cpu_ms_per_request=1000 * server_cpu / max(1, result["requests"]),
-                  client_cpu_ms_per_request=1000 * client_cpu / max(1, result["requests"]),
-                  load_average=os.getloadavg()[0])
+    user, system, faults = (a - b for a, b in zip(usage(process.pid), before)) if process else (math.nan,) * 3
+    n = max(1, result["requests"])
+    result.update(server_cpu_ms_per_request=1000 * (user + system) / n, server_user_ms_per_request=1000 * user / n,
+                  server_system_ms_per_request=1000 * system / n, server_page_faults_per_request=faults / n,
+                  client_cpu_ms_per_request=1000 * client_cpu / n, load_average=os.getloadavg()[0])
     return result
 
 
@@ -485,7 +495,9 @@ def show(name: str, result: dict) -> None:
     print(f"  throughput {result['requests_per_second']:.1f} requests/s over {result['seconds']:.1f} s; latency "
           f"p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  "
           f"max {result['max_ms']:.1f} ms")
-    print(f"  CPU per request: server {result['server_cpu_ms_per_request']:.2f} ms, clients "
+    print(f"  CPU per request: server {result['server_cpu_ms_per_request']:.2f} ms (user "
+          f"{result['server_user_ms_per_request']:.2f}, system {result['server_system_ms_per_request']:.2f}; "
+          f"{result['server_page_faults_per_request']:.0f} page faults), clients "
           f"{result['client_cpu_ms_per_request']:.2f} ms (load average {result['load_average']:.1f}); "
           f"answers matching the drawn digit: {result['right']}/{result['ok']}")
 

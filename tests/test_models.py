@@ -96,3 +96,38 @@ def test_every_activation_a_config_accepts_has_a_module():
     from mnistlab.base.models import ACTIVATION_MODULES
 
     assert set(ACTIVATIONS) == set(ACTIVATION_MODULES)
+
+
+@pytest.mark.parametrize("kind,output", [("mlp", "logits"), ("mlp", "log_softmax"), ("cnn", "logits")])
+def test_running_the_layers_one_by_one_is_model_x_bitwise_with_the_outputs_kept(kind, output):
+    from mnistlab.base.models import run_layers
+
+    torch.manual_seed(0)
+    model = build_model(architecture(kind, (1, 28, 28), 10, output=output)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    keep = [i for i, m in enumerate(model) if isinstance(m, nn.ReLU)]
+    caught = {}
+    for i in keep:
+        model[i].register_forward_hook(lambda module, args, out, i=i: caught.__setitem__(i, out))
+    with torch.no_grad():
+        expected = model(x)  # through nn.Module.__call__, hooks and all
+        hooked_out, hooked_kept = run_layers(model, x, keep)  # hooks present: model(x) itself
+        for i in keep:
+            model[i]._forward_hooks.clear()
+        out, kept = run_layers(model, x, keep)  # no hooks: layer by layer
+    assert torch.equal(out, expected) and torch.equal(hooked_out, expected)
+    assert sorted(kept) == sorted(hooked_kept) == keep
+    for i in keep:
+        assert torch.equal(kept[i], caught[i]) and torch.equal(hooked_kept[i], caught[i])
+    assert not any(model[i]._forward_hooks for i in keep)  # its own catching hooks are gone again
+
+
+def test_hooks_on_a_model_still_run_when_its_layers_are_run():
+    from mnistlab.base.models import run_layers
+
+    model = notebook_mlp().eval()
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    with torch.no_grad():
+        run_layers(model, torch.randn(4, 784))
+    assert calls == [4]

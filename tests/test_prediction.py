@@ -231,6 +231,29 @@ def test_predict_array_is_bitwise_the_normalise_then_forward_of_training(tiny_ru
         assert np.array_equal(predict_array(checkpoint, image.astype(np.float32)), expected)  # the general path
 
 
+def test_a_model_left_in_training_mode_still_predicts_as_in_evaluation(tmp_path):
+    """Batch norm (the CNN's) uses its running statistics in a prediction, whatever mode the caller left the
+    model in: a batch of one image would otherwise be normalised by itself."""
+    from mnistlab.base.models import architecture
+    from mnistlab.core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    arch = architecture("cnn", (1, 28, 28), 10)
+    model = build_model(arch)
+    for module in model.modules():  # running statistics unlike a batch of one image's
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    save_checkpoint(tmp_path / "cnn", model.state_dict(), {"architecture": arch, "dataset": "mnist",
+                    "classes": list("0123456789"), "normalization": {"mean": 0.5, "std": 0.5}, "metrics": {}})
+    checkpoint = load_checkpoint(tmp_path / "cnn")
+    image = prepare_image(seven())
+    expected = predict_array(checkpoint, image)
+    checkpoint.model.train()
+    assert np.array_equal(predict_array(checkpoint, image), expected)
+    assert not checkpoint.model.training
+
+
 def bad_files(tmp_path, monkeypatch) -> dict[str, str]:
     """One of each kind of bad input: file name -> the reason expected in its error."""
     (tmp_path / "notes.png").write_text("not an image at all")

@@ -104,6 +104,75 @@ def test_flat_paper_is_its_own_level_everywhere():
     np.testing.assert_array_equal(paper_level(grey), 0)
 
 
+def zero_paper_pictures(count: int, seed: int = 0):
+    """Pictures on paper at exactly 0 (a canvas once its ink is bright), any size up to WORK_SIZE,
+    with bars of ink as thin as a pen or wider than the paper's window."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        h, w = rng.integers(1, prepare.WORK_SIZE + 1, 2)
+        grey = np.zeros((h, w), np.float32)
+        for _ in range(rng.integers(0, 5)):
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            grey[y:y + rng.integers(1, h // 2 + 2), x:x + rng.integers(1, w // 2 + 2)] = rng.uniform(1, 255)
+        yield grey
+
+
+def test_flat_paper_found_at_once_has_exactly_the_level_of_the_full_opening(monkeypatch):
+    pictures = list(zero_paper_pictures(300))
+    pictures.append(np.pad(np.full((40, 40), 1e-40, np.float32), 20))  # tiny levels: no shortcut
+    fast = [paper_level(grey) for grey in pictures]
+    monkeypatch.setattr(prepare, "_paper_at_zero_everywhere", lambda grey, size: False)
+    slow = [paper_level(grey) for grey in pictures]
+    assert any(level.any() for level in slow) and any(not level.any() for level in slow)  # both kinds
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_which_shrunk_pixels_hold_any_ink_is_exactly_what_shrinking_says():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        h, w = rng.integers(1, prepare.WORK_SIZE + 1, 2)
+        mask = rng.random((h, w)) < rng.random() ** 4  # from a few pixels to nearly all
+        expected = prepare._shrink(mask.astype(np.float32), prepare.BLOB_SIZE) > 0
+        got = prepare._shrunk_any(mask, prepare.BLOB_SIZE)
+        assert got.shape == expected.shape and np.array_equal(got, expected)
+
+
+def test_the_kept_blobs_grow_back_to_full_size_exactly_as_pillow_resamples_them():
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        (h, w), (new_h, new_w) = rng.integers(1, prepare.BLOB_SIZE + 1, 2), rng.integers(1, prepare.WORK_SIZE + 1, 2)
+        mask = rng.random((h, w)) < 0.5
+        expected = Image.fromarray(mask.astype(np.uint8)).resize((new_w, new_h), Image.Resampling.NEAREST)
+        got = mask[prepare._nearest(h, new_h, 0)][:, prepare._nearest(w, new_w, 1)]
+        assert np.array_equal(got, np.asarray(expected).astype(bool))
+
+
+def test_centring_by_mass_uses_exactly_scipys_centre_of_mass():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        h, w = rng.integers(1, prepare.BOX + 1, 2)
+        box = (rng.random((h, w)) * 255 * (rng.random((h, w)) < 0.4)).astype(np.float32)
+        box[rng.integers(0, h), rng.integers(0, w)] = 200  # some ink
+        cy, cx = ndimage.center_of_mass(box)
+        top = int(np.clip(round(prepare.CENTRE - cy), 0, prepare.SIZE - h))
+        left = int(np.clip(round(prepare.CENTRE - cx), 0, prepare.SIZE - w))
+        expected = np.zeros((prepare.SIZE, prepare.SIZE), np.float32)
+        expected[top:top + h, left:left + w] = box
+        assert np.array_equal(prepare.centre_by_mass(box), expected)
+
+
+def test_stroke_width_counts_the_outline_at_the_picture_edge_too():
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        ink = (rng.random(tuple(rng.integers(1, 60, 2))) < rng.random()) * np.float32(255)
+        inked = np.pad(ink > 127.5, 1)  # the definition: an outline all round, the edge included
+        outline = (inked[1:] != inked[:-1]).sum() + (inked[:, 1:] != inked[:, :-1]).sum()
+        assert prepare.stroke_width(ink) == 2 * float(inked.sum()) / max(int(outline), 1)
+
+
 # ---------------------------------------------------------------------------
 # The median used for the paper's level and grain
 
@@ -114,8 +183,19 @@ def test_median_is_numpys_median_for_any_mix_of_values(n):
     spread = rng.normal(0, 5, n).astype(np.float32)
     mostly_paper = np.where(rng.random(n) < 0.9, 0, rng.uniform(50, 255, n)).astype(np.float32)
     half_paper = np.concatenate([np.zeros(n // 2), rng.uniform(1, 2, n - n // 2)]).astype(np.float32)
-    for x in (spread, mostly_paper, half_paper, np.full(n, 3.5, np.float32), spread.reshape(1, -1)):
+    white_paper = 255 - mostly_paper  # a canvas before its ink is made bright: most values the highest
+    for x in (spread, mostly_paper, half_paper, white_paper, np.full(n, 3.5, np.float32), spread.reshape(1, -1)):
         assert prepare._median(x) == pytest.approx(float(np.median(x)), abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 11, 999, 1000, 4097])
+def test_the_ink_level_percentile_is_numpys_bit_for_bit(n):
+    rng = np.random.default_rng(n)
+    for x in (rng.uniform(0, 300, n), rng.normal(100, 30, n), rng.integers(0, 4, n), rng.exponential(50, n),
+              np.full(n, 127.5)):
+        x = x.astype(np.float32)
+        for q in (90, 50, 10):
+            assert prepare._percentile(x.copy(), q) == float(np.percentile(x, q))
 
 
 # ---------------------------------------------------------------------------

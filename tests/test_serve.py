@@ -388,6 +388,23 @@ def test_unknown_paths_and_methods_get_json_errors_too(client):
     assert "DELETE is not allowed" in error_of(client.delete("/api/health"), 405)
 
 
+def test_a_bug_while_classifying_is_a_500_with_one_line_and_the_next_request_is_served(served, monkeypatch):
+    import mnistlab.commands.serve as serve
+
+    app = create_app(served)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        with monkeypatch.context() as m:
+            m.setattr(serve, "predict_array_layers", broken)
+            r = post(c, png(canvas_seven()))
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal error (RuntimeError); the server goes on"}
+        assert r.headers["x-content-type-options"] == "nosniff"  # Gate's headers on it too
+        assert post(c, png(canvas_seven())).status_code == 200
+
+
 def test_a_slow_body_is_408_a_cut_off_body_400_and_a_bad_length_400(served):
     app = create_app(served, body_timeout=0.2)
     headers = {"content-type": "image/png", "content-length": "5000"}

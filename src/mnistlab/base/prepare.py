@@ -17,6 +17,8 @@ numpy, Pillow and scipy.ndimage only: no torch, no checkpoints, no figures.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -171,7 +173,7 @@ def _grey(image: Any) -> np.ndarray:
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
             return _levels(np.asarray(image))  # keep the full depth; _levels rescales it
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-            return _flatten_transparency(image.convert("RGBA"))
+            return _flatten_transparency(image if image.mode == "RGBA" else image.convert("RGBA"))
         return np.asarray(image.convert("L"), dtype=np.float32)
     except (ValueError, OSError, SyntaxError, KeyError, TypeError) as e:  # odd modes, broken metadata
         raise PredictionError(f"cannot convert the {image.mode} image to grey ({e})") from None
@@ -202,10 +204,11 @@ def _flatten_transparency(rgba: Image.Image) -> np.ndarray:
     alpha = np.asarray(rgba.getchannel("A"))  # 0 transparent .. 255 opaque
     grey = np.asarray(rgba.convert("L"), dtype=np.float32)  # ITU-R 601-2 luma of the colour, alpha ignored
     opaque = alpha > 127
-    if not opaque.any():
+    count = np.count_nonzero(opaque)
+    if not count:
         raise PredictionError("no ink found (the image is fully transparent)")
-    typical = _median(grey[opaque])
-    if opaque.mean() < 0.5:
+    typical = _median(grey if count == grey.size else grey[opaque])  # a browser's canvas export: all opaque
+    if 2 * count < grey.size:
         paper = 255.0 if typical < 128 else 0.0
     else:
         paper = typical
@@ -224,27 +227,82 @@ def _median(x: np.ndarray) -> float:
     selects two middle ranks and the last one (looking for NaN) in one call, which
     numpy does many times slower than a single selection. numpy's selection is slow
     too when most values are equal, so the common case of more than half the values
-    at the lowest level (a canvas's flat paper) is answered by counting.
+    at one end (a canvas's flat paper: black once the ink is bright, white in a
+    browser's canvas export before) is answered by counting.
     """
     flat = x.ravel()
     middle = flat.size // 2
-    lowest = flat.min()
-    if np.count_nonzero(flat == lowest) > middle:  # both middle ranks are at the lowest level
-        return float(lowest)
+    for end in (flat.min(), flat.max()):
+        if np.count_nonzero(flat == end) > middle:  # both middle ranks are at this level
+            return float(end)
     part = np.partition(flat, middle)
     if flat.size % 2:
         return float(part[middle])
     return (float(part[:middle].max()) + float(part[middle])) / 2
 
 
-def _shrink(grey: np.ndarray, longer_side: int = WORK_SIZE) -> np.ndarray:
-    """Shrink by area averaging so that the longer side is at most `longer_side`."""
-    h, w = grey.shape
+def _percentile(x: np.ndarray, q: int) -> float:
+    """np.percentile(x, q) of a float32 array, bit for bit ("linear": the two order statistics around
+    rank (n - 1) q / 100, interpolated in float32 as numpy does for a Python q), found by one selection
+    in `x` itself (its order changes) in a fraction of np.percentile's time, most of which is its
+    generality."""
+    rank = (x.size - 1) * (q / 100)
+    if rank >= x.size - 1:
+        return float(x.max())
+    below = math.floor(rank)
+    x.partition([below, below + 1])
+    low, high = x[below], x[below + 1]
+    weight = rank - below
+    step = high - low
+    return float(high - step * np.float32(1 - weight) if weight >= 0.5 else low + step * np.float32(weight))
+
+
+def _shrunk_size(h: int, w: int, longer_side: int) -> tuple[int, int] | None:
+    """(width, height) of a (h, w) picture shrunk so that its longer side is at most `longer_side`;
+    None when it is that small already."""
     scale = longer_side / max(h, w)
     if scale >= 1:
+        return None
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _shrink(grey: np.ndarray, longer_side: int = WORK_SIZE) -> np.ndarray:
+    """Shrink by area averaging so that the longer side is at most `longer_side`."""
+    size = _shrunk_size(*grey.shape, longer_side)
+    if size is None:
         return grey
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(np.asarray(grey, dtype=np.float32)).resize(size, Image.Resampling.BOX))
+
+
+def _shrunk_any(mask: np.ndarray, longer_side: int) -> np.ndarray:
+    """`_shrink(mask, longer_side) > 0` for a boolean mask, exactly, in a third of its time: a pixel of
+    the shrunk copy is above 0 when any pixel of its box (those Pillow gives a weight) is set."""
+    size = _shrunk_size(*mask.shape, longer_side)
+    if size is None:
+        return mask
+    (w, h), (new_w, new_h) = mask.shape[::-1], size
+    out = _any_in_boxes(mask, *_box_bounds(h, new_h))
+    return _any_in_boxes(np.ascontiguousarray(out.T), *_box_bounds(w, new_w)).T  # columns: rows of the transpose
+
+
+def _any_in_boxes(mask: np.ndarray, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """For each box of rows [first[i], end[i]), whether any of its rows is set (whole rows copied at once)."""
+    out = mask[first]
+    for k in range(1, int((end - first).max())):
+        out |= mask[np.minimum(first + k, end - 1)]  # a box shorter than k: its last row again
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _box_bounds(size: int, new_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and one past the last of the `size` pixels that Pillow's BOX resampling to `new_size`
+    weighs into each new pixel: read from Pillow itself (an identity matrix resampled along one axis),
+    so that they are its own to the last rounding."""
+    weights = np.asarray(Image.fromarray(np.eye(size, dtype=np.float32)).resize((new_size, size),
+                                                                                 Image.Resampling.BOX)) > 0
+    first = weights.argmax(axis=0)
+    end = size - weights[::-1].argmax(axis=0)
+    return first, end
 
 
 # ---------------------------------------------------------------------------
@@ -272,8 +330,11 @@ def paper_level(grey: np.ndarray) -> np.ndarray:
     for speed.
     """
     h, w = grey.shape
+    small_w, small_h = _shrunk_size(h, w, OPENING_SIZE) or (w, h)
+    size = max(3, 2 * round(PAPER_WINDOW * max(small_w, small_h) / 2) + 1)  # pixels, odd: centred windows
+    if _paper_at_zero_everywhere(grey, size):  # a canvas export (the same answer as below, sooner)
+        return np.zeros(grey.shape, dtype=np.float32)
     small = _shrink(grey, OPENING_SIZE)
-    size = max(3, 2 * round(PAPER_WINDOW * max(small.shape) / 2) + 1)  # pixels, odd: centred windows
     # Beyond the picture's edge the edge pixels repeat ("nearest"), so the paper at
     # the border is judged from the paper nearby, not from an invented level.
     eroded = ndimage.minimum_filter(small, size=size, mode="nearest")  # the ink erased
@@ -284,6 +345,37 @@ def paper_level(grey: np.ndarray) -> np.ndarray:
     if opened.shape == grey.shape:
         return opened
     return np.asarray(Image.fromarray(opened.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _paper_at_zero_everywhere(grey: np.ndarray, size: int) -> bool:
+    """Whether `paper_level` is 0 everywhere: grey levels >= 0, and every size x size window of the
+    shrunk copy (edges repeated) holds a pixel at 0, i.e. a pixel whose whole box is 0 in `grey`.
+
+    The erosion is done on the boolean "inked" mask of the shrunk copy, found without shrinking the
+    grey levels (`_shrunk_any`): a canvas's paper is exactly 0 once its ink is bright. (Levels below
+    float32's smallest normal number could round to 0 when shrunk: those go the long way.)"""
+    if grey.min() != 0:
+        return False
+    inked = grey >= np.finfo(np.float32).tiny
+    if np.count_nonzero(inked) + np.count_nonzero(grey == 0) != grey.size:  # some tiny levels
+        return False
+    inked = _shrunk_any(inked, OPENING_SIZE)
+    # Is a window wholly inked? The mask eroded by size x size, separably, along each axis within
+    # the inked rows or columns (a window reaching beyond them holds paper), with windows doubled in
+    # length at each step, on a copy whose edges repeat as far as a window reaches.
+    half = size // 2
+    for axis in (0, 1):
+        lines = np.flatnonzero(inked.any(axis=1 - axis))
+        if not lines.size:
+            return True
+        reach = np.clip(np.arange(lines[0] - half, lines[-1] + 1 + half), 0, inked.shape[axis] - 1)
+        inked = inked.take(reach, axis=axis)
+        length = 1
+        while length < size:
+            step = min(length, size - length)
+            inked = inked[step:] & inked[:-step] if axis == 0 else inked[:, step:] & inked[:, :-step]
+            length += step
+    return not inked.any()
 
 
 def remove_background(grey: np.ndarray) -> np.ndarray:
@@ -300,7 +392,7 @@ def remove_background(grey: np.ndarray) -> np.ndarray:
     # The ink level: a high percentile of the clearly inked pixels (MNIST's stroke
     # cores are saturated, so they are mapped to 255 here too).
     strong = ink[ink > 0.5 * ink.max()]
-    level = float(np.percentile(strong, 90)) if strong.size else 0.0
+    level = _percentile(strong, 90) if strong.size else 0.0
     if level < max(MIN_CONTRAST, NOISE_SIGMAS * grain):
         raise PredictionError(f"no ink found (nothing stands out from the paper: contrast {level:.0f} "
                               f"grey levels of 255, paper grain {grain:.1f})")
@@ -317,8 +409,9 @@ def writing(ink: np.ndarray) -> np.ndarray:
 
     Blobs are found on a copy at most BLOB_SIZE pixels a side, for speed.
     """
-    coarse = _shrink((ink >= 127.5).astype(np.float32), BLOB_SIZE) > 0  # any half-inked pixel below
-    labels, count = ndimage.label(coarse, structure=EIGHT_CONNECTED)  # blob i is label i, 0 is paper
+    coarse = _shrunk_any(ink >= 127.5, BLOB_SIZE)  # any half-inked pixel below
+    # blob i is label i, 0 is paper; numbered in numpy's index type, as bincount and indexing want them
+    labels, count = ndimage.label(coarse, structure=EIGHT_CONNECTED, output=np.intp)
     mass = np.bincount(labels.ravel(), minlength=count + 1)  # pixels per blob
     mass[0] = 0
     edge = np.zeros(count + 1, dtype=bool)
@@ -329,8 +422,18 @@ def writing(ink: np.ndarray) -> np.ndarray:
     kept = mass >= SPECK * mass.max()
     kept[0] = False
     keep = _dilate(kept[labels])  # a margin of one pixel for the strokes' soft edges
-    keep = Image.fromarray(keep.astype(np.uint8)).resize(ink.shape[::-1], Image.Resampling.NEAREST)
-    return ink * np.asarray(keep)
+    if keep.shape != ink.shape:  # back to full size as Pillow's NEAREST resampling would
+        keep = keep[_nearest(keep.shape[0], ink.shape[0], 0)][:, _nearest(keep.shape[1], ink.shape[1], 1)]
+    return ink * keep
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest(size: int, new_size: int, axis: int) -> np.ndarray:
+    """Which of `size` rows (axis 0) or columns (1) Pillow's NEAREST resampling to `new_size` copies
+    into each: read from Pillow itself, resampling the numbers of the lines."""
+    lines = np.arange(size, dtype=np.int32).reshape((size, 1) if axis == 0 else (1, size))
+    new = (1, new_size) if axis == 0 else (new_size, 1)  # (width, height)
+    return np.asarray(Image.fromarray(lines).resize(new, Image.Resampling.NEAREST)).ravel().astype(np.intp)
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
@@ -343,15 +446,17 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 def ink_box(ink: np.ndarray) -> tuple[slice, slice]:
     """Rows and columns holding the at-least-half-inked pixels."""
-    rows, cols = np.flatnonzero((ink >= 127.5).any(axis=1)), np.flatnonzero((ink >= 127.5).any(axis=0))
+    inked = ink >= 127.5
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def stroke_width(ink: np.ndarray) -> float:
     """Mean stroke width in pixels: twice the inked area over its outline's length (at half ink)."""
-    inked = np.pad(ink > 127.5, 1)  # ink touching the edge still has an outline there
-    outline = (inked[1:] != inked[:-1]).sum() + (inked[:, 1:] != inked[:, :-1]).sum()
-    return 2 * float(inked.sum()) / max(int(outline), 1)
+    inked = ink > 127.5
+    outline = (np.count_nonzero(inked[1:] != inked[:-1]) + np.count_nonzero(inked[:, 1:] != inked[:, :-1])
+               + np.count_nonzero(inked[[0, -1]]) + np.count_nonzero(inked[:, [0, -1]]))  # ink at the edge too
+    return 2 * float(np.count_nonzero(inked)) / max(outline, 1)
 
 
 def fit_box(ink: np.ndarray) -> np.ndarray:
@@ -380,11 +485,14 @@ def centre_by_mass(box: np.ndarray) -> np.ndarray:
     test set). The shift is rounded to whole pixels, and limited so no ink is cut.
     """
     h, w = box.shape
-    if not box.sum() > 0:
+    mass = box.sum()
+    if not mass > 0:
         raise PredictionError("no ink found (the ink vanished when fitted into 20x20)")
-    cy, cx = ndimage.center_of_mass(box)  # in pixel indices of `box`
-    top = int(np.clip(round(CENTRE - cy), 0, SIZE - h))
-    left = int(np.clip(round(CENTRE - cx), 0, SIZE - w))
+    # In pixel indices of `box`: ndimage.center_of_mass's own sums, without its generality.
+    cy = (box * np.arange(h, dtype=np.float64)[:, None]).sum() / mass
+    cx = (box * np.arange(w, dtype=np.float64)[None, :]).sum() / mass
+    top = min(max(round(CENTRE - cy), 0), SIZE - h)
+    left = min(max(round(CENTRE - cx), 0), SIZE - w)
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
     canvas[top:top + h, left:left + w] = box
     return canvas

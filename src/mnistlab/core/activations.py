@@ -1,25 +1,20 @@
-"""What a network's hidden layers do with one image: their outputs, caught with forward hooks.
+"""What a network's hidden layers do with one image: which layers those are, and their outputs.
 
-The hooks sit on the activation modules of the `nn.Sequential` models of
-`models.py`: for the MLP after every hidden activation (the notebook's 128 and
-64 units), for the CNN after the first block's activation (its 32 feature maps,
-before pooling). They record only inside `ActivationTap.run()`, and only for
-the thread that asked, so one forward pass serves both the prediction and
-the picture of the hidden layers, and several threads may share one model.
+For the `nn.Sequential` models of `models.py` they are the outputs of the activation modules: for
+the MLP after every hidden activation (the notebook's 128 and 64 units), for the CNN after the first
+block's activation (its 32 feature maps, before pooling). The forward pass that predicts keeps them
+(`models.run_layers`), so one pass serves both the prediction and the picture of the hidden layers.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from typing import Callable, TypeVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..base.models import ACTIVATION_MODULES, CNN
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -32,44 +27,27 @@ class Layer:
 
 
 class ActivationTap:
-    """Forward hooks on a model's hidden activations (see the module docstring)."""
+    """The hidden activations of a model (see the module docstring): their numbers among its layers,
+    for `models.run_layers`, and their outputs as `Layer`s."""
 
     def __init__(self, model: nn.Module):
-        self._local = threading.local()
-        self._names: list[tuple[str, str]] = []
         activation_types = tuple(ACTIVATION_MODULES.values())
         modules = list(model.children())
         taps = [i for i, m in enumerate(modules) if isinstance(m, activation_types)]
         if isinstance(model, CNN):
             taps = taps[:1]  # the first block: maps still at the input's resolution
-        for number, i in enumerate(taps, start=1):
-            self._names.append((f"hidden {number}", describe_layer(modules, i)))
-            modules[i].register_forward_hook(self._hook(number - 1))  # for the model's life: served models keep it
+        self.indices = taps  # numbers among the model's layers
+        self._names = [(f"hidden {number}", describe_layer(modules, i)) for number, i in enumerate(taps, start=1)]
 
     @property
     def layers(self) -> list[tuple[str, str]]:
         """(name, description) of each tapped layer, in forward order."""
         return list(self._names)
 
-    def _hook(self, index: int):
-        def hook(module: nn.Module, inputs, output) -> None:
-            record = getattr(self._local, "record", None)
-            if record is not None:
-                record[index] = output.detach()[0].float().cpu().numpy()  # the first image of the batch
-
-        return hook
-
-    def run(self, forward: Callable[[], T]) -> tuple[T, list[Layer]]:
-        """Call `forward` (which runs the model once) and return its result with the
-        tapped layers' outputs for the first image of its batch."""
-        record: dict[int, np.ndarray] = {}
-        self._local.record = record
-        try:
-            out = forward()
-        finally:
-            self._local.record = None
-        return out, [Layer(name, description, record[i])
-                     for i, (name, description) in enumerate(self._names) if i in record]
+    def outputs(self, kept: dict[int, torch.Tensor]) -> list[Layer]:
+        """The tapped layers' outputs for the first image of the batch, from what `run_layers` kept."""
+        return [Layer(name, description, kept[i].detach()[0].float().cpu().numpy())
+                for i, (name, description) in zip(self.indices, self._names) if i in kept]
 
 
 def describe_layer(modules: list[nn.Module], index: int) -> str:
