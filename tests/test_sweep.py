@@ -146,3 +146,17 @@ def test_under_torchrun_each_process_trains_its_share_and_rank_0_writes_the_tabl
     assert done.stdout.count("best first") == 1  # rank 0 alone printed the table
     assert table(tmp_path / "two") == table(tmp_path / "one")
     assert "(shard 0/2)" in done.stdout + done.stderr and "(shard 1/2)" in done.stdout + done.stderr
+
+
+def test_a_configuration_that_learned_nothing_is_marked_in_both_tables(tmp_path, tiny_idx_dir):
+    """A rate so small that the loss stays at ln(10) learns nothing, and the sweep's tables say so with the
+    run's own hint, beside a rate that learns."""
+    out = tmp_path / "sweep"
+    # The default recipe without shifts learns the tiny dataset (its class is a block's position) in 2 epochs.
+    assert main([*sweep_args(tiny_idx_dir, out), "--recipe", "default", "--shift", "0", "--lr", "1e-7,0.1"]) == 0
+    runs_rows = {r["lr"]: r for r in table(out, "runs.csv")}
+    assert runs_rows["1e-07"]["learned_nothing"] == "True"
+    assert "learned nothing" in runs_rows["1e-07"]["hint"] and "higher --lr" in runs_rows["1e-07"]["hint"]
+    assert runs_rows["0.1"]["learned_nothing"] == "False" and runs_rows["0.1"]["hint"] == ""
+    results = {r["lr"]: r for r in table(out)}
+    assert results["1e-07"]["learned_nothing"] == "1" and results["0.1"]["learned_nothing"] == "0"

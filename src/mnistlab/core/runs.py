@@ -76,6 +76,7 @@ RUN_FILES = (CONFIG, STATE, METRICS, WEIGHTS, META, SUMMARY, EVENTS, LOCK)
 METRIC_FIELDS = ("epoch", "train_loss", "val_accuracy", "test_accuracy", "lr", "seconds")
 STATE_FORMAT = 2
 STALLED = 0.02  # a loss within 2% of ln(classes), what uniform guessing scores, has learned nothing
+TINY_LR = 1e-4  # below it a stalled run's rate is the suspect: the notebook's 0.003 leaves ln(10) in one epoch
 
 
 # ---------------------------------------------------------------------------
@@ -298,10 +299,12 @@ def learning_hint(rows: list[dict[str, Any]], classes: int, lr: float) -> str | 
         return None
     first, last, guess = rows[0]["train_loss"], rows[-1], math.log(classes)
     if abs(last["train_loss"] - guess) <= STALLED * guess:
-        return (f"epoch {last['epoch']}: the training loss {last['train_loss']:.4f} is within 2% of ln({classes}) = "
-                f"{guess:.4f}, what guessing every class alike scores: the network has learned nothing (lr {lr:g}); "
-                f"try a lower --lr such as {lr / 10:g} (too high a rate can silence every unit at once), a higher "
-                "one if the rate is tiny, or another --seed")
+        said = (f"epoch {last['epoch']}: the training loss {last['train_loss']:.4f} is within 2% of ln({classes}) = "
+                f"{guess:.4f}, what guessing every class alike scores: the network has learned nothing (lr {lr:g}); ")
+        if lr < TINY_LR:
+            return said + f"a rate this small barely moves the weights: try a higher --lr such as {lr * 100:g}"
+        return said + (f"try a lower --lr such as {lr / 10:g} (too high a rate can silence every unit at once), "
+                       "or another --seed")
     if last["train_loss"] > first:
         return (f"epoch {last['epoch']}: the training loss {last['train_loss']:.4f} rose above epoch 1's "
                 f"{first:.4f}: the network is getting worse (lr {lr:g}); try a lower --lr such as {lr / 3:g}")
