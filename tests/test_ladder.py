@@ -98,8 +98,8 @@ def test_each_steps_runs_are_ordinary_run_directories_that_differ_in_the_one_set
         assert set(after.differences(before)) == set(rung.step.settings) - set(QUICK)
 
 
-def test_the_time_to_98_is_the_time_at_which_target_accuracy_stops_the_same_run(tiny_ladder, tmp_path, tiny_idx_dir):
-    out, rungs = tiny_ladder.out, ladder.plan("mlp", "cpu", {"epochs": 3})
+def test_the_time_to_98_is_the_time_at_which_target_accuracy_stops_the_same_run(tmp_path, tiny_idx_dir):
+    rungs = ladder.plan("mlp", "cpu", {"epochs": 3})
     rung = rungs[-1]
     ladder.run_ladder("mlp", seeds=1, device="cpu", data_dir=tiny_idx_dir, out=tmp_path / "three",
                       overrides={"epochs": 3}, plots=False)

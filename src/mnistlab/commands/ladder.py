@@ -159,12 +159,7 @@ def settings_text(before: Config | None, after: Config) -> str:
 
 def default_out(track: str, root: str | os.PathLike = "runs") -> Path:
     """runs/ladder-<track>, then -2, -3, ...: the first name not taken yet."""
-    base = Path(root) / f"ladder-{track}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
+    return runs.first_free(Path(root) / f"ladder-{track}")
 
 
 def kept_plan(out: Path, track: str, device: str, overrides: dict[str, Any]) -> dict[str, Any] | None:

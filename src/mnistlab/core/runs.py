@@ -716,7 +716,11 @@ def _visible_entries(path: Path) -> list[str]:
 
 def default_path(config: Config, root: str | os.PathLike = "runs") -> Path:
     """runs/<recipe>-<dataset>, then -2, -3, ...: the first name not taken yet (your own data by its short name)."""
-    base = Path(root) / f"{config.recipe}-{names.short(config.dataset)}"
+    return first_free(Path(root) / f"{config.recipe}-{names.short(config.dataset)}")
+
+
+def first_free(base: Path) -> Path:
+    """`base` if nothing is there, else the first of base-2, base-3, ... that is free."""
     path, k = base, 1
     while path.exists():
         k += 1
