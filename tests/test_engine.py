@@ -203,8 +203,10 @@ def test_the_default_recipe_that_learned_nothing_in_the_issue_now_says_why(tmp_p
                  "--no-plots", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    if summary["test_accuracy"] < 0.2:  # the run the issue reports: chance level, and now a line about it
-        assert "learned nothing" in out and summary["hint"]
+    # The issue's run stayed at chance (11.35%); with today's step it learns (91% here). Either way the hint
+    # tells the truth: a line and summary.json's hint exactly when the run is at chance.
+    at_chance = summary["test_accuracy"] < 0.2
+    assert ("learned nothing" in out) == at_chance and bool(summary["hint"]) == at_chance
 
 
 # ---------------------------------------------------------------------------
