@@ -196,6 +196,28 @@ def test_the_learning_hint_speaks_of_the_latest_epoch():
     assert "ln(3)" in runs.learning_hint(rows(1.0986), 3, 0.1)
 
 
+def test_the_learning_hint_names_the_likely_cause():
+    stalled = [{"epoch": 1, "train_loss": 2.30}, {"epoch": 2, "train_loss": 2.29}]
+    # Enough steps at an ordinary rate: the rate may be too high (dead units), or the seed unlucky.
+    assert "try a lower --lr such as 0.01" in runs.learning_hint(stalled, 10, 0.1, 469, 128)
+    # A tiny rate: raise it, whatever the number of steps.
+    assert "try a higher --lr such as 1e-05" in runs.learning_hint(stalled, 10, 1e-7, 469, 128)
+    assert "higher --lr" in runs.learning_hint(stalled, 10, 1e-7, 2, 256)
+    # 500 images in batches of 256, two epochs: 4 steps are too few to tell anything about the rate.
+    hint = runs.learning_hint(stalled, 10, 0.1, 2, 256)
+    assert "only 4 optimiser steps (2 an epoch, batches of 256)" in hint and "--epochs" in hint and "lower" not in hint
+
+
+def test_a_small_dataset_in_large_batches_is_told_to_take_more_steps(tmp_path, tiny_idx_dir):
+    lines = []
+    result = engine.train(quick("seed", epochs=1, batch_size=256), out=tmp_path / "r", data_dir=tiny_idx_dir,
+                          log=lines.append)
+    steps = json.loads((tmp_path / "r" / "model.json").read_text())["steps_per_epoch"]
+    said = f"only {steps} optimiser steps ({steps} an epoch, batches of 256)"
+    assert steps < runs.FEW_STEPS and said in result.summary["hint"]
+    assert [line for line in lines if "learned nothing" in line] == [result.summary["hint"]]
+
+
 @pytest.mark.slow
 def test_the_default_recipe_that_learned_nothing_in_the_issue_now_says_why(tmp_path, real_mnist, capsys):
     assert main(["train", "--recipe", "default", "--seed", "2", "--data-seed", "0", "--epochs", "2",

@@ -155,7 +155,8 @@ class Members:
     def _commit(self, run: Run, k: int, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> None:
         run.commit(epoch, [*run.rows, row], state, self.metas[k], str(self.device), self.world_size)
         self.events(run, "epoch", epochs=run.config.epochs, row=row)
-        hint = runs.learning_hint(run.rows, len(self.metas[k]["classes"]), run.config.lr)
+        hint = runs.learning_hint(run.rows, len(self.metas[k]["classes"]), run.config.lr,
+                                  self.metas[k]["steps_per_epoch"], run.config.batch_size)
         if hint and k not in self.hinted:
             self.hinted.add(k)
             self.events(run, "hint", epoch=epoch, message=hint)
@@ -328,7 +329,7 @@ def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.Pa
             trainee: Trainee | Group = build_group(ensemble_members(config), splits, device)
         else:
             trainee = build(config, splits, device)
-        meta = {**checkpoint_meta(config, trainee.architecture, splits, data_dir),
+        meta = {**checkpoint_meta(config, trainee.architecture, splits, data_dir, len(trainee.batches)),
                 **({"ensemble": config.ensemble} if config.ensemble > 1 else {})}
         if run.state is None:  # epoch 0: a run stopped in its first epoch starts again exactly as it began
             run.commit(0, [], ensemble_state(trainee) if config.ensemble > 1 else trainee.state(), meta, str(device),
@@ -560,7 +561,7 @@ def train_group(paths: Sequence[str | os.PathLike], configs: Sequence[Config], *
             for run in opened:
                 hold_to_recorded_data(run, splits, data_dir, any_data)
             group = build_group(list(configs), splits, torch_device)
-            metas = [checkpoint_meta(c, group.architecture, splits, data_dir) for c in configs]
+            metas = [checkpoint_meta(c, group.architecture, splits, data_dir, len(group.batches)) for c in configs]
             for k, run in enumerate(opened):
                 group.restore(k, run.state, run.epoch)
                 if run.state is None:  # epoch 0: a run stopped in its first epoch starts again as it began

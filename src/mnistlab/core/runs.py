@@ -76,6 +76,7 @@ RUN_FILES = (CONFIG, STATE, METRICS, WEIGHTS, META, SUMMARY, EVENTS, LOCK)
 METRIC_FIELDS = ("epoch", "train_loss", "val_accuracy", "test_accuracy", "lr", "seconds")
 STATE_FORMAT = 2
 STALLED = 0.02  # a loss within 2% of ln(classes), what uniform guessing scores, has learned nothing
+FEW_STEPS = 100  # fewer optimiser steps than this have not given a network time to learn
 TINY_LR = 1e-4  # below it a stalled run's rate is the suspect: the notebook's 0.003 leaves ln(10) in one epoch
 
 
@@ -289,11 +290,13 @@ def time_to_target(rows: list[dict[str, Any]], target: float) -> float | None:
     return None
 
 
-def learning_hint(rows: list[dict[str, Any]], classes: int, lr: float) -> str | None:
+def learning_hint(rows: list[dict[str, Any]], classes: int, lr: float, steps_per_epoch: int | None = None,
+                  batch_size: int | None = None) -> str | None:
     """One line when the run's latest epoch says the network is not learning, else None.
 
     Not learning: the loss is still within 2% of ln(classes), what a network that guesses every class
-    alike scores; or it rose above the first epoch's.
+    alike scores; or it rose above the first epoch's. With fewer than FEW_STEPS optimiser steps taken
+    (a small dataset in large batches), the advice is to take more of them, not to change the rate.
     """
     if not rows or classes < 2:
         return None
@@ -301,8 +304,12 @@ def learning_hint(rows: list[dict[str, Any]], classes: int, lr: float) -> str | 
     if abs(last["train_loss"] - guess) <= STALLED * guess:
         said = (f"epoch {last['epoch']}: the training loss {last['train_loss']:.4f} is within 2% of ln({classes}) = "
                 f"{guess:.4f}, what guessing every class alike scores: the network has learned nothing (lr {lr:g}); ")
+        steps = steps_per_epoch * len(rows) if steps_per_epoch else None
         if lr < TINY_LR:
             return said + f"a rate this small barely moves the weights: try a higher --lr such as {lr * 100:g}"
+        if steps is not None and steps < FEW_STEPS:
+            return said + (f"it has taken only {steps} optimiser step{'s' * (steps != 1)} ({steps_per_epoch} an "
+                           f"epoch, batches of {batch_size}): train more --epochs or use a smaller --batch-size")
         return said + (f"try a lower --lr such as {lr / 10:g} (too high a rate can silence every unit at once), "
                        "or another --seed")
     if last["train_loss"] > first:
@@ -332,7 +339,8 @@ def summary(config: Config, state: dict[str, Any] | None) -> dict[str, Any]:
         "train_seconds": sum(r["seconds"] for r in rows),
         "target_accuracy": target,
         "time_to_target": reached,
-        "hint": learning_hint(rows, classes, config.lr),
+        "hint": learning_hint(rows, classes, config.lr, state["meta"].get("steps_per_epoch") if state else None,
+                              config.batch_size),
         "device": state["device"] if state else None,
         "world_size": state.get("world_size", 1) if state else None,
         "torch": state["torch"] if state else None,

@@ -357,10 +357,11 @@ def build(config: Config, splits: Splits, device: torch.device) -> Trainee:
 
 
 def checkpoint_meta(config: Config, arch: dict[str, Any], splits: Splits,
-                    data_dir: str | os.PathLike | None) -> dict[str, Any]:
+                    data_dir: str | os.PathLike | None, steps_per_epoch: int) -> dict[str, Any]:
     """What model.json holds besides the metrics: enough to rebuild and use the network alone, and what
-    it was trained on (the folder, and the data's fingerprint, which a resume holds the data to)."""
+    it was trained on (the folder, and the data's fingerprint, which a resume holds the data to; the
+    optimiser steps an epoch takes, which tell a run that has had too few to learn from one that cannot)."""
     return {"architecture": arch, "dataset": splits.dataset.spec.name, "classes": list(splits.dataset.classes),
             "normalization": {"mean": config.mean, "std": config.std}, "config": config.to_dict(),
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-            "data_fingerprint": splits.fingerprint}
+            "data_fingerprint": splits.fingerprint, "steps_per_epoch": steps_per_epoch}
