@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The CUDA checks and measurements in one go, for a machine with an NVIDIA GPU (about 2-4 minutes):
+# The CUDA checks and measurements in one go, for a machine with an NVIDIA GPU (about 4-6 minutes):
 #   1. the CUDA tests (tests/test_cuda.py: graph vs eager, batched vs single runs, determinism)
 #   2. mnistlab bench --device cuda for the seed and the fast recipes
 #   3. mnistlab bench --sweep --device cuda (K = 1, 8, 64, 512 networks batched vs one after another)
 #   4. a 1-GPU torchrun run of mnistlab train (DDP with NCCL)
+#   5. mnistlab ladder --device cuda, both tracks, one seed (the GPU column of docs/recipes.md)
 # then one table with the card, the driver and the torch version, for the README.
 #
 # Usage: benchmarks/gpu.sh [MNIST_DIR]
@@ -47,6 +48,8 @@ step bench-fast python -m mnistlab bench --device cuda --recipe fast --repeats 1
 step bench-sweep python -m mnistlab bench --sweep --device cuda "${DATA[@]}" --json
 step torchrun-1gpu python -m torch.distributed.run --standalone --nproc-per-node 1 \
   -m mnistlab train --recipe fast --device cuda --out "$OUT/ddp-1gpu" --no-plots --json "${DATA[@]}"
+step ladder-mlp python -m mnistlab ladder --track mlp --seeds 1 --device cuda --out "$OUT/ladder-mlp" --json "${DATA[@]}"
+step ladder-cnn python -m mnistlab ladder --track cnn --seeds 1 --device cuda --out "$OUT/ladder-cnn" --json "${DATA[@]}"
 
 python - "$OUT" << 'EOF'
 import json, subprocess, sys
@@ -74,6 +77,9 @@ def result(name):
         return lines[-1] if lines else ""
     if doc is None:
         return "-"
+    if name.startswith("ladder-"):
+        return "  ".join(f"{r['step']}: {100 * r['test_accuracy_mean']:.2f}% {r['train_seconds_median']:.2f} s"
+                         for r in doc["rows"] if r["test_accuracy_mean"] is not None)
     if name.startswith("bench-sweep"):
         return "  ".join(f"K={r['networks']}: {r['batched_networks_per_second']:.1f} nets/s, {r['ratio']:.1f}x"
                          for r in doc["rows"])
@@ -94,6 +100,6 @@ print(f"{'step':<{width}}  {'status':<16} {'seconds':>7}  result")
 for name, status, seconds in rows:
     print(f"{name:<{width}}  {status:<16} {seconds:>7}  {result(name)}")
 total = sum(int(r[2]) for r in rows)
-print(f"total {total} s" + ("  (over the five minutes this script should take)" if total > 300 else ""))
+print(f"total {total} s" + ("  (over the six minutes this script should take)" if total > 360 else ""))
 sys.exit(0 if all(r[1] == "ok" for r in rows) else 1)
 EOF
