@@ -68,12 +68,13 @@ DIGITS = {
 }
 
 
-def drawings(n: int, size: int, seed: int = 0) -> list[tuple[int, bytes]]:
+def drawings(n: int, size: int, seed: int = 0, grey: bool = False) -> list[tuple[int, bytes]]:
     """(digit, PNG bytes) canvases: each digit's strokes shifted, scaled and rotated a little.
 
     RGBA, opaque: a browser's canvas.toBlob("image/png") writes four channels even when the page
     painted its paper white (Chromium does), and the server's preparation reads an alpha channel
-    differently (transparent pixels are paper), so the benchmark sends what the page sends."""
+    differently (transparent pixels are paper). `grey`: one channel, as the Draw view sends its
+    drawings (static/png.js), the same pictures."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
@@ -92,7 +93,7 @@ def drawings(n: int, size: int, seed: int = 0) -> list[tuple[int, bytes]]:
                 points.append(((x + 0.5 + dx) * size, (y + 0.5 + dy) * size))
             draw.line(points, fill="black", width=round(0.075 * size), joint="curve")
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        (image.convert("L") if grey else image).save(buffer, format="PNG")
         out.append((digit, buffer.getvalue()))
     return out
 
@@ -514,8 +515,9 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.0, metavar="MS",
                         help="each client waits this long after an answer before its next request: 120 is the "
                         "page's pace while a stroke is drawn (default: 0, at once)")
-    parser.add_argument("--body", choices=["png", "array"], default="png",
-                        help="png: canvas PNGs (default); array: the same drawings as prepared 28x28 JSON arrays, "
+    parser.add_argument("--body", choices=["png", "grey-png", "array"], default="png",
+                        help="png: canvas PNGs as a browser exports them, RGBA (default); grey-png: the same "
+                        "canvases as one-channel PNGs, as the Draw view sends them; array: the same drawings as prepared 28x28 JSON arrays, "
                         "to measure everything but the image preparation")
     parser.add_argument("--processes", type=int, help="the server's --processes (default: its own default)")
     parser.add_argument("--adversaries", action="store_true",
@@ -541,7 +543,7 @@ def main() -> int:
         served = tempfile.mkdtemp(prefix="serve-load-page-")
         shutil.copytree(args.model, Path(served) / Path(args.model).resolve().name)
 
-    images = drawings(args.images, args.size)
+    images = drawings(args.images, args.size, grey=args.body == "grey-png")
     content_type = "image/png"
     if args.body == "array":
         images, content_type = as_arrays(images), "application/json"
@@ -592,7 +594,8 @@ def main() -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"machine: {result['machine']}")
-        what = (f"{args.size}x{args.size} canvas PNGs" if args.body == "png"
+        what = (f"{args.size}x{args.size} canvas PNGs" + (" (grey)" if args.body == "grey-png" else "")
+                if args.body != "array"
                 else f"prepared 28x28 JSON arrays (from {args.size}x{args.size} canvases)")
         print(f"{args.requests} requests per phase of {what} (mean {result['body_bytes'] / 1024:.1f} KiB) from "
               f"{args.clients} clients" + (", with activations" if args.activations else "")

@@ -470,3 +470,64 @@ def test_a_classroom_server_refuses_the_page_without_its_token_and_works_from_th
     wait_for(browser, "document.body.dataset.state === 'empty' && document.querySelectorAll('.bar-row').length")
     draw(browser, ONE)
     assert answer(browser) == "1"
+
+
+GREY_AND_RGBA = """
+const done = arguments[arguments.length - 1];
+const b64 = async (blob) => {
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  let s = ''; for (const b of bytes) s += String.fromCharCode(b); return btoa(s);
+};
+import('/static/png.js').then(async ({ greyPng }) => {
+  const c = document.createElement('canvas'); c.width = c.height = 280;
+  const g = c.getContext('2d');
+  g.fillStyle = '#ffffff'; g.fillRect(0, 0, 280, 280);
+  g.strokeStyle = '#111111'; g.lineWidth = 21; g.lineCap = 'round'; g.lineJoin = 'round';
+  g.beginPath(); g.moveTo(84, 62); g.lineTo(201, 62); g.lineTo(123, 235); g.stroke();  // a 7, antialiased
+  const rgba = await new Promise((resolve) => c.toBlob(resolve, 'image/png'));
+  const grey = await greyPng(c);
+  g.fillStyle = '#ff0000'; g.fillRect(0, 0, 2, 2);  // a colour: only toBlob's export keeps it
+  done({rgba: await b64(rgba), grey: await b64(grey), coloured: await greyPng(c)});
+}).catch((e) => done({error: String(e)}));
+"""
+
+
+def test_the_page_sends_a_drawing_as_a_grey_png_that_is_the_same_picture_to_the_server(browser, server):
+    """png.js's one-channel PNG of a canvas holds exactly the grey levels of Chromium's own RGBA export, so
+    the preparation (and so the answer) is the same to the bit; a coloured canvas is left to toBlob. And
+    the Draw view sends it: the body of its /api/predict request is a grey PNG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mnistlab.base.prepare import load_image, prepare_image
+
+    open_page(browser, server, 1200, 860, scale=1)
+    got = browser.execute_async_script(GREY_AND_RGBA)
+    assert "error" not in got, got
+    rgba_bytes, grey_bytes = base64.b64decode(got["rgba"]), base64.b64decode(got["grey"])
+    with Image.open(io.BytesIO(rgba_bytes)) as rgba, Image.open(io.BytesIO(grey_bytes)) as grey:
+        assert rgba.mode == "RGBA" and grey.mode == "L" and grey.size == rgba.size == (280, 280)
+        channels = np.asarray(rgba)
+        levels = np.unique(channels[..., 0])
+        assert len(levels) > 10, "antialiased: many grey levels, not only ink and paper"
+        assert (channels[..., 3] == 255).all() and np.array_equal(np.asarray(grey), channels[..., 0])
+    assert got["coloured"] is None
+    assert len(grey_bytes) < len(rgba_bytes)
+    assert np.array_equal(prepare_image(load_image(io.BytesIO(grey_bytes))),
+                          prepare_image(load_image(io.BytesIO(rgba_bytes))))
+
+    browser.execute_script("""
+      window.sentBodies = [];
+      const send = window.fetch;
+      window.fetch = async (url, init) => {
+        if (String(url).includes('/api/predict') && init && init.body instanceof Blob) {
+          window.sentBodies.push(Array.from(new Uint8Array(await init.body.arrayBuffer()).slice(0, 26)));
+        }
+        return send(url, init);
+      };""")
+    draw(browser, SEVEN)
+    assert answer(browser) == "7"
+    sent = browser.execute_script("return window.sentBodies")
+    assert sent and all(bytes(b[1:4]) == b"PNG" and b[25] == 0 for b in sent)  # IHDR's colour type 0: grey

@@ -255,3 +255,23 @@ def test_growing_the_writing_mask_by_one_pixel_is_exactly_a_3x3_maximum_filter()
         h, w = rng.integers(1, 140, 2)
         mask = rng.random((h, w)) < rng.random() * 0.3
         assert np.array_equal(_dilate(mask), ndimage.maximum_filter(mask, size=3))
+
+
+def test_a_grey_png_of_a_grey_canvas_is_prepared_as_its_rgba_export_to_the_bit():
+    """The Draw view sends its canvas as a one-channel PNG (static/png.js) instead of the browser's RGBA
+    export: for an opaque canvas whose pixels are grey (R = G = B), both are the same picture."""
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        big = Image.new("L", (1120, 1120), 255)
+        draw = ImageDraw.Draw(big)
+        for _stroke in range(rng.integers(1, 4)):
+            points = [tuple(int(v) for v in rng.integers(150, 970, 2)) for _ in range(rng.integers(2, 6))]
+            draw.line(points, fill=int(rng.integers(0, 60)), width=int(rng.integers(40, 110)), joint="curve")
+        grey = big.resize((280, 280), Image.Resampling.BOX)  # antialiased edges: many grey levels
+        rgba = Image.merge("RGBA", (grey, grey, grey, Image.new("L", grey.size, 255)))
+        sent = []
+        for image in (grey, rgba):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            sent.append(prepare_image(load_image(io.BytesIO(buffer.getvalue()))))
+        assert np.array_equal(*sent)

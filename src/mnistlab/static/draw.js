@@ -5,6 +5,7 @@
 
 import { api } from "./api.js";
 import { heat, paintGrey, paintRows, paintSigned, extent, signed } from "./pictures.js";
+import { greyPng } from "./png.js";
 
 const BRUSH = 0.075;       // brush width as a fraction of the canvas side (MNIST strokes: ~1/10 of a digit)
 const INK = "#111111";
@@ -195,7 +196,8 @@ function schedule(delay) {
 }
 
 // The request body: a test image alone goes as its 28x28 array; a picture alone as its own file;
-// anything else as the canvas painted at EXPORT_SIZE.
+// anything else as the canvas painted at EXPORT_SIZE, as a grey PNG unless a photo painted on it has
+// colour (the same picture for the server either way: png.js).
 async function requestBody() {
   const only = page.history.length === 1 ? page.history[0] : null;
   if (only && only.kind === "test") {
@@ -205,7 +207,8 @@ async function requestBody() {
   const off = document.createElement("canvas");
   off.width = off.height = EXPORT_SIZE;
   paint(off.getContext("2d"), EXPORT_SIZE);
-  return { type: "image/png", body: await new Promise((resolve) => off.toBlob(resolve, "image/png")) };
+  const grey = await greyPng(off);
+  return { type: "image/png", body: grey ?? await new Promise((resolve) => off.toBlob(resolve, "image/png")) };
 }
 
 async function send() {
