@@ -477,8 +477,8 @@ def test_the_page_and_its_assets_come_from_the_app_itself(client):
         if asset.endswith(".js"):  # a module must come as JavaScript, or the browser refuses it
             assert r.headers["content-type"].startswith("text/javascript"), asset
             assets += [f"/static/{name}" for name in re.findall(r'from "\./([\w.-]+\.js)"', r.text)]
-    assert seen == {f"/static/{name}" for name in ("app.js", "api.js", "draw.js", "explore.js", "pictures.js", "png.js",
-                                                  "train.js", "runs.js", "chart.js", "style.css")}
+    assert seen == {f"/static/{name}" for name in ("app.js", "api.js", "draw.js", "explore.js", "pictures.js",
+                                                  "png.js", "train.js", "runs.js", "chart.js", "style.css")}
     assert "docs" not in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
 
