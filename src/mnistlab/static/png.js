@@ -8,8 +8,10 @@
 "use strict";
 
 // The PNG bytes as a Blob, or null when a pixel is coloured or not opaque (a photo painted on the
-// canvas): the caller then sends toBlob's export, which keeps them.
+// canvas) or the browser has no CompressionStream (before 2023 in Firefox and Safari): the caller
+// then sends toBlob's export.
 export async function greyPng(canvas) {
+  if (typeof CompressionStream === "undefined") return null;
   const { width, height } = canvas;
   const rgba = canvas.getContext("2d").getImageData(0, 0, width, height).data;
   const rows = new Uint8Array((width + 1) * height);  // each row: its filter type (0, none), then its levels
