@@ -220,6 +220,23 @@ def test_sweep_help_writes_hidden_sizes_as_a_sweep_takes_them(capsys):
     assert "--hidden 128x64" in text and "--hidden 128 64" not in text
 
 
+def test_help_prints_for_mnistlab_and_every_command(capsys):
+    """`mnistlab --help` lists every command with its line (a bare % in one once made it a traceback)."""
+    from mnistlab.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for argv in (["--help"], *([name, "--help"] for name in commands)):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        out = capsys.readouterr().out
+        assert exc.value.code == 0 and out.startswith("usage: mnistlab"), argv
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"    {name} " in listed for name in commands)
+    assert "90% to 98-99%" in listed
+
+
 def test_every_command_has_a_description_in_its_help(capsys):
     from mnistlab.cli import build_parser
 

@@ -998,7 +998,7 @@ def _print_sweep(args: argparse.Namespace, results, folder: Path) -> int:
 
 def add_ladder(sub) -> None:
     p = sub.add_parser(
-        "ladder", help="from the notebook's 90% to 98-99%, one change at a time, each step measured here",
+        "ladder", help="from the notebook's 90%% to 98-99%%, one change at a time, each step measured here",
         description="Train a fixed sequence of steps, each one change from the step before: the first is the "
         "course notebook's recipe (--recipe seed), the last the track's best (mlp: the notebook's network "
         "trained well, >= 98%; cnn: the conv net, >= 99.3%). Prints one row per step: the change, test accuracy "
