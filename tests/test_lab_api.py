@@ -9,7 +9,7 @@ import io
 import json
 import threading
 
-import httpx
+import httpx2 as httpx  # the [test] extra's client (Starlette's TestClient uses it too)
 import numpy as np
 import pytest
 import torch

@@ -188,14 +188,23 @@ def test_median_is_numpys_median_for_any_mix_of_values(n):
         assert prepare._median(x) == pytest.approx(float(np.median(x)), abs=1e-6)
 
 
+# numpy 2.4 interpolates a float32 percentile in float32, as _percentile does; numpy 2.2 (the last for
+# Python 3.10) in float64, a few float32 steps away (relative 3e-7 seen).
+FLOAT32_LERP = tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 4)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 11, 999, 1000, 4097])
-def test_the_ink_level_percentile_is_numpys_bit_for_bit(n):
+def test_the_ink_level_percentile_is_numpys(n):
     rng = np.random.default_rng(n)
     for x in (rng.uniform(0, 300, n), rng.normal(100, 30, n), rng.integers(0, 4, n), rng.exponential(50, n),
               np.full(n, 127.5)):
         x = x.astype(np.float32)
         for q in (90, 50, 10):
-            assert prepare._percentile(x.copy(), q) == float(np.percentile(x, q))
+            ours, numpys = prepare._percentile(x.copy(), q), np.percentile(x, q)
+            if FLOAT32_LERP:
+                assert ours == float(numpys)
+            else:
+                assert ours == pytest.approx(float(numpys), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------

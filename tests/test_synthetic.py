@@ -80,7 +80,10 @@ def test_classes_are_learnable_by_nearest_class_mean(small):
 def test_glyph_bank_holds_every_digit_font_and_stroke():
     bank = synthetic.glyph_bank()
     size = synthetic.SIZE * synthetic.OVERSAMPLE
-    assert bank.shape == (10, len(synthetic.FONTS), len(synthetic.STROKES), size, size)
+    # Every font of the list that this matplotlib ships (3.10 has no cmti10.ttf; 3.11 has all 12).
+    shipped = [name for name in synthetic.FONTS if (synthetic.font_dir() / name).is_file()]
+    assert len(shipped) >= 11
+    assert bank.shape == (10, len(shipped), len(synthetic.STROKES), size, size)
     assert (bank.flatten(3).amax(dim=3) > 0.5).all()  # no empty glyph (a font without digits)
     # Thicker strokes mean more ink, glyph by glyph.
     ink = bank.sum(dim=(3, 4))

@@ -36,6 +36,7 @@ import os
 import re
 import stat
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
@@ -513,8 +514,12 @@ def _joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
 def _parse_chunk(texts: list[str], width: int) -> np.ndarray | None:
     """The chunk's rows as int64 (rows, width), or None when any value is missing or not a whole number."""
     try:
-        values = np.loadtxt(texts, delimiter=",", dtype=np.int64, comments=None, ndmin=2, quotechar='"')
-    except ValueError:
+        # numpy 2.2 reads "1.5" as 1 with a DeprecationWarning (2.4 refuses it): as an error,
+        # it sends the chunk to the row-by-row check, which names the value.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            values = np.loadtxt(texts, delimiter=",", dtype=np.int64, comments=None, ndmin=2, quotechar='"')
+    except (ValueError, DeprecationWarning):
         return None
     return values if values.shape[1] == width else None
 
