@@ -58,14 +58,23 @@ STOPS = (signal.SIGINT, signal.SIGTERM)
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Ctrl-C and SIGTERM held back until the block is done, then delivered: a commit and the files derived
-    from it happen whole (a kill -9 cannot be held back; the readers of a run cope with that one). Where
-    signals cannot be blocked (Windows, a thread that is not the main one) the block runs as it is."""
+    from it happen whole (a kill -9 cannot be held back; the readers of a run cope with that one).
+
+    Held in Python, not by the thread's signal mask: the kernel hands a process's signal to any thread
+    that does not block it (torch's and tqdm's threads among them), and Python then runs its handler in
+    the main thread at once. So for the block each stop signal's handler is one that notes it; after
+    it, the handlers are put back and what arrived is raised again, once each. Outside the main thread,
+    where handlers cannot be set, the block runs as it is."""
+    arrived: list[int] = []
     try:
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
-    except (AttributeError, ValueError, OSError):
+        previous = {stop: signal.signal(stop, lambda signum, frame: arrived.append(signum)) for stop in STOPS}
+    except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        for stop in dict.fromkeys(arrived):
+            signal.raise_signal(stop)
