@@ -6,20 +6,14 @@ import can leave a half-made module behind and surface as any error at all. So t
 Ctrl-C (and SIGTERM) only noted, and the command then ends as interrupted.
 """
 
-import signal
 import sys
 
-STOPS = (signal.SIGINT, signal.SIGTERM)
+from .base.system import signals_noted  # the standard library only: nothing to interrupt
 
 
 def run() -> int:
-    noted: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in STOPS}
-    try:
+    with signals_noted() as noted:
         from .cli import main
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if noted:
         print("\nmnistlab: interrupted while starting", file=sys.stderr)
         return 130

@@ -56,25 +56,35 @@ STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back until the block is done, then delivered: a commit and the files derived
-    from it happen whole (a kill -9 cannot be held back; the readers of a run cope with that one).
+def signals_noted() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM noted, not acted on, while the block runs: yields the list of those that arrive.
 
-    Held in Python, not by the thread's signal mask: the kernel hands a process's signal to any thread
+    Noted in Python, not by the thread's signal mask: the kernel hands a process's signal to any thread
     that does not block it (torch's and tqdm's threads among them), and Python then runs its handler in
-    the main thread at once. So for the block each stop signal's handler is one that notes it; after
-    it, the handlers are put back and what arrived is raised again, once each. Outside the main thread,
-    where handlers cannot be set, the block runs as it is."""
+    the main thread at once. So for the block each stop signal's handler is one that notes it, and the
+    handlers are put back after it. Outside the main thread, where handlers cannot be set, the block runs
+    as it is (and nothing is noted)."""
     arrived: list[int] = []
     try:
         previous = {stop: signal.signal(stop, lambda signum, frame: arrived.append(signum)) for stop in STOPS}
     except ValueError:  # not the main thread
-        yield
+        yield arrived
         return
     try:
-        yield
+        yield arrived
     finally:
         for stop, handler in previous.items():
             signal.signal(stop, handler)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back until the block is done, then delivered, once each: a commit and the
+    files derived from it happen whole (a kill -9 cannot be held back; the readers of a run cope with it)."""
+    arrived: list[int] = []
+    try:
+        with signals_noted() as arrived:
+            yield
+    finally:
         for stop in dict.fromkeys(arrived):
             signal.raise_signal(stop)
