@@ -27,7 +27,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from mnistlab.base.config import recipe  # noqa: E402
 from mnistlab.cli import SWEEP_FIELDS, build_parser, config_from_args, main  # noqa: E402
-from mnistlab.commands.jobs import Bounds, TrainSettings, command, configs_of, lock_holder  # noqa: E402
+from mnistlab.commands.jobs import Bounds, TrainSettings, command, configs_of  # noqa: E402
+from mnistlab.core.runs import lock_holder  # noqa: E402
 from mnistlab.commands.serve import create_app  # noqa: E402
 from mnistlab.commands.sweep import make_plan, parse_list  # noqa: E402
 from mnistlab.core import runs  # noqa: E402

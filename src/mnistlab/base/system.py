@@ -52,6 +52,23 @@ def end_with_parent() -> bool:
     return os.getppid() == parent and parent != 1
 
 
+def process_alive(pid: int | None) -> bool:
+    """Whether process `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: it exists
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) said it exists
+
+
 STOPS = (signal.SIGINT, signal.SIGTERM)
 
 

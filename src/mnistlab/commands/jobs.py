@@ -42,7 +42,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +57,7 @@ from ..base import data, names
 from ..base.config import MEASURED, RECIPES, Config, ConfigError
 from ..base.errors import MnistlabError, RunError, WriteError
 from ..base.files import read_json, read_regular, write_json
+from ..base.system import process_alive
 from ..core import runs
 from ..core.checkpoint import META, STATE, WEIGHTS
 from ..core.events import EVENTS, parse_line
@@ -234,44 +234,13 @@ def _read_job(path: Path) -> Job | None:
         return None  # being written (never: writes are atomic), or not ours
 
 
-def _alive(pid: int | None) -> bool:
-    """Whether process `pid` runs (a zombie, finished but not reaped, does not)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's: it exists
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) said it exists
-
-
 def _is_mnistlab(pid: int) -> bool:
     """Whether process `pid` runs mnistlab (a pid named by an old lock may now be another program's)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return b"mnistlab" in f.read()
     except OSError:
-        return _alive(pid)  # no /proc: trust the lock, which is held
-
-
-LOCK_LINE = re.compile(r"pid (\d+) on (.+?), since")
-
-
-def lock_holder(run_dir: Path) -> int | None:
-    """The process id a running run's .lock names, when it runs on this machine."""
-    try:
-        match = LOCK_LINE.match((run_dir / runs.LOCK).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not match or match.group(2) != socket.gethostname():
-        return None
-    return int(match.group(1))
+        return process_alive(pid)  # no /proc: trust the lock, which is held
 
 
 @contextlib.contextmanager
@@ -577,7 +546,7 @@ class Jobs:
             if child is not None and child.poll() is not None:
                 job.exit = child.returncode
                 del self._children[job.id]
-            elif child is not None or _alive(job.pid):
+            elif child is not None or process_alive(job.pid):
                 continue
             job.ended = time.time()
             self._write(job)
@@ -598,8 +567,8 @@ class Jobs:
                 raise Refused(404, self._unknown(name))
             # A held lock names a live process (the lock goes with it); a job's own process id, before it holds
             # its run, is checked to be mnistlab's still.
-            pid = lock_holder(run_dir) if run_dir is not None and runs.is_running(run_dir) else None
-            if pid is None and job is not None and job.active and _alive(job.pid) and _is_mnistlab(job.pid):
+            pid = runs.lock_holder(run_dir) if run_dir is not None and runs.is_running(run_dir) else None
+            if pid is None and job is not None and job.active and process_alive(job.pid) and _is_mnistlab(job.pid):
                 pid = job.pid  # started, not yet writing its run
             failed = job is not None and not job.active and not any(self._run_dir(n) for n in job.runs)
             if not (job is not None and job.waiting) and not failed and pid is None:
@@ -700,7 +669,7 @@ class Jobs:
         config = job.configs.get(name) or {}
         if job.waiting:
             state, problem = "queued", None
-        elif job.active and _alive(job.pid):
+        elif job.active and process_alive(job.pid):
             state, problem = "starting", None
         else:
             state, problem = "failed", self._failure(job)
@@ -745,7 +714,7 @@ class Jobs:
         job = next((j for j in self._jobs(max_age=POLL) if name in j.runs), None)
         if job is not None and job.waiting:
             return "queued"
-        if job is not None and job.active and _alive(job.pid) and not (run_dir / EVENTS).exists():
+        if job is not None and job.active and process_alive(job.pid) and not (run_dir / EVENTS).exists():
             return "starting"
         return "ended"
 
@@ -833,7 +802,7 @@ class Jobs:
             found = []
         for run_dir in found:
             if runs.is_running(run_dir):
-                pids.add(lock_holder(run_dir) or -len(pids) - 1)  # another machine's process counts too
+                pids.add(runs.lock_holder(run_dir) or -len(pids) - 1)  # another machine's process counts too
         return pids
 
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..base.errors import UsageError
-from ..base.system import end_with_parent
+from ..base.system import end_with_parent, process_alive
 from .evaluation import predictions
 from .training import Trainee
 
@@ -218,23 +218,8 @@ def _who_failed(process: Process) -> str:
             if rank == process.rank:
                 continue
             host, _, pid = store.get(f"mnistlab/pid/{rank}").decode().rpartition(":")
-            if host == here and not _alive(int(pid)):
+            if host == here and not process_alive(int(pid)):
                 return f"rank {rank} (pid {pid}), which ended"
     except Exception:  # noqa: BLE001 - naming the rank is a courtesy; the error is reported either way
         pass
     return "another process"
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, ended but not yet reaped by torchrun, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -30,6 +30,7 @@ import errno
 import io
 import math
 import os
+import re
 import secrets
 import socket
 import time
@@ -114,6 +115,20 @@ def _try_lock(path: Path) -> int | None:
         except FileNotFoundError:
             pass
         os.close(fd)
+
+
+_LOCK_LINE = re.compile(r"pid (\d+) on (.+?), since")  # the note _lock writes
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The process id a running run's .lock names, when it runs on this machine."""
+    try:
+        match = _LOCK_LINE.match((run_dir / LOCK).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not match or match.group(2) != socket.gethostname():
+        return None
+    return int(match.group(1))
 
 
 def _holder(run_dir: Path) -> str:
