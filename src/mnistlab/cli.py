@@ -35,6 +35,7 @@ from .base import data as data_mod
 from .base.data import (DATA_VARIABLE, DEPRECATED_DATA_VARIABLE, cache_root, cache_usage, clear_cache, data_setting,
                         describe, holds, setting_folder)
 from .commands.bench import format_bench, format_sweep_bench, run_bench, run_sweep_bench
+from .commands import ladder
 from .commands.export import export
 from .commands.figures import plot_run
 from .commands.inspection import format_report, inspect_step, language_from_environment
@@ -177,8 +178,8 @@ def print_err(line: str) -> None:
 # ---------------------------------------------------------------------------
 # What one step of a command costs, for the thread choice (an estimate: 28x28 images, 10 classes)
 
-def _step_flops(config: Config, members: int = 1) -> float:
-    return float(step_flops(config.model, config.hidden, config.batch_size, members))
+def _step_flops(config: Config) -> float:
+    return float(step_flops(config.model, config.hidden, config.batch_size))
 
 
 def _evaluate_work(args: argparse.Namespace) -> float:
@@ -1020,9 +1021,6 @@ def add_ladder(sub) -> None:
 
 
 def cmd_ladder(args: argparse.Namespace) -> int:
-    from .commands import ladder
-    from .commands.progress import Printer
-
     log = print_err if args.json else print_flush
     result = ladder.run_ladder(args.track, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
                                out=args.out, log=log, on_event=Printer(log), progress=True, threads=args.threads)
@@ -1053,11 +1051,11 @@ def build_parser() -> Parser:
 
 def _threads(args: argparse.Namespace) -> Any:
     """While the command runs, torch's CPU threads chosen for its work (base/threads.py; its run's device line
-    says when the machine is too busy for them), as a context. None for a command without --threads, one that
-    will fail on its flags, or one that runs elsewhere than on the CPU."""
+    says when the machine is too busy for them), as a context. None for a command that will fail on its
+    flags, or one that runs elsewhere than on the CPU."""
     work = args.threads_work(args)
     try:
-        if work is None or select_device(getattr(args, "device", None) or "auto").type != "cpu":
+        if select_device(getattr(args, "device", None) or "auto").type != "cpu":
             return contextlib.nullcontext()
     except MnistlabError:
         return contextlib.nullcontext()  # the command says why

@@ -105,7 +105,8 @@ class ThreadChoice:
     note: str | None = None  # when the machine is too busy for it, or it exceeds the CPUs: what and what to do
 
 
-def _load() -> float | None:
+def load_average() -> float | None:
+    """The machine's 1-minute load average (other processes' demand for its cores); None where unknown."""
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # not on this platform
@@ -122,7 +123,7 @@ def choose_threads(requested: int | None = None, step_flops: float | None = None
     """
     environ = os.environ if environ is None else environ
     count, where = cpus if cpus is not None else cpu_budget(environ)
-    load = _load() if load == -1.0 else load
+    load = load_average() if load == -1.0 else load
     omp = _positive_int(environ.get("OMP_NUM_THREADS"))
     if requested is not None:
         threads, reason, asked = requested, f"--threads {requested}", True

@@ -41,7 +41,7 @@ from ..base import data as data_mod
 from ..base.config import RECIPES, recipe
 from ..base.devices import select_device, synchronize
 from ..base.models import step_flops
-from ..base.threads import choose_threads, plural_threads
+from ..base.threads import choose_threads, load_average, plural_threads
 from ..core.evaluation import accuracy
 from ..core import batched
 from ..core.engine import timed_epoch, train
@@ -335,7 +335,7 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
         "recipe": recipe_name, "dataset": dataset.spec.name, "data_source": dataset.source,
         "epochs": epochs, "repeats": repeats, "comparable": comparable, "target_accuracy": TARGET_ACCURACY,
         "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": inherited,
-                    "cpu": cpu_model(), "load": _load(),
+                    "cpu": cpu_model(), "load": load_average(),
                     "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None},
         "notebook": notebook,
         "ours": ours,
@@ -348,14 +348,6 @@ def run_bench(recipe_name: str = "seed", device: str = "auto", epochs: int | Non
 
 def _ours_name(side: dict[str, Any]) -> str:
     return f"ours, {plural_threads(side['threads'])}"
-
-
-def _load() -> float | None:
-    """The machine's 1-minute load average (other processes' demand for its cores); None where unknown."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def _shown_load(result: dict[str, Any]) -> str:
@@ -505,7 +497,7 @@ def run_sweep_bench(recipe_name: str = "seed", device: str = "auto", members: tu
     return {"recipe": recipe_name, "dataset": splits.dataset.spec.name, "repeats": repeats,
             "sequential_networks": sequential, "single_seconds": single_seconds, "single_threads": counts[1],
             "machine": {"device": str(torch_device), "torch": torch.__version__, "threads": inherited,
-                        "cpu": cpu_model(), "load": _load(),
+                        "cpu": cpu_model(), "load": load_average(),
                         "gpu": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None},
             "rows": rows}
 

@@ -57,9 +57,10 @@ from ..base.devices import describe, select_device
 from ..base.errors import Interrupted, RunError, UsageError
 from ..base.files import make_dirs, read_json, write_json, write_text
 from ..base.models import step_flops
+from ..base.threads import load_average
 from ..core import engine, runs
 from ..core.events import Emit
-from .bench import cpu_model
+from .bench import WARMUP_BATCHES, cpu_model
 from .figures import ladder_figure, save_png
 
 Log = Callable[[str], None]
@@ -68,7 +69,6 @@ PLAN = runs.LADDER_PLAN
 TABLE = "ladder.csv"
 FIGURE = "ladder.png"
 PLAN_FORMAT = 1
-WARMUP_BATCHES = 10  # untimed batches before the first timed run: allocator, kernel selection, first calls
 
 
 @dataclass(frozen=True)
@@ -360,13 +360,6 @@ class Ladder:
                 "machine": self.machine, "rows": self.rows, "files": [str(p) for p in self.files]}
 
 
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:  # not on every system
-        return None
-
-
 def run_ladder(track: str = "mlp", *, seeds: int = 3, device: str = "auto", data_dir: str | os.PathLike | None = None,
                out: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None, plots: bool = True,
                log: Log = lambda line: None, on_event: Emit | None = None, progress: bool = False,
@@ -395,7 +388,7 @@ def run_ladder(track: str = "mlp", *, seeds: int = 3, device: str = "auto", data
     examples = available - first.val_size
     if kept is None:
         write_plan(out, track, rungs, device, data_dir, overrides)
-    started = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_average": _load_average()}
+    started = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_average": load_average()}
     again = f"mnistlab ladder --track {track} --seeds {seeds}{'' if device == 'auto' else ' --device ' + device} --out {out}"
     train_all(out, rungs, seeds, data_dir, examples, log, on_event, again, threads)
     targets = TARGETS[track]
@@ -403,7 +396,7 @@ def run_ladder(track: str = "mlp", *, seeds: int = 3, device: str = "auto", data
     machine = {"device": describe(torch_device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu": cpu_model(),
                "dataset": dataset.spec.name, "data_source": dataset.source, "started": started["date"],
-               "load_average_start": started["load_average"], "load_average_end": _load_average()}
+               "load_average_start": started["load_average"], "load_average_end": load_average()}
     files = [out / TABLE]
     write_text(out / TABLE, table_csv(rows, targets))
     if plots:
