@@ -1112,10 +1112,3 @@ def normalize(pixels: torch.Tensor, mean: float, std: float, scaled: bool = Fals
     if not scaled:
         x.div_(255)
     return x.sub_(mean).div_(std)
-
-
-def fingerprint(dataset: Dataset) -> str:
-    """The content fingerprint of a dataset (`content_fingerprint`), as loaded or computed now."""
-    return dataset.fingerprint or content_fingerprint({
-        f"{name}_{part}": getattr(getattr(dataset, name), "images" if part == "images" else "labels").numpy()
-        for name in ("train", "test") for part in ("images", "labels")})

@@ -349,8 +349,9 @@ def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.Pa
         if device.type == "cuda" and config.cuda_graph and isinstance(trainee, Trainee):
             trainee.forward_loss = _capture(trainee, splits, run, events)
         fit(trainee, splits, members, config.epochs if stop_after is None else min(config.epochs, stop_after), device)
+        model = _model(trainee, run)  # an ensemble's is built from its members: once
         if run.tensorboard and run.writing:
-            _mistakes(run, _model(trainee, run), splits, len(trainee.batches))
+            _mistakes(run, model, splits, len(trainee.batches))
     except KeyboardInterrupt:
         message = f"interrupted; {run.kept()}"
         if began:
@@ -372,7 +373,7 @@ def _train(run: Run, device: torch.device, events: Events, data_dir: str | os.Pa
     s = _ended(run, events)
     if process is not None and not process.leader:
         return None
-    return RunResult(run.path, s, _model(trainee, run), run.rows)
+    return RunResult(run.path, s, model, run.rows)
 
 
 def _ended(run: Run, events: Events) -> dict[str, Any]:

@@ -152,7 +152,7 @@ class Splits:
     x_val: torch.Tensor | None
     y_val: torch.Tensor | None
     dataset: data_mod.Dataset
-    fingerprint: str  # of the whole dataset as loaded (data_mod.fingerprint)
+    fingerprint: str  # of the whole dataset as loaded (Dataset.fingerprint)
 
 
 def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torch.device,
@@ -177,7 +177,7 @@ def load_splits(config: Config, data_dir: str | os.PathLike | None, device: torc
     x, y = data_mod.to_device(train_split, device, config.mean, config.std)
     x_test, y_test = data_mod.to_device(dataset.test, device, config.mean, config.std)
     x_val, y_val = data_mod.to_device(val_split, device, config.mean, config.std) if val_split else (None, None)
-    return Splits(x, y, x_test, y_test, x_val, y_val, dataset, data_mod.fingerprint(dataset))
+    return Splits(x, y, x_test, y_test, x_val, y_val, dataset, dataset.fingerprint)
 
 
 @dataclass
