@@ -10,9 +10,6 @@ core, started by this script):
                         0.003) as the training loop runs it: autograd and
                         torch.optim, batches gathered by training.Batches
   seed epoch, fast      the same epoch through core/fused.py's step
-  seed epoch, fast + index_select
-                        the fast step on batches gathered with index_select
-                        instead of advanced indexing (a change Batches could take)
   FLOP floor            the epoch's floating-point operations (forward and
                         backward, 2 per multiply-add: 27.3 G for 60,000 images)
                         divided by the rate of a 2048x2048 matrix product on
@@ -104,18 +101,6 @@ class StackStep:
         self.i += 1
 
 
-class IndexSelectBatches(Batches):
-    """training.Batches, gathering each batch with index_select (a row copy) instead of x[idx]."""
-
-    def epoch(self, generator):
-        n = len(self.y)
-        perm = torch.randperm(n, device=self.y.device, generator=generator)
-        flat = self.x.view(n, -1)
-        for start in self.starts():
-            idx = perm[start:start + self.batch_size]
-            yield flat.index_select(0, idx).view(len(idx), *self.shape), self.y[idx]
-
-
 def timed(work: Callable[[], Any], threads: int) -> float:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -130,11 +115,11 @@ def variants(splits, steps: int) -> dict[str, Callable[[], Any]]:
     seed = recipe("seed", device="cpu", epochs=1)
     part = dataclasses.replace(splits, x=splits.x[:steps * seed.batch_size], y=splits.y[:steps * seed.batch_size])
 
-    def one(data, fast: bool, gather: type = Batches) -> Callable[[], Any]:
+    def one(data, fast: bool) -> Callable[[], Any]:
         def run():
             t = build(seed, data, CPU)
             step = (make_step if fast else AutogradStep)(t.model, t.optimizer, t.loss_fn)
-            return run_epoch(step, gather(data.x, data.y, seed.batch_size), t.generator)
+            return run_epoch(step, Batches(data.x, data.y, seed.batch_size), t.generator)
         return run
 
     def sixteen():
@@ -142,7 +127,6 @@ def variants(splits, steps: int) -> dict[str, Callable[[], Any]]:
         return run_epoch(StackStep(group.stack), group.batches, group.generator)
 
     return {"seed epoch, plain": one(splits, False), "seed epoch, fast": one(splits, True),
-            "seed epoch, fast + index_select": one(splits, True, IndexSelectBatches),
             "one network, plain": one(part, False), "one network, fast": one(part, True),
             "16 networks batched": sixteen}
 
@@ -273,7 +257,7 @@ def report(m: dict[str, Any], threads: tuple[int, ...], command: str) -> str:
             f"{statistics.median(rates[(condition, n)]) / 1e9:.0f} GFLOP/s" for n in threads) + " |")
         lines.append("| FLOP floor of a seed epoch | " + " | ".join(
             f"{flops_epoch / statistics.median(rates[(condition, n)]):.3f} s" for n in threads) + " |")
-        for name in ("seed epoch, plain", "seed epoch, fast", "seed epoch, fast + index_select"):
+        for name in ("seed epoch, plain", "seed epoch, fast"):
             lines.append(f"| {name} | " + " | ".join(cell(s[(condition, name, n)]) for n in threads) + " |")
         for name, factor in (("one network, plain", 16 * scale), ("one network, fast", 16 * scale),
                              ("16 networks batched", scale)):
@@ -284,11 +268,10 @@ def report(m: dict[str, Any], threads: tuple[int, ...], command: str) -> str:
         for n in threads:
             floor = [flops_epoch / rate for rate in rates[(condition, n)]]
             plain, fast = s[(condition, "seed epoch, plain", n)], s[(condition, "seed epoch, fast", n)]
-            gather = s[(condition, "seed epoch, fast + index_select", n)]
             batched16 = s[(condition, "16 networks batched", n)]
             lines.append(
                 f"- {plural_threads(n)}: plain epoch {median_ratio(plain, floor):.1f}x the floor, fast "
-                f"{median_ratio(fast, floor):.1f}x, fast + index_select {median_ratio(gather, floor):.1f}x; fast "
+                f"{median_ratio(fast, floor):.1f}x; fast "
                 f"step {median_ratio(plain, fast):.2f}x faster than plain; 16 batched "
                 f"{median_ratio([16 * x for x in s[(condition, 'one network, plain', n)]], batched16):.2f}x faster "
                 f"than 16 plain one after another, "
